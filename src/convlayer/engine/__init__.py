@@ -1,0 +1,1 @@
+"""Compute kernels behind the functional ops. No argument checking in here."""

@@ -1,0 +1,346 @@
+"""Convolution and transposed convolution: PyTorch (float64) and the naive reference as oracles."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import convlayer.functional as CF
+from convlayer import geometry as G
+
+import reference as ref
+from helpers import TORCH_MODE, assert_within_bound, max_rel_err, torch_pad_arg
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+TORCH_CONVT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+ALL_MODES = ("zeros", "reflect", "symmetric", "circular", "replicate")
+
+
+@st.composite
+def conv_case(draw, max_rank=3, modes=("zeros", "reflect", "replicate", "circular"), torch_pads=True):
+    rank = draw(st.integers(1, max_rank))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.integers(1, 3))
+    kg = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank))
+    mode = draw(st.sampled_from(modes))
+    size = []
+    for k, d, (lo, hi) in zip(kernel, dilation, pads):
+        low = max(1, d * (k - 1) + 1 - lo - hi)
+        if torch_pads and mode == "reflect":
+            low = max(low, lo + 1, hi + 1)
+        if torch_pads and mode == "circular":
+            low = max(low, lo, hi)
+        size.append(draw(st.integers(low, low + 5)))
+    bias = draw(st.booleans())
+    return dict(rank=rank, groups=groups, c=cg * groups, k=kg * groups, n=n, kernel=kernel, stride=stride,
+                dilation=dilation, pads=pads, mode=mode, size=tuple(size), bias=bias)
+
+
+def _arrays(case, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["n"], case["c"], *case["size"])).astype(dtype)
+    w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"])).astype(dtype)
+    b = rng.standard_normal(case["k"]).astype(dtype) if case["bias"] else None
+    return rng, x, w, b
+
+
+def _kwargs(case):
+    return dict(stride=case["stride"], padding=case["pads"], dilation=case["dilation"], groups=case["groups"],
+                padding_mode=case["mode"])
+
+
+@settings(max_examples=200)
+@given(case=conv_case(), seed=st.integers(0, 2**31 - 1))
+def test_conv_matches_torch_forward_and_gradients(case, seed):
+    rng, x, w, b = _arrays(case, seed)
+    kw = _kwargs(case)
+    y = CF.conv(x, w, b, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True) if b is not None else None
+    xpad = F.pad(xt, torch_pad_arg(case["pads"]), mode=TORCH_MODE[case["mode"]])
+    yt = TORCH_CONV[case["rank"]](xpad, wt, bt, stride=case["stride"], dilation=case["dilation"],
+                                  groups=case["groups"])
+    assert y.shape == tuple(yt.shape)
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    gx, gw, gb = CF.conv_backward(gy, x, w, b, **kw)
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+    if b is None:
+        assert gb is None
+    else:
+        assert max_rel_err(gb, bt.grad.numpy()) < 1e-12
+
+
+@st.composite
+def transposed_case(draw):
+    rank = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 3))
+    cout_g = draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(rank))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    size = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    for i in range(rank):
+        out = (size[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1 + output_padding[i]
+        assume(out >= 1)
+    return dict(rank=rank, groups=groups, cin=cin, cout=cout_g * groups, kernel=kernel, stride=stride,
+                dilation=dilation, padding=padding, output_padding=output_padding, size=size,
+                n=draw(st.integers(1, 2)), bias=draw(st.booleans()))
+
+
+@settings(max_examples=200)
+@given(case=transposed_case(), seed=st.integers(0, 2**31 - 1))
+def test_conv_transpose_matches_torch(case, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["n"], case["cin"], *case["size"]))
+    w = rng.standard_normal((case["cin"], case["cout"] // case["groups"], *case["kernel"]))
+    b = rng.standard_normal(case["cout"]) if case["bias"] else None
+    kw = dict(stride=case["stride"], padding=case["padding"], output_padding=case["output_padding"],
+              dilation=case["dilation"], groups=case["groups"])
+    y = CF.conv_transpose(x, w, b, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True) if b is not None else None
+    yt = TORCH_CONVT[case["rank"]](xt, wt, bt, **kw)
+    assert y.shape == tuple(yt.shape)
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    gx, gw, gb = CF.conv_transpose_backward(gy, x, w, b, **kw)
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+    if b is not None:
+        assert max_rel_err(gb, bt.grad.numpy()) < 1e-12
+
+
+# --- beyond PyTorch: the float64 reference ----------------------------------------------------
+
+
+@settings(max_examples=120)
+@given(case=conv_case(max_rank=4, modes=ALL_MODES, torch_pads=False), seed=st.integers(0, 2**31 - 1),
+       per_axis=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_conv_matches_reference_all_modes_4d_float32(case, seed, per_axis, dtype):
+    """Symmetric mode, per-axis modes, pads larger than the input, 4-D, float32 under the error bound."""
+    rng, x, w, b = _arrays(case, seed, dtype)
+    modes = tuple(rng.choice(ALL_MODES) for _ in range(case["rank"])) if per_axis else (case["mode"],) * case["rank"]
+    kw = _kwargs(case)
+    kw["padding_mode"] = modes
+    y = CF.conv(x, w, b, **kw)
+    assert y.dtype == dtype
+    expected = ref.conv(x, w, b, case["stride"], case["pads"], case["dilation"], case["groups"], modes)
+    magnitude = ref.conv(np.abs(x), np.abs(w), None if b is None else np.abs(b), case["stride"], case["pads"],
+                         case["dilation"], case["groups"], modes)
+    terms = w[0].size + 1
+    assert_within_bound(y, expected, magnitude, terms, dtype)
+
+
+@settings(max_examples=80)
+@given(case=conv_case(max_rank=3, modes=ALL_MODES, torch_pads=False), seed=st.integers(0, 2**31 - 1))
+def test_conv_transpose_with_padding_modes_matches_reference(case, seed):
+    """Transposed conv with every padding mode is the adjoint of the padded conv (scatter reference)."""
+    rng = np.random.default_rng(seed)
+    in_sizes = case["size"]
+    modes = (case["mode"],) * case["rank"]
+    out = G.conv_output_size(in_sizes, case["kernel"], case["stride"], case["pads"], case["dilation"])
+    x = rng.standard_normal((case["n"], case["k"], *out))
+    w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+    y = CF.conv_transpose(x, w, None, stride=case["stride"], padding=case["pads"], dilation=case["dilation"],
+                          groups=case["groups"], padding_mode=case["mode"], output_size=in_sizes)
+    expected = ref.conv_transpose(x, w, None, case["stride"], case["pads"], case["dilation"], case["groups"],
+                                  modes, in_sizes)
+    assert y.shape == expected.shape
+    assert max_rel_err(y, expected) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize(
+    "geom",
+    [
+        dict(kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding="same", groups=1),
+        dict(kernel=(3, 2), stride=(2, 3), dilation=(2, 1), padding=((2, 1), (0, 3)), groups=2),
+        dict(kernel=(5,), stride=(2,), dilation=(3,), padding="causal", groups=4),
+        dict(kernel=(2, 2, 3), stride=(2, 1, 2), dilation=(1, 2, 1), padding="full", groups=1),
+        dict(kernel=(3, 3), stride=(3, 2), dilation=(1, 1), padding=((7, 9), (8, 6)), groups=1),
+    ],
+)
+def test_adjoint_identity(mode, geom, rng):
+    """<conv(x, w), y> == <x, conv_transpose(y, w)> for every padding mode."""
+    rank = len(geom["kernel"])
+    c, k = 4, 8
+    size = (7, 6, 5)[:rank] if rank > 1 else (11,)
+    x = rng.standard_normal((2, c, *size))
+    w = rng.standard_normal((k, c // geom["groups"], *geom["kernel"]))
+    kw = dict(stride=geom["stride"], padding=geom["padding"], dilation=geom["dilation"], groups=geom["groups"],
+              padding_mode=mode)
+    y = CF.conv(x, w, **kw)
+    v = rng.standard_normal(y.shape)
+    xt = CF.conv_transpose(v, w, output_size=size, **kw)
+    assert xt.shape == x.shape
+    lhs, rhs = np.vdot(y, v), np.vdot(x, xt)
+    assert abs(lhs - rhs) <= 1e-10 * (abs(lhs) + 1.0)
+
+
+def _numeric_directional(f, x, v, h=1e-6):
+    return (np.sum(f(x + h * v)) - np.sum(f(x - h * v))) / (2 * h)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_finite_differences_conv(mode, rng):
+    x = rng.standard_normal((2, 4, 6, 5))
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    kw = dict(stride=(2, 1), padding=((2, 1), (1, 3)), dilation=(1, 2), groups=2, padding_mode=mode)
+    y = CF.conv(x, w, b, **kw)
+    r = rng.standard_normal(y.shape)  # loss = sum(r * y)
+    gx, gw, gb = CF.conv_backward(r, x, w, b, **kw)
+    for arr, grad, f in (
+        (x, gx, lambda a: r * CF.conv(a, w, b, **kw)),
+        (w, gw, lambda a: r * CF.conv(x, a, b, **kw)),
+        (b, gb, lambda a: r * CF.conv(x, w, a, **kw)),
+    ):
+        v = rng.standard_normal(arr.shape)
+        num = _numeric_directional(f, arr, v)
+        assert abs(num - np.vdot(grad, v)) <= 1e-6 * (1 + abs(num))
+
+
+def test_finite_differences_conv_transpose(rng):
+    x = rng.standard_normal((2, 4, 3, 4))
+    w = rng.standard_normal((4, 3, 3, 3))
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2, padding_mode="reflect")
+    y = CF.conv_transpose(x, w, **kw)
+    r = rng.standard_normal(y.shape)
+    gx, gw, _ = CF.conv_transpose_backward(r, x, w, **kw)
+    for arr, grad, f in ((x, gx, lambda a: r * CF.conv_transpose(a, w, **kw)),
+                         (w, gw, lambda a: r * CF.conv_transpose(x, a, **kw))):
+        v = rng.standard_normal(arr.shape)
+        num = _numeric_directional(f, arr, v)
+        assert abs(num - np.vdot(grad, v)) <= 1e-6 * (1 + abs(num))
+
+
+def test_same_padding_with_stride_and_dilation(rng):
+    for size, k, s, d in [(10, 3, 2, 1), (11, 4, 3, 2), (7, 5, 4, 3), (5, 2, 7, 1)]:
+        x = rng.standard_normal((1, 2, size))
+        w = rng.standard_normal((3, 2, k))
+        for pad in ("same", "same_lower"):
+            y = CF.conv(x, w, stride=s, dilation=d, padding=pad)
+            assert y.shape[-1] == -(-size // s)
+            (pp,) = G.resolve_padding(pad, (size,), (k,), (s,), (d,))
+            np.testing.assert_allclose(y, ref.conv(x, w, None, (s,), (pp,), (d,), 1, ("zeros",)), rtol=1e-12, atol=1e-12)
+
+
+def test_causal_output_sees_only_past(rng):
+    x = rng.standard_normal((1, 1, 20))
+    w = rng.standard_normal((1, 1, 4))
+    y = CF.conv(x, w, padding="causal", dilation=2)
+    x2 = x.copy()
+    x2[..., 12:] = 99.0
+    y2 = CF.conv(x2, w, padding="causal", dilation=2)
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y[..., :12], y2[..., :12])
+    assert not np.allclose(y[..., 12:], y2[..., 12:])
+
+
+def test_conv_transpose_same_and_output_size(rng):
+    x = rng.standard_normal((1, 3, 5, 6))
+    w = rng.standard_normal((3, 2, 3, 3))
+    assert CF.conv_transpose(x, w, stride=2, padding="same").shape == (1, 2, 10, 12)
+    assert CF.conv_transpose(x, w, stride=2, padding=1, output_size=(10, 11)).shape == (1, 2, 10, 11)
+
+
+def test_channels_last_and_unbatched(rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    y = CF.conv(x, w, b, padding=1, stride=2)
+    y_cl = CF.conv(np.moveaxis(x, 1, -1), w, b, padding=1, stride=2, data_format="channels_last")
+    np.testing.assert_allclose(np.moveaxis(y_cl, -1, 1), y, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(CF.conv(x[1], w, b, padding=1, stride=2), y[1], rtol=1e-13, atol=1e-13)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, gb = CF.conv_backward(gy, x, w, b, padding=1, stride=2)
+    gx_cl, gw_cl, gb_cl = CF.conv_backward(np.moveaxis(gy, 1, -1), np.moveaxis(x, 1, -1), w, b, padding=1, stride=2,
+                                           data_format="channels_last")
+    np.testing.assert_allclose(np.moveaxis(gx_cl, -1, 1), gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw_cl, gw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb_cl, gb, rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_and_separable(rng):
+    x = rng.standard_normal((2, 4, 9, 8))
+    dw = rng.standard_normal((8, 1, 3, 3))  # multiplier 2
+    pw = rng.standard_normal((5, 8, 1, 1))
+    b = rng.standard_normal(5)
+    y = CF.separable_conv(x, dw, pw, b, stride=2, padding="same", padding_mode="reflect")
+    mid = ref.conv(x, dw, None, (2, 2), G.resolve_padding("same", (9, 8), (3, 3), (2, 2)), (1, 1), 4, ("reflect",) * 2)
+    expected = ref.conv(mid, pw, b, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, ("zeros",) * 2)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    # Gradients against torch.
+    xt = torch.tensor(x, requires_grad=True)
+    dwt = torch.tensor(dw, requires_grad=True)
+    pwt = torch.tensor(pw, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    (lo0, hi0), (lo1, hi1) = G.resolve_padding("same", (9, 8), (3, 3), (2, 2))
+    mt = F.conv2d(F.pad(xt, [lo1, hi1, lo0, hi0], mode="reflect"), dwt, stride=2, groups=4)
+    yt = F.conv2d(mt, pwt, bt)
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    gx, gdw, gpw, gb = CF.separable_conv_backward(gy, x, dw, pw, b, stride=2, padding="same", padding_mode="reflect")
+    for a, t in ((gx, xt), (gdw, dwt), (gpw, pwt), (gb, bt)):
+        assert max_rel_err(a, t.grad.numpy()) < 1e-12
+    yd = CF.depthwise_conv(x, dw, padding=1)
+    gxd, gwd, _ = CF.depthwise_conv_backward(rng.standard_normal(yd.shape), x, dw, padding=1)
+    assert yd.shape == (2, 8, 9, 8) and gxd.shape == x.shape and gwd.shape == dw.shape
+
+
+def test_zero_size_batch_and_channels(rng):
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = CF.conv(np.zeros((0, 3, 5, 5)), w, padding=1)
+    assert y.shape == (0, 4, 5, 5)
+    gx, gw, _ = CF.conv_backward(np.zeros((0, 4, 5, 5)), np.zeros((0, 3, 5, 5)), w, padding=1)
+    assert gx.shape == (0, 3, 5, 5) and np.array_equal(gw, np.zeros_like(w))
+    w0 = np.zeros((4, 0, 3, 3))
+    y0 = CF.conv(np.zeros((2, 0, 5, 5)), w0, bias=np.ones(4))
+    assert y0.shape == (2, 4, 3, 3) and np.all(y0 == 1.0)
+    y1 = CF.conv(np.zeros((2, 3, 5, 5)), np.zeros((0, 3, 3, 3)))
+    assert y1.shape == (2, 0, 3, 3)
+
+
+def _torch_grads(gy, x, w, **kw):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    F.conv2d(xt, wt, **kw).backward(torch.tensor(gy))
+    return xt.grad.numpy(), wt.grad.numpy()
+
+
+def test_nan_and_inf_propagate_as_in_ieee_arithmetic(rng):
+    """Non-finite values reach exactly the outputs and gradients they reach in PyTorch, no more."""
+    x = rng.standard_normal((1, 1, 8, 8))
+    x[0, 0, 0, 0] = np.nan
+    x[0, 0, 7, 7] = np.inf
+    w = rng.standard_normal((1, 1, 3, 3))
+    for kw in (dict(stride=1), dict(stride=2), dict(stride=1, padding=2)):
+        y = CF.conv(x, w, **kw)
+        np.testing.assert_allclose(y, F.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy(), rtol=1e-12)
+        gy = rng.standard_normal(y.shape)
+        gx, gw, _ = CF.conv_backward(gy, x, w, **kw)
+        tgx, tgw = _torch_grads(gy, x, w, **kw)
+        np.testing.assert_allclose(gw, tgw, rtol=1e-12)
+        w_inf = w.copy()
+        w_inf[0, 0, 1, 1] = np.inf
+        xf = rng.standard_normal(x.shape)
+        gx, _, _ = CF.conv_backward(gy, xf, w_inf, **kw)
+        tgx, _ = _torch_grads(gy, xf, w_inf, **kw)
+        np.testing.assert_allclose(gx, tgx, rtol=1e-12)
+        assert np.isfinite(gx).sum() == np.isfinite(tgx).sum()

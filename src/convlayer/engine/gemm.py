@@ -1,6 +1,15 @@
-"""Convolution as GEMM over tap slices (implicit im2col in the BLAS-friendly layout).
+"""Convolution as GEMM over tap slices (implicit GEMM in the BLAS-friendly layout).
 
-For a batch chunk the patch matrix is built tap by tap from contiguous
+Two strategies, chosen per problem by :func:`_strategy`:
+
+``"taps"`` (many channels per group): no patch matrix at all. For each
+kernel tap, one batched BLAS call multiplies the tap's weights
+``(groups, K_g, C_g)`` with the tap's contiguous input slice
+``(n, groups, C_g, L)`` and accumulates into the output. The slices are
+views, so the only workspace is the output itself.
+
+``"cols"`` (few channels per group, where a GEMM with inner size ``C_g``
+would be inefficient): the patch matrix is built tap by tap from contiguous
 slices of the phase-split input (see :mod:`.windows`) in the layout
 ``(n, groups, C_g * T, L)``, so that one batched BLAS call
 
@@ -19,6 +28,24 @@ import numpy as np
 
 from .. import _config
 from .windows import WindowPlan, gather_taps, lattice_embed, lattice_mask, lattice_view, merge_phases, scatter_taps, split_phases
+
+
+# Channels per group from which per-tap GEMMs (inner size C_g) beat
+# building the patch matrix (inner size C_g * taps). Measured on the
+# ResNet 3x3 layer (C=64) and LeNet layers (C=1, 6); see BENCHMARKS.md.
+TAPS_MIN_CHANNELS = 16
+
+
+def _strategy(c_g: int, plan) -> str:
+    return "taps" if c_g >= TAPS_MIN_CHANNELS and plan.n_taps > 1 else "cols"
+
+
+def _tap_views(xph: np.ndarray, n: int, groups: int, plan: WindowPlan):
+    """Yield ``(t, view (n, groups, C_g, L))`` of each tap's input slice (no copies)."""
+    v = xph.reshape(n, groups, xph.shape[0] // (n * groups), plan.phases, plan.q_size)  # (n, g, C_g, R, Q)
+    L = plan.length
+    for t, (r, off) in enumerate(plan.taps):
+        yield t, v[:, :, :, r, off:off + L]
 
 
 def _chunks(n: int, per_item_bytes: int):
@@ -45,6 +72,23 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
     k = w.shape[0]
     wmat = w.reshape(groups, k // groups, (c // groups) * plan.n_taps)  # (g, K_g, C_g*T)
     y = np.empty((n, k, *plan.out), dtype=xp.dtype)
+    if n == 0:
+        return y
+    if _strategy(c // groups, plan) == "taps":
+        wtaps = np.moveaxis(wmat.reshape(groups, k // groups, c // groups, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
+        for sl in _chunks(n, _workspace_per_item(0, 2 * k, plan, xp.itemsize)):
+            m = xp[sl].shape[0]
+            xph = split_phases(xp[sl].reshape(m * c, *xp.shape[2:]), plan)  # (n*C, R, Q)
+            acc = tmp = None
+            for t, view in _tap_views(xph, m, groups, plan):
+                if acc is None:
+                    acc = np.matmul(wtaps[t], view)  # (n, g, K_g, L)
+                    tmp = np.empty_like(acc)
+                else:
+                    np.matmul(wtaps[t], view, out=tmp)
+                    acc += tmp
+            y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
+        return y
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
         cols = _cols(xp[sl], plan, groups)  # (n, g, C_g*T, L)
         acc = np.matmul(wmat, cols)  # (n, g, K_g, L)

@@ -1,0 +1,138 @@
+"""Pooling against PyTorch (float64) and the naive reference."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convlayer.functional as CF
+
+import reference as ref
+from helpers import max_rel_err
+
+TMAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+TAVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+@st.composite
+def pool_case(draw, dilation=True):
+    rank = draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dil = tuple(draw(st.integers(1, 2)) if dilation else 1 for _ in range(rank))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)  # PyTorch's limit
+    # PyTorch's avg_pool3d also wants the unpadded input at least as large as the kernel.
+    size = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p, 0 if dilation else k), 9))
+                 for k, d, p in zip(kernel, dil, padding))
+    return dict(rank=rank, kernel=kernel, stride=stride, dilation=dil, padding=padding, size=size,
+                ceil_mode=draw(st.booleans()), n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)))
+
+
+@settings(max_examples=150)
+@given(case=pool_case(), seed=st.integers(0, 2**31 - 1))
+def test_max_pool_matches_torch(case, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["n"], case["c"], *case["size"]))
+    kw = dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], ceil_mode=case["ceil_mode"])
+    y, idx = CF.max_pool(x, return_indices=True, **kw)
+    # A window lying wholly in the padding gives -inf and index -1 here; PyTorch returns an
+    # out-of-range index for it and its backward then writes out of bounds, so such cases
+    # are checked against the reference instead.
+    if not np.isfinite(y).all():
+        expected = ref.max_pool(x, case["kernel"], case["stride"], [(p, p) for p in case["padding"]],
+                                case["dilation"], case["ceil_mode"])
+        np.testing.assert_array_equal(y, expected)
+        assert np.all(idx[np.isneginf(y)] == -1)
+        return
+    xt = torch.tensor(x, requires_grad=True)
+    yt, it = TMAX[case["rank"]](xt, return_indices=True, **kw)
+    assert y.shape == tuple(yt.shape)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(CF.max_pool_backward(gy, x, **kw), xt.grad.numpy(), rtol=1e-13, atol=1e-13)
+
+
+@settings(max_examples=150)
+@given(case=pool_case(dilation=False), include=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_avg_pool_matches_torch(case, include, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["n"], case["c"], *case["size"]))
+    kw = dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+              ceil_mode=case["ceil_mode"], count_include_pad=include)
+    y = CF.avg_pool(x, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = TAVG[case["rank"]](xt, **kw)
+    assert y.shape == tuple(yt.shape)
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-13
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    assert max_rel_err(CF.avg_pool_backward(gy, x, **kw), xt.grad.numpy()) < 1e-13
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**31 - 1), rank=st.integers(1, 4), ceil=st.booleans(), include=st.booleans(),
+       big_pad=st.integers(0, 4))
+def test_pools_beyond_torch_match_reference(seed, rank, ceil, include, big_pad):
+    """Dilated average pooling, padding larger than half the kernel, 4-D."""
+    rng = np.random.default_rng(seed)
+    kernel = tuple(int(v) for v in rng.integers(1, 4, rank))
+    stride = tuple(int(v) for v in rng.integers(1, 3, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    pads = tuple((big_pad, int(rng.integers(0, 3))) for _ in range(rank))
+    size = tuple(int(rng.integers(d * (k - 1) + 1, d * (k - 1) + 4)) for k, d in zip(kernel, dilation))
+    x = rng.standard_normal((1, 2, *size))
+    got = CF.max_pool(x, kernel, stride, pads, dilation, ceil)
+    np.testing.assert_array_equal(got, ref.max_pool(x, kernel, stride, pads, dilation, ceil))
+    got = CF.avg_pool(x, kernel, stride, pads, dilation, ceil, include)
+    assert max_rel_err(got, ref.avg_pool(x, kernel, stride, pads, dilation, ceil, include)) < 1e-13
+
+
+def test_pool_same_padding_and_defaults(rng):
+    x = rng.standard_normal((2, 3, 7, 9))
+    assert CF.max_pool(x, 2).shape == (2, 3, 3, 4)
+    assert CF.max_pool(x, 3, 2, padding="same").shape == (2, 3, 4, 5)
+    assert CF.avg_pool(x, (2, 3), padding="same").shape == (2, 3, 4, 3)
+
+
+def test_max_pool_nan_propagates(rng):
+    x = rng.standard_normal((1, 1, 4, 4))
+    x[0, 0, 1, 1] = np.nan
+    y = CF.max_pool(x, 2)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(y[0, 0, 1, 1])
+    g = CF.max_pool_backward(np.ones_like(y), x, 2)
+    assert g[0, 0, 1, 1] == 1.0 and g[0, 0, :2, :2].sum() == 1.0
+
+
+def test_global_pools(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    np.testing.assert_array_equal(CF.global_max_pool(x), x.max(axis=(2, 3)))
+    np.testing.assert_allclose(CF.global_avg_pool(x), x.mean(axis=(2, 3)))
+    assert CF.global_avg_pool(x, keepdims=True).shape == (2, 3, 1, 1)
+    gy = rng.standard_normal((2, 3))
+    g = CF.global_max_pool_backward(gy, x)
+    xt = torch.tensor(x, requires_grad=True)
+    xt.amax(dim=(2, 3)).backward(torch.tensor(gy))
+    np.testing.assert_allclose(g, xt.grad.numpy())
+    ga = CF.global_avg_pool_backward(gy, x)
+    np.testing.assert_allclose(ga, np.broadcast_to(gy[:, :, None, None] / 20, x.shape))
+    xc = np.moveaxis(x, 1, -1)
+    np.testing.assert_allclose(CF.global_avg_pool(xc, data_format="channels_last"), x.mean(axis=(2, 3)))
+    with pytest.raises(ValueError, match="grad_y must hold one value per"):
+        CF.global_avg_pool_backward(np.ones(5), x)
+
+
+def test_finite_differences_pools(rng):
+    x = rng.standard_normal((2, 2, 7, 6))
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    r = rng.standard_normal(CF.avg_pool(x, **kw).shape)
+    v = rng.standard_normal(x.shape)
+    h = 1e-6
+    num = (np.sum(r * CF.avg_pool(x + h * v, **kw)) - np.sum(r * CF.avg_pool(x - h * v, **kw))) / (2 * h)
+    assert abs(num - np.vdot(CF.avg_pool_backward(r, x, **kw), v)) < 1e-7
+    num = (np.sum(r * CF.max_pool(x + h * v, **kw)) - np.sum(r * CF.max_pool(x - h * v, **kw))) / (2 * h)
+    assert abs(num - np.vdot(CF.max_pool_backward(r, x, **kw), v)) < 1e-7

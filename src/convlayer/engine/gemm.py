@@ -36,13 +36,19 @@ from .windows import WindowPlan, gather_taps, lattice_embed, lattice_mask, latti
 TAPS_MIN_CHANNELS = 16
 
 
+# Positions per tap slice below which per-tap GEMMs are too thin.
+TAPS_MIN_LENGTH = 256
+
+
 def _strategy(c_g: int, plan) -> str:
-    return "taps" if c_g >= TAPS_MIN_CHANNELS and plan.n_taps > 1 else "cols"
+    if c_g >= TAPS_MIN_CHANNELS and plan.n_taps > 1 and plan.length >= TAPS_MIN_LENGTH:
+        return "taps"
+    return "cols"
 
 
 def _tap_views(xph: np.ndarray, n: int, groups: int, plan: WindowPlan):
     """Yield ``(t, view (n, groups, C_g, L))`` of each tap's input slice (no copies)."""
-    v = xph.reshape(n, groups, xph.shape[0] // (n * groups), plan.phases, plan.q_size)  # (n, g, C_g, R, Q)
+    v = xph.reshape(n, groups, xph.shape[1] // groups, plan.phases, plan.q_size)  # (n, g, C_g, R, Q)
     L = plan.length
     for t, (r, off) in enumerate(plan.taps):
         yield t, v[:, :, :, r, off:off + L]
@@ -54,12 +60,24 @@ def _chunks(n: int, per_item_bytes: int):
         yield slice(start, min(n, start + step))
 
 
-def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
-    """Patch matrix ``(n, groups, C_g*T, L)`` of a padded chunk ``(n, C, *P)``."""
+def _phases(xp_chunk: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """Phase-split padded chunk ``(n, C, *P)`` as ``(n, C, R, Q)``."""
     n, c = xp_chunk.shape[:2]
-    xph = split_phases(xp_chunk.reshape(n * c, *xp_chunk.shape[2:]), plan)  # (n*C, R, Q)
-    cols = gather_taps(xph, plan)  # (n*C, T, L)
-    return cols.reshape(n, groups, (c // groups) * plan.n_taps, plan.length)
+    return split_phases(xp_chunk.reshape(n * c, *xp_chunk.shape[2:]), plan).reshape(n, c, plan.phases, plan.q_size)
+
+
+def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
+    """Patch matrix ``(g, C_g*T, n*L)`` of a padded chunk ``(n, C, *P)``, batch folded into the columns."""
+    n, c = xp_chunk.shape[:2]
+    cols = gather_taps(_phases(xp_chunk, plan), plan)  # (C, T, n, L)
+    return cols.reshape(groups, (c // groups) * plan.n_taps, n * plan.length)
+
+
+def _embed(gy_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
+    """``gy (n, K, *out)`` into the GEMM layout ``(g, K_g, n*L)`` with zeros at the dropped columns."""
+    n, k = gy_chunk.shape[:2]
+    flat = lattice_embed(np.swapaxes(gy_chunk, 0, 1), plan)  # (K, n, L)
+    return flat.reshape(groups, k // groups, n * plan.length)
 
 
 def _workspace_per_item(c: int, k: int, plan: WindowPlan, itemsize: int) -> int:
@@ -78,7 +96,7 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
         wtaps = np.moveaxis(wmat.reshape(groups, k // groups, c // groups, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
         for sl in _chunks(n, _workspace_per_item(0, 2 * k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
-            xph = split_phases(xp[sl].reshape(m * c, *xp.shape[2:]), plan)  # (n*C, R, Q)
+            xph = _phases(xp[sl], plan)  # (n, C, R, Q)
             acc = tmp = None
             for t, view in _tap_views(xph, m, groups, plan):
                 if acc is None:
@@ -90,9 +108,9 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
             y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
         return y
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
-        cols = _cols(xp[sl], plan, groups)  # (n, g, C_g*T, L)
-        acc = np.matmul(wmat, cols)  # (n, g, K_g, L)
-        y[sl] = lattice_view(acc.reshape(acc.shape[0], k, plan.length), plan)
+        m = xp[sl].shape[0]
+        acc = np.matmul(wmat, _cols(xp[sl], plan, groups))  # (g, K_g, n*L)
+        y[sl] = np.swapaxes(lattice_view(acc.reshape(k, m, plan.length), plan), 0, 1)  # (n, K, *out)
     return y
 
 
@@ -106,13 +124,13 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     gxp = np.empty((n, c, *plan.full), dtype=gy.dtype)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
         m = gy[sl].shape[0]
-        gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k // groups, plan.length)  # (n, g, K_g, L)
-        gcols = np.matmul(wmat_t, gflat)  # (n, g, C_g*T, L)
+        gcols = np.matmul(wmat_t, _embed(gy[sl], plan, groups))  # (g, C_g*T, n*L)
+        gcols = gcols.reshape(c, plan.n_taps, m, plan.length)  # (C, T, n, L)
         if mask is not None:
             # 0 * inf in the dropped columns must not leak into real positions.
             gcols = np.where(mask, gcols, 0)
-        gph = scatter_taps(gcols.reshape(m * c, plan.n_taps, plan.length), plan)  # (n*C, R, Q)
-        gxp[sl] = merge_phases(gph, plan).reshape(m, c, *plan.full)
+        gph = scatter_taps(gcols, plan)  # (n, C, R, Q)
+        gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
     return gxp
 
 
@@ -124,10 +142,49 @@ def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPl
     mask = None if finite_x else lattice_mask(plan)
     gw = np.zeros((groups, k // groups, (c // groups) * plan.n_taps), dtype=xp.dtype)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
-        cols = _cols(xp[sl], plan, groups)  # (n, g, C_g*T, L)
+        m = xp[sl].shape[0]
+        cols = _cols(xp[sl], plan, groups)  # (g, C_g*T, n*L)
         if mask is not None:
-            cols = np.where(mask, cols, 0)
-        m = cols.shape[0]
-        gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k // groups, plan.length)  # (n, g, K_g, L)
-        gw += np.matmul(gflat, cols.transpose(0, 1, 3, 2)).sum(axis=0)  # (g, K_g, C_g*T)
+            cols = np.where(np.tile(mask, m), cols, 0)
+        gw += np.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1))  # (g, K_g, C_g*T)
     return gw.reshape(k, c // groups, *kernel_shape)
+
+
+def table_conv_forward(xp: np.ndarray, weight: np.ndarray, outputs, by_input, plan: WindowPlan) -> np.ndarray:
+    """Convolution with a connection table (see :class:`convlayer.layers.ConnectionTableConv`).
+
+    ``weight`` is ``(connections, T)``; ``by_input[i] = (rows, outs)`` lists
+    the weight rows and output maps of the connections leaving input map
+    ``i``. One GEMM per input map, ``(deg_i, T) @ (T, n*L)``: only listed
+    connections cost arithmetic.
+    """
+    n, c = xp.shape[:2]
+    y = np.empty((n, outputs, *plan.out), dtype=xp.dtype)
+    for sl in _chunks(n, _workspace_per_item(c, outputs, plan, xp.itemsize)):
+        m = xp[sl].shape[0]
+        cols = _cols(xp[sl], plan, c)  # (C, T, n*L)
+        acc = np.zeros((outputs, m * plan.length), dtype=xp.dtype)
+        for i, (rows, outs) in enumerate(by_input):
+            acc[outs] += weight[rows] @ cols[i]  # outs are distinct: a map lists an input once
+        y[sl] = np.swapaxes(lattice_view(acc.reshape(outputs, m, plan.length), plan), 0, 1)
+    return y
+
+
+def table_conv_backward(gy: np.ndarray, xp: np.ndarray, weight: np.ndarray, by_input, plan: WindowPlan):
+    """Gradients ``(grad of padded input, grad of weight (connections, T))`` of :func:`table_conv_forward`."""
+    n, c = xp.shape[:2]
+    outputs = gy.shape[1]
+    gxp = np.empty((n, c, *plan.full), dtype=xp.dtype)
+    gw = np.zeros_like(weight)
+    for sl in _chunks(n, _workspace_per_item(c, outputs, plan, xp.itemsize)):
+        m = xp[sl].shape[0]
+        cols = _cols(xp[sl], plan, c)  # (C, T, n*L)
+        gflat = _embed(gy[sl], plan, 1)[0]  # (K, n*L)
+        gcols = np.empty_like(cols)
+        for i, (rows, outs) in enumerate(by_input):
+            g_out = gflat[outs]  # (deg_i, n*L)
+            gw[rows] += g_out @ cols[i].T
+            gcols[i] = weight[rows].T @ g_out  # (T, n*L)
+        gph = scatter_taps(gcols.reshape(c, plan.n_taps, m, plan.length), plan)  # (n, C, R, Q)
+        gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
+    return gxp, gw

@@ -7,6 +7,8 @@ large allocation.
 
 from ..padding import pad, pad_adjoint
 from .conv import (
+    connection_conv,
+    connection_conv_backward,
     conv,
     conv_backward,
     conv_transpose,
@@ -38,6 +40,8 @@ __all__ = [
     "depthwise_conv_backward",
     "separable_conv",
     "separable_conv_backward",
+    "connection_conv",
+    "connection_conv_backward",
     "max_pool",
     "max_pool_backward",
     "avg_pool",

@@ -61,6 +61,8 @@ __all__ = [
     "depthwise_conv_backward",
     "separable_conv",
     "separable_conv_backward",
+    "connection_conv",
+    "connection_conv_backward",
 ]
 
 
@@ -446,3 +448,58 @@ def separable_conv_backward(grad_y, x, depthwise_weight, pointwise_weight, bias=
     g_x, g_dw, _ = depthwise_conv_backward(g_mid, x, depthwise_weight, None, stride, padding, dilation,
                                            padding_mode, data_format)
     return g_x, g_dw, g_pw, g_b
+
+
+# --- convolution with a connection table ------------------------------------------------------
+
+
+def _table_setup(op, x, weight, table, bias, grad=None):
+    x = as_float_array(op, "input", x)
+    weight = as_float_array(op, "weight", weight)
+    bias = None if bias is None else as_float_array(op, "bias", bias)
+    grad = None if grad is None else as_float_array(op, "grad_y", grad)
+    same_dtype(op, input=x, weight=weight, bias=bias, grad_y=grad)
+    if weight.ndim < 2:
+        raise ValueError(f"{op}: weight of shape {weight.shape} must be (connections, *kernel_size)")
+    rank = weight.ndim - 1
+    x, batched = to_channels_first(op, x, rank, "channels_first")
+    c = x.shape[1]
+    if not isinstance(table, (list, tuple)) or not table:
+        raise ValueError(f"{op}: table must be a non-empty list of input-map lists")
+    rows_total = 0
+    by_input = [([], []) for _ in range(c)]
+    for j, inputs in enumerate(table):
+        if len(set(inputs)) != len(inputs) or not all(_is_int(i) and 0 <= i < c for i in inputs):
+            raise ValueError(f"{op}: table[{j}]={inputs!r} must list distinct input maps in [0, {c})")
+        for i in inputs:
+            by_input[i][0].append(rows_total)
+            by_input[i][1].append(j)
+            rows_total += 1
+    if weight.shape[0] != rows_total:
+        raise ValueError(f"{op}: weight has {weight.shape[0]} rows but the table lists {rows_total} connections")
+    geo = _geometry(op, x.shape, (len(table), c, *weight.shape[1:]), 1, 0, 1, 1, "zeros",
+                    bias_shape=_shape(bias), dtype=x.dtype)
+    by_input = [(np.array(r, dtype=np.intp), np.array(o, dtype=np.intp)) for r, o in by_input]
+    return x, weight, bias, grad, batched, geo, by_input
+
+
+def connection_conv(x, weight, table, bias=None):
+    """Valid convolution in which output map ``j`` sees only the input maps ``table[j]``.
+
+    ``weight`` is ``(connections, *kernel_size)``, one row per (output,
+    input) pair in table order. Only listed connections are computed.
+    """
+    x, weight, bias, _, batched, geo, by_input = _table_setup("connection_conv", x, weight, table, bias)
+    w2 = weight.reshape(weight.shape[0], -1)  # (connections, T)
+    y = gemm.table_conv_forward(x, w2, len(table), by_input, geo.plan)
+    return from_channels_first(_add_bias(y, bias), batched, "channels_first")
+
+
+def connection_conv_backward(grad_y, x, weight, table, bias=None):
+    """Gradients of :func:`connection_conv`: ``(grad_x, grad_weight, grad_bias)``."""
+    op = "connection_conv_backward"
+    x, weight, bias, gy, batched, geo, by_input = _table_setup(op, x, weight, table, bias, grad_y)
+    gy, _ = to_channels_first(op, gy, weight.ndim - 1, "channels_first", name="grad_y")
+    check_grad_shape(op, gy, geo.out_shape)
+    gx, gw = gemm.table_conv_backward(gy, x, weight.reshape(weight.shape[0], -1), by_input, geo.plan)
+    return from_channels_first(gx, batched, "channels_first"), gw.reshape(weight.shape), _bias_grad(gy, bias)

@@ -1,0 +1,12 @@
+"""Mini-batch index generation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
+    """Yield index arrays covering ``range(n)`` in batches, shuffled when ``rng`` is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]

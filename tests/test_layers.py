@@ -1,0 +1,174 @@
+"""Every layer's contract: output shape, parameter count, config round trip, gradients by finite differences."""
+
+import json
+
+import numpy as np
+import pytest
+
+import convlayer.layers as L
+from convlayer.models import C3_TABLE, lenet5, lenet5_modern
+
+
+def _f64(layer):
+    """Cast a layer's parameters (recursively) to float64 for finite differences."""
+    for p in layer.parameters():
+        p.value = p.value.astype(np.float64)
+        p.grad = np.zeros_like(p.value)
+    for name in ("running_mean", "running_var"):
+        if hasattr(layer, name):
+            setattr(layer, name, getattr(layer, name).astype(np.float64))
+    for child in layer.children().values():
+        _f64(child)
+    return layer
+
+
+def check_layer(layer, input_shape, rng, n_params=None, eps=1e-6, train=True):
+    """Output shape, parameters, config round trip and finite-difference gradients (float64)."""
+    layer = _f64(layer)
+    layer.train(train)
+    x = rng.standard_normal(input_shape)
+    y = layer.forward(x)
+    assert y.shape == layer.output_shape(input_shape)
+    if n_params is not None:
+        assert layer.num_parameters() == n_params
+    # config round trip through JSON
+    spec = json.loads(json.dumps(L.layer_config(layer)))
+    clone = _f64(L.layer_from_config(spec))
+    assert L.layer_config(clone) == L.layer_config(layer)
+    assert repr(layer)
+    # gradients: loss = sum(r * y)
+    r = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    layer.forward(x)
+    gx = layer.backward(r)
+    assert gx.shape == x.shape
+
+    def loss():
+        if isinstance(layer, L.Dropout):
+            layer._rng = np.random.default_rng(7)
+        return float(np.sum(r * layer.forward(x)))
+
+    if isinstance(layer, L.Dropout):
+        layer._rng = np.random.default_rng(7)
+        layer.forward(x)
+        gx = layer.backward(r)
+    v = rng.standard_normal(x.shape)
+    x0 = x.copy()
+    x[...] = x0 + eps * v
+    up = loss()
+    x[...] = x0 - eps * v
+    down = loss()
+    x[...] = x0
+    num = (up - down) / (2 * eps)
+    assert abs(num - np.vdot(gx, v)) <= 1e-6 * (1 + abs(num)), (num, np.vdot(gx, v))
+    for name, p in layer.named_parameters():
+        v = rng.standard_normal(p.value.shape)
+        p0 = p.value.copy()
+        p.value = p0 + eps * v
+        up = loss()
+        p.value = p0 - eps * v
+        down = loss()
+        p.value = p0
+        num = (up - down) / (2 * eps)
+        assert abs(num - np.vdot(p.grad, v)) <= 1e-6 * (1 + abs(num)), (name, num, np.vdot(p.grad, v))
+
+
+CASES = [
+    (lambda: L.Conv1d(3, 4, 5, stride=2, padding="causal", dilation=2), (2, 3, 17), 4 * 3 * 5 + 4),
+    (lambda: L.Conv2d(4, 6, 3, padding="same", groups=2, padding_mode="reflect"), (2, 4, 7, 6), 6 * 2 * 9 + 6),
+    (lambda: L.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), bias=False, padding_mode="circular", padding=1),
+     (1, 2, 4, 5, 4), 3 * 2 * 12),
+    (lambda: L.ConvNd(4, 2, 2, 2, padding="same", padding_mode="symmetric"), (1, 2, 3, 3, 3, 3), 2 * 2 * 16 + 2),
+    (lambda: L.ConvTranspose2d(4, 2, 4, stride=2, padding=1, output_padding=1), (2, 4, 3, 4), 4 * 2 * 16 + 2),
+    (lambda: L.ConvTranspose1d(2, 3, 3, stride=3, padding_mode="replicate", padding=1), (1, 2, 5), 2 * 3 * 3 + 3),
+    (lambda: L.DepthwiseConv(2, 3, 3, depth_multiplier=2, stride=2, padding=1), (2, 3, 7, 7), 6 * 9 + 6),
+    (lambda: L.SeparableConv(2, 3, 5, 3, padding="same"), (2, 3, 6, 6), 3 * 9 + 5 * 3 + 5),
+    (lambda: L.ConnectionTableConv(2, 6, [list(t) for t in C3_TABLE], 5), (2, 6, 14, 14), 1516),
+    (lambda: L.MaxPool(2, 3, 2, padding=1, ceil_mode=True), (2, 3, 7, 8), 0),
+    (lambda: L.AvgPool(1, 3, 2, padding="same", count_include_pad=False), (2, 3, 9), 0),
+    (lambda: L.GlobalMaxPool(), (2, 3, 4, 5), 0),
+    (lambda: L.GlobalAvgPool(), (2, 3, 4, 5), 0),
+    (lambda: L.Subsampling(2, 6, 2), (2, 6, 8, 8), 12),
+    (lambda: L.Linear(7, 5), (3, 7), 40),
+    (lambda: L.Flatten(), (2, 3, 2, 2), 0),
+    (lambda: L.ReLU(), (3, 9), 0),
+    (lambda: L.LeakyReLU(0.2), (3, 9), 0),
+    (lambda: L.Tanh(), (3, 9), 0),
+    (lambda: L.ScaledTanh(), (3, 9), 0),
+    (lambda: L.Sigmoid(), (3, 9), 0),
+    (lambda: L.Softmax(), (3, 9), 0),
+    (lambda: L.BatchNorm(3), (4, 3, 5, 2), 6),
+    (lambda: L.BatchNorm(5), (6, 5), 10),
+    (lambda: L.Dropout(0.3, seed=1), (4, 8), 0),
+    (lambda: L.Sequential([L.Conv2d(2, 3, 3), L.ReLU(), L.Flatten(), L.Linear(12, 2)]), (2, 2, 4, 4),
+     3 * 2 * 9 + 3 + 12 * 2 + 2),
+    (lambda: L.Residual(L.Sequential([L.Conv2d(3, 3, 3, padding=1), L.Tanh()])), (2, 3, 5, 5), 3 * 3 * 9 + 3),
+    (lambda: L.Residual(L.Conv2d(2, 4, 3, stride=2, padding=1), L.Conv2d(2, 4, 1, stride=2)), (2, 2, 6, 6),
+     4 * 2 * 9 + 4 + 4 * 2 + 4),
+]
+
+
+@pytest.mark.parametrize("make, shape, n_params", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_layer_contract(make, shape, n_params, rng):
+    check_layer(make(), shape, rng, n_params)
+
+
+def test_batchnorm_eval_mode_gradient_and_running_stats(rng):
+    bn = L.BatchNorm(3)
+    x = (rng.standard_normal((50, 3, 4)) * 3 + 2).astype(np.float32)
+    for _ in range(200):  # running estimates converge as 1 - 0.9**steps
+        bn.forward(x)
+    np.testing.assert_allclose(bn.running_mean, x.mean(axis=(0, 2)), rtol=1e-3)
+    np.testing.assert_allclose(bn.running_var, x.var(axis=(0, 2), ddof=1), rtol=1e-3)
+    check_layer(bn, (4, 3, 5), rng, 6, train=False)
+
+
+def test_lenet5_faithful_structure():
+    net = lenet5()
+    assert net.output_shape((1, 1, 32, 32)) == (1, 10)
+    # C1 156, S2 12, C3 1516, S4 32, C5 48120, F6 10164, output 850 (the paper's counts; linear output)
+    counts = [layer.num_parameters() for layer in net.layers if layer.num_parameters()]
+    assert counts == [156, 12, 1516, 32, 48120, 10164, 850]
+    c3 = net.layers[4]
+    assert c3.weight.value.shape == (60, 5, 5)  # 60 connections, not 16 * 6 = 96
+    assert lenet5_modern().num_parameters() == 61706
+
+
+def test_lenet5_gradients(rng):
+    check_layer(lenet5(), (2, 1, 32, 32), rng)
+
+
+def test_dropout_eval_is_identity(rng):
+    d = L.Dropout(0.5, seed=0).eval()
+    x = rng.standard_normal((4, 4))
+    np.testing.assert_array_equal(d.forward(x), x)
+    d.train()
+    y = d.forward(np.ones((1000, 10)))
+    assert 0.4 < (y == 0).mean() < 0.6 and set(np.unique(y)) <= {0.0, 2.0}
+
+
+def test_layer_errors():
+    with pytest.raises(ValueError, match="groups=3 must divide in_channels=4"):
+        L.Conv2d(4, 6, 3, groups=3)
+    with pytest.raises(ValueError, match="kernel_size=0 must be >= 1"):
+        L.Conv2d(1, 1, 0)
+    with pytest.raises(ValueError, match="is not one of"):
+        L.Conv2d(1, 1, 3, padding="bogus")
+    with pytest.raises(ValueError, match="Linear: input must be \\(N, 4\\)"):
+        L.Linear(4, 2).forward(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="unknown layer type 'os.system'"):
+        L.layer_from_config({"type": "os.system", "config": {}})
+    with pytest.raises(ValueError, match="invalid config for layer Conv2d"):
+        L.layer_from_config({"type": "Conv2d", "config": {"in_channels": 1, "evil": 2}})
+    with pytest.raises(ValueError, match="over the memory budget"):
+        L.Linear(2**40, 2**20)
+    with pytest.raises(ValueError, match=r"table\[1\]=\[0, 0\] must list distinct"):
+        L.ConnectionTableConv(2, 3, [[0], [0, 0]], 3)
+
+
+def test_seed_makes_initialisation_reproducible():
+    L.seed(3)
+    a = lenet5().state_dict()
+    L.seed(3)
+    b = lenet5().state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)

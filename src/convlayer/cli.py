@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_DEFAULTS = dict(model="lenet5", epochs=6, batch_size=64, lr=2e-3)
+# The demo trains the modern LeNet-5 (ReLU, max pooling): it reaches 99% in a few epochs. The faithful
+# 1998 network trains with `convlayer train --model lenet5` (see README for both results).
+DEMO_DEFAULTS = dict(model="lenet5-modern", epochs=8, batch_size=64, lr=2e-3)
 
 
 @contextlib.contextmanager
@@ -193,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="train LeNet-5 on the bundled MNIST, save the model and a figure")
+    demo = sub.add_parser("demo", help="train LeNet-5 (modern variant) on the bundled MNIST, save the model and a figure")
     training_options(demo, {**DEMO_DEFAULTS, "out": "runs/demo"})
     demo.set_defaults(func=_train, model=DEMO_DEFAULTS["model"])
 
     train = sub.add_parser("train", help="train a model on MNIST (or IDX files in --data-dir)")
-    train.add_argument("--model", choices=("lenet5", "lenet5-modern"), default="lenet5")
+    train.add_argument("--model", choices=("lenet5", "lenet5-modern"), default="lenet5-modern")
     training_options(train, {**DEMO_DEFAULTS, "epochs": 20})
     train.set_defaults(func=_train)
 

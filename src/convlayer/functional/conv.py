@@ -226,14 +226,17 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, paddin
 
 
 def conv_backward(grad_y, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                  padding_mode="zeros", data_format="channels_first"):
+                  padding_mode="zeros", data_format="channels_first", grads=("input", "weight", "bias")):
     """Gradients of :func:`conv`: ``(grad_x, grad_weight, grad_bias)``.
 
     ``grad_y`` has the shape of ``conv``'s output; ``grad_bias`` is ``None``
     when ``bias`` is ``None``. Padded positions fold back through the exact
-    adjoint of the padding mode.
+    adjoint of the padding mode. ``grads`` names the gradients to compute
+    (the others are returned as ``None``): a network's first layer needs no
+    input gradient.
     """
     op = "conv_backward"
+    want = _check_grads(op, grads)
     x, weight, bias, grad_y = _arrays(op, x, weight, bias, grad_y)
     rank = weight.ndim - 2
     x, batched = to_channels_first(op, x, rank, data_format)
@@ -241,9 +244,19 @@ def conv_backward(grad_y, x, weight, bias=None, stride=1, padding=0, dilation=1,
     geo = _geometry(op, x.shape, weight.shape, stride, padding, dilation, groups, padding_mode,
                     bias_shape=_shape(bias), dtype=x.dtype)
     check_grad_shape(op, gy, geo.out_shape)
-    gx = _grad_input(gy, weight, geo)
-    gw = _grad_weight(gy, x, weight.shape, geo)
-    return from_channels_first(gx, batched, data_format), gw, _bias_grad(gy, bias)
+    gx = from_channels_first(_grad_input(gy, weight, geo), batched, data_format) if "input" in want else None
+    gw = _grad_weight(gy, x, weight.shape, geo) if "weight" in want else None
+    gb = _bias_grad(gy, bias) if "bias" in want else None
+    return gx, gw, gb
+
+
+_GRADS = ("input", "weight", "bias")
+
+
+def _check_grads(op, grads):
+    if isinstance(grads, str) or not set(grads) <= set(_GRADS):
+        raise ValueError(f"{op}: grads={grads!r} must be a collection of names from {_GRADS}")
+    return set(grads)
 
 
 # --- transposed convolution -------------------------------------------------------------------
@@ -374,9 +387,11 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
 
 
 def conv_transpose_backward(grad_y, x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
-                            groups=1, padding_mode="zeros", output_size=None, data_format="channels_first"):
-    """Gradients of :func:`conv_transpose`: ``(grad_x, grad_weight, grad_bias)``."""
+                            groups=1, padding_mode="zeros", output_size=None, data_format="channels_first",
+                            grads=("input", "weight", "bias")):
+    """Gradients of :func:`conv_transpose`: ``(grad_x, grad_weight, grad_bias)`` (``grads`` as in :func:`conv_backward`)."""
     op = "conv_transpose_backward"
+    want = _check_grads(op, grads)
     x, weight, bias, grad_y = _arrays(op, x, weight, bias, grad_y)
     rank = weight.ndim - 2
     x, batched = to_channels_first(op, x, rank, data_format)
@@ -384,9 +399,13 @@ def conv_transpose_backward(grad_y, x, weight, bias=None, stride=1, padding=0, o
     tgeo = _transposed_geometry(op, x.shape, weight.shape, stride, padding, output_padding, dilation, groups,
                                 padding_mode, output_size, _shape(bias), x.dtype)
     check_grad_shape(op, gy, tgeo.conv.in_shape)
-    gx = tgeo.crop(_forward(gy, weight, tgeo.conv))
-    gw = _grad_weight(tgeo.extend(x), gy, weight.shape, tgeo.conv)
-    return from_channels_first(np.ascontiguousarray(gx), batched, data_format), gw, _bias_grad(gy, bias)
+    gx = None
+    if "input" in want:
+        gx = from_channels_first(np.ascontiguousarray(tgeo.crop(_forward(gy, weight, tgeo.conv))), batched,
+                                 data_format)
+    gw = _grad_weight(tgeo.extend(x), gy, weight.shape, tgeo.conv) if "weight" in want else None
+    gb = _bias_grad(gy, bias) if "bias" in want else None
+    return gx, gw, gb
 
 
 def _shape(a):

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _config
-from ..engine.windows import WindowPlan, lattice_embed, lattice_view, make_plan, merge_phases, split_phases
 from ..geometry import normalize_tuple, pool_output_size, resolve_padding
 from ..padding import _pad
 from ._common import as_float_array, check_grad_shape, from_channels_first, to_channels_first
@@ -45,18 +44,24 @@ class _PoolGeometry:
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
-    plan: WindowPlan
 
     @property
     def axes(self):
         return tuple(range(2, len(self.in_shape)))
 
     @property
-    def planes(self) -> int:
-        return self.in_shape[0] * self.in_shape[1]
+    def out_shape(self):
+        return (*self.in_shape[:2], *self.out)
+
+    def taps(self):
+        """``(tap index, index tuple)``: the strided view of the padded input each kernel tap reads."""
+        for t, m in enumerate(np.ndindex(*self.kernel)):
+            yield t, (slice(None), slice(None), *(
+                slice(mi * d, mi * d + (o - 1) * s + 1, s)
+                for mi, d, o, s in zip(m, self.dilation, self.out, self.stride)))
 
 
-def _rank(x, kernel_size, data_format):
+def _rank(x, kernel_size):
     if isinstance(kernel_size, (tuple, list)):
         return len(kernel_size)
     return x.ndim - 2
@@ -64,7 +69,7 @@ def _rank(x, kernel_size, data_format):
 
 def _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format):
     x = as_float_array(op, "input", x)
-    rank = _rank(x, kernel_size, data_format)
+    rank = _rank(x, kernel_size)
     if rank < 1:
         raise ValueError(f"{op}: input of shape {x.shape} has no spatial axis; expected (N, C, *spatial)")
     x, batched = to_channels_first(op, x, rank, data_format)
@@ -83,24 +88,14 @@ def _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format
     full = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, ext))
     _config.check_budget(op, "padded input", (*x.shape[:2], *full), x.dtype)
     _config.check_budget(op, "output", (*x.shape[:2], *out), x.dtype)
-    plan = make_plan(full, kernel, stride, dilation, out)
-    geo = _PoolGeometry(tuple(x.shape), out, pads, ext, kernel, stride, dilation, plan)
-    return x, batched, geo
+    return x, batched, _PoolGeometry(tuple(x.shape), out, pads, ext, kernel, stride, dilation)
 
 
-def _phases(x, geo: _PoolGeometry, fill: float) -> np.ndarray:
-    xp = _pad(x, geo.axes, geo.ext, ("zeros",) * len(geo.axes), fill)  # (N, C, *P)
-    return split_phases(xp.reshape(geo.planes, *xp.shape[2:]), geo.plan, fill)  # (N*C, R, Q)
+def _padded(x, geo: _PoolGeometry, fill: float) -> np.ndarray:
+    return _pad(x, geo.axes, geo.ext, ("zeros",) * len(geo.axes), fill)  # (N, C, *P); x itself if no padding
 
 
-def _tap_slices(xph, plan: WindowPlan):
-    L = plan.length
-    for t, (r, off) in enumerate(plan.taps):
-        yield t, xph[:, r, off:off + L]
-
-
-def _fold(gph, geo: _PoolGeometry) -> np.ndarray:
-    gxp = merge_phases(gph, geo.plan).reshape(*geo.in_shape[:2], *geo.plan.full)
+def _unpad(gxp, geo: _PoolGeometry) -> np.ndarray:
     inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(geo.in_shape[2:], geo.ext))
     return np.ascontiguousarray(gxp[(slice(None), slice(None), *inner)])  # (N, C, *S)
 
@@ -108,19 +103,37 @@ def _fold(gph, geo: _PoolGeometry) -> np.ndarray:
 # --- max pooling ------------------------------------------------------------------------------
 
 
-def _max_taps(x, geo):
-    """Max over the window and the tap that holds it (first one on ties; NaN wins), lattice layout."""
-    xph = _phases(x, geo, -np.inf)
+def _window_max(xp, geo: _PoolGeometry) -> np.ndarray:
     acc = None
-    arg = np.zeros((geo.planes, geo.plan.length), dtype=np.int32)
-    for t, v in _tap_slices(xph, geo.plan):
+    for _, view in geo.taps():
         if acc is None:
-            acc = v.copy()
-            continue
-        better = (v > acc) | (np.isnan(v) & ~np.isnan(acc))
-        np.copyto(acc, v, where=better)
-        arg[better] = t
-    return acc, arg  # (N*C, L) each
+            acc = xp[view].copy()
+        else:
+            np.maximum(acc, xp[view], out=acc)  # propagates NaN
+    return acc  # (N, C, *O)
+
+
+def _first_hits(xp, y, geo: _PoolGeometry):
+    """Yield ``(tap, view, hit)``: where each tap holds its window's maximum ``y``, first tap only (NaN wins)."""
+    remaining = np.ones(y.shape, dtype=bool)
+    y_nan = np.isnan(y)
+    any_nan = bool(y_nan.any())
+    for t, view in geo.taps():
+        v = xp[view]
+        hit = v == y
+        if any_nan:
+            hit |= y_nan & np.isnan(v)
+        hit &= remaining
+        remaining ^= hit
+        yield t, view, hit
+
+
+def _window_argmax(xp, y, geo: _PoolGeometry) -> np.ndarray:
+    """The first tap holding each window's maximum ``y``; -1 where none does (never, for real inputs)."""
+    arg = np.full(y.shape, -1, dtype=np.int32)
+    for t, _, hit in _first_hits(xp, y, geo):
+        arg[hit] = t
+    return arg
 
 
 def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
@@ -140,7 +153,8 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
         Round the output size up (keep a last partial window).
     return_indices : bool
         Also return, per output, the flat index of the maximum within its
-        ``(n, c)`` plane of the input (PyTorch's convention).
+        ``(n, c)`` plane of the input (PyTorch's convention); ``-1`` for a
+        window that lies wholly in the padding.
 
     Returns
     -------
@@ -154,26 +168,25 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     """
     op = "max_pool"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
-    acc, arg = _max_taps(x, geo)
-    y = np.ascontiguousarray(lattice_view(acc, geo.plan)).reshape(*geo.in_shape[:2], *geo.out)
-    y = from_channels_first(y, batched, data_format)
+    xp = _padded(x, geo, -np.inf)
+    y = _window_max(xp, geo)
+    out = from_channels_first(y, batched, data_format)
     if not return_indices:
-        return y
-    idx = _flat_indices(np.ascontiguousarray(lattice_view(arg, geo.plan)), geo)
-    return y, from_channels_first(idx.reshape(*geo.in_shape[:2], *geo.out), batched, data_format)
+        return out
+    idx = _flat_indices(_window_argmax(xp, y, geo), geo)
+    return out, from_channels_first(idx, batched, data_format)
 
 
 def _flat_indices(arg, geo: _PoolGeometry) -> np.ndarray:
-    """Flat index into each input plane of the winning tap ``arg (N*C, *O)``; -1 if it lies in padding."""
+    """Flat index into each input plane of the winning tap ``arg (N, C, *O)``; -1 if it lies in padding."""
     taps = np.array(list(np.ndindex(*geo.kernel)), dtype=np.int64).reshape(-1, len(geo.kernel))
-    spatial = geo.in_shape[2:]
     flat = np.zeros(arg.shape, dtype=np.int64)
-    inside = np.ones(arg.shape, dtype=bool)
-    for i, (n, (lo, _), s, d) in enumerate(zip(spatial, geo.pads, geo.stride, geo.dilation)):
+    inside = arg >= 0
+    for i, (n, (lo, _), s, d) in enumerate(zip(geo.in_shape[2:], geo.pads, geo.stride, geo.dilation)):
         shape = [1] * arg.ndim
-        shape[1 + i] = -1
+        shape[2 + i] = -1
         o = np.arange(geo.out[i]).reshape(shape)
-        pos = o * s + taps[arg, i] * d - lo
+        pos = o * s + taps[np.maximum(arg, 0), i] * d - lo
         inside &= (pos >= 0) & (pos < n)
         flat = flat * n + pos
     return np.where(inside, flat, -1)
@@ -181,19 +194,19 @@ def _flat_indices(arg, geo: _PoolGeometry) -> np.ndarray:
 
 def max_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                       data_format="channels_first"):
-    """Gradient of :func:`max_pool` w.r.t. ``x``: each output's gradient goes to its maximum."""
+    """Gradient of :func:`max_pool` w.r.t. ``x``: each output's gradient goes to its (first) maximum."""
     op = "max_pool_backward"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
     gy = as_float_array(op, "grad_y", grad_y)
     gy, _ = to_channels_first(op, gy, len(geo.kernel), data_format, name="grad_y")
-    check_grad_shape(op, gy, (*geo.in_shape[:2], *geo.out))
-    _, arg = _max_taps(x, geo)
-    gflat = lattice_embed(gy.reshape(geo.planes, *geo.out).astype(x.dtype, copy=False), geo.plan)  # (N*C, L)
-    gph = np.zeros((geo.planes, geo.plan.phases, geo.plan.q_size), dtype=x.dtype)
-    L = geo.plan.length
-    for t, (r, off) in enumerate(geo.plan.taps):
-        gph[:, r, off:off + L] += np.where(arg == t, gflat, 0)
-    return from_channels_first(_fold(gph, geo), batched, data_format)
+    check_grad_shape(op, gy, geo.out_shape)
+    gy = gy.astype(x.dtype, copy=False)
+    xp = _padded(x, geo, -np.inf)
+    y = _window_max(xp, geo)
+    gxp = np.zeros(xp.shape, dtype=x.dtype)
+    for _, view, hit in _first_hits(xp, y, geo):
+        gxp[view] += np.where(hit, gy, 0)
+    return from_channels_first(_unpad(gxp, geo), batched, data_format)
 
 
 # --- average pooling --------------------------------------------------------------------------
@@ -202,9 +215,7 @@ def max_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1
 def _divisor(geo: _PoolGeometry, count_include_pad: bool, dtype) -> np.ndarray:
     """Number of counted window positions per output ``(*O)`` (separable over axes)."""
     div = np.ones((), dtype=dtype)
-    for i, (n, (lo, hi), k, s, d, o) in enumerate(
-        zip(geo.in_shape[2:], geo.pads, geo.kernel, geo.stride, geo.dilation, geo.out)
-    ):
+    for n, (lo, hi), k, s, d, o in zip(geo.in_shape[2:], geo.pads, geo.kernel, geo.stride, geo.dilation, geo.out):
         pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * d - lo  # (O_i, k_i)
         low, high = (-lo, n + hi) if count_include_pad else (0, n)
         count = ((pos >= low) & (pos < high)).sum(axis=1).astype(dtype)
@@ -227,12 +238,12 @@ def avg_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     """
     op = "avg_pool"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
-    xph = _phases(x, geo, 0.0)
-    acc = np.zeros((geo.planes, geo.plan.length), dtype=x.dtype)
-    for _, v in _tap_slices(xph, geo.plan):
-        acc += v
-    y = lattice_view(acc, geo.plan).reshape(*geo.in_shape[:2], *geo.out) / _divisor(geo, count_include_pad, x.dtype)
-    return from_channels_first(y.astype(x.dtype, copy=False), batched, data_format)
+    xp = _padded(x, geo, 0.0)
+    acc = np.zeros(geo.out_shape, dtype=x.dtype)
+    for _, view in geo.taps():
+        acc += xp[view]
+    acc /= _divisor(geo, count_include_pad, x.dtype)
+    return from_channels_first(acc, batched, data_format)
 
 
 def avg_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -242,14 +253,13 @@ def avg_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
     gy = as_float_array(op, "grad_y", grad_y)
     gy, _ = to_channels_first(op, gy, len(geo.kernel), data_format, name="grad_y")
-    check_grad_shape(op, gy, (*geo.in_shape[:2], *geo.out))
+    check_grad_shape(op, gy, geo.out_shape)
     scaled = (gy / _divisor(geo, count_include_pad, x.dtype)).astype(x.dtype, copy=False)
-    gflat = lattice_embed(scaled.reshape(geo.planes, *geo.out), geo.plan)  # (N*C, L)
-    gph = np.zeros((geo.planes, geo.plan.phases, geo.plan.q_size), dtype=x.dtype)
-    L = geo.plan.length
-    for r, off in geo.plan.taps:
-        gph[:, r, off:off + L] += gflat
-    return from_channels_first(_fold(gph, geo), batched, data_format)
+    full = tuple(n + lo + hi for n, (lo, hi) in zip(geo.in_shape[2:], geo.ext))
+    gxp = np.zeros((*geo.in_shape[:2], *full), dtype=x.dtype)
+    for _, view in geo.taps():
+        gxp[view] += scaled
+    return from_channels_first(_unpad(gxp, geo), batched, data_format)
 
 
 # --- global pooling ---------------------------------------------------------------------------

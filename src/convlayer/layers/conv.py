@@ -71,6 +71,10 @@ class ConvNd(Layer):
 
     _fixed_rank = False  # True on the rank aliases, whose config has no "rank"
 
+    #: Set to False on a network's first layer: its input gradient is then
+    #: not computed and ``backward`` returns ``None``.
+    input_grad = True
+
     def __init__(self, rank, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", init="kaiming_uniform", dtype="float32"):
         self.rank = check_int(type(self).__name__, "rank", rank, 1)
@@ -114,9 +118,13 @@ class ConvNd(Layer):
         self._x = x
         return F.conv(x, self.weight.value, None if self.bias is None else self.bias.value, **self._kw())
 
+    def _grads(self):
+        return ("input", "weight", "bias") if self.input_grad else ("weight", "bias")
+
     def backward(self, grad_y):
         gx, gw, gb = F.conv_backward(grad_y, self._x, self.weight.value,
-                                     None if self.bias is None else self.bias.value, **self._kw())
+                                     None if self.bias is None else self.bias.value, **self._kw(),
+                                     grads=self._grads())
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -214,7 +222,8 @@ class ConvTransposeNd(ConvNd):
 
     def backward(self, grad_y):
         gx, gw, gb = F.conv_transpose_backward(grad_y, self._x, self.weight.value,
-                                               None if self.bias is None else self.bias.value, **self._kw())
+                                               None if self.bias is None else self.bias.value, **self._kw(),
+                                               grads=self._grads())
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb

@@ -61,54 +61,62 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
         raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
     rng = np.random.default_rng(seed)
     history = History()
+    first = model.layers[0] if hasattr(model, "layers") and len(model.layers) else model
+    saved = getattr(first, "input_grad", None)
+    if saved is not None:
+        first.input_grad = False  # nothing upstream of the data needs its gradient
     step = 0
-    steps_per_epoch = -(-len(x) // batch_size)
-    for epoch in range(epochs):
-        if schedule is not None and schedule.unit == "epoch":
-            schedule.set(epoch)
-        model.train()
-        start = time.perf_counter()
-        seen = correct = 0
-        total_loss = 0.0
-        bar = tqdm(batches(len(x), batch_size, rng), total=steps_per_epoch, disable=not progress,
-                   desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True)
-        for idx in bar:
-            if schedule is not None and schedule.unit == "step":
-                schedule.set(step)
-            xb, yb = x[idx], y[idx]
-            optimizer.zero_grad()
-            out = model.forward(xb)
-            loss, grad = loss_fn(out, yb)
-            model.backward(grad)
-            optimizer.step()
-            step += 1
-            n = len(idx)
-            seen += n
-            total_loss += loss * n
-            if out.ndim == 2 and np.asarray(yb).ndim == 1:
-                correct += int((out.argmax(axis=1) == yb).sum())
-            history.batch_loss.append(loss)
-            if progress:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
-        elapsed = time.perf_counter() - start
-        history.epoch_loss.append(total_loss / max(seen, 1))
-        history.epoch_accuracy.append(correct / max(seen, 1))
-        history.lr.append(optimizer.lr)
-        history.seconds.append(elapsed)
-        history.images_per_second.append(seen / max(elapsed, 1e-9))
-        if validation is not None:
-            metrics = evaluate(model, *validation, batch_size=max(batch_size, 256), loss_fn=loss_fn)
-            history.val_loss.append(metrics["loss"])
-            history.val_accuracy.append(metrics["accuracy"])
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}: loss {history.epoch_loss[-1]:.4f}, "
-                           f"train accuracy {history.epoch_accuracy[-1]:.4f}, "
-                           f"validation accuracy {metrics['accuracy']:.4f}, "
-                           f"{history.images_per_second[-1]:.0f} images/s")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, history)
+    try:
+        steps_per_epoch = -(-len(x) // batch_size)
+        for epoch in range(epochs):
+            if schedule is not None and schedule.unit == "epoch":
+                schedule.set(epoch)
+            model.train()
+            start = time.perf_counter()
+            seen = correct = 0
+            total_loss = 0.0
+            bar = tqdm(batches(len(x), batch_size, rng), total=steps_per_epoch, disable=not progress,
+                       desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True)
+            for idx in bar:
+                if schedule is not None and schedule.unit == "step":
+                    schedule.set(step)
+                xb, yb = x[idx], y[idx]
+                optimizer.zero_grad()
+                out = model.forward(xb)
+                loss, grad = loss_fn(out, yb)
+                model.backward(grad)
+                optimizer.step()
+                step += 1
+                n = len(idx)
+                seen += n
+                total_loss += loss * n
+                if out.ndim == 2 and np.asarray(yb).ndim == 1:
+                    correct += int((out.argmax(axis=1) == yb).sum())
+                history.batch_loss.append(loss)
+                if progress:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                    img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            elapsed = time.perf_counter() - start
+            history.epoch_loss.append(total_loss / max(seen, 1))
+            history.epoch_accuracy.append(correct / max(seen, 1))
+            history.lr.append(optimizer.lr)
+            history.seconds.append(elapsed)
+            history.images_per_second.append(seen / max(elapsed, 1e-9))
+            if validation is not None:
+                metrics = evaluate(model, *validation, batch_size=max(batch_size, 256), loss_fn=loss_fn)
+                history.val_loss.append(metrics["loss"])
+                history.val_accuracy.append(metrics["accuracy"])
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}: loss {history.epoch_loss[-1]:.4f}, "
+                               f"train accuracy {history.epoch_accuracy[-1]:.4f}, "
+                               f"validation accuracy {metrics['accuracy']:.4f}, "
+                               f"{history.images_per_second[-1]:.0f} images/s")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history)
+    finally:
+        if saved is not None:
+            first.input_grad = saved
     model.eval()
     return history
 

@@ -1,0 +1,1 @@
+"""Benchmarks: convlayer side by side with PyTorch (and JAX when installed) in one process."""

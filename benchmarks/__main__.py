@@ -1,0 +1,253 @@
+"""Convolution benchmark suite: convlayer vs PyTorch (and JAX when installed), side by side in one process.
+
+    python -m benchmarks [--filter CATEGORY] [--repeats 5] [--threads 2] [--json results.json]
+
+For every problem it times the forward pass, the input gradient and the
+weight gradient of each framework (best of ``--repeats`` after one
+warm-up, threads set equal), and prints time, GFLOP/s and the ratio
+``PyTorch time / convlayer time`` (above 1: convlayer is faster), then the
+geometric mean of the ratios per category and over the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Problem:
+    category: str
+    name: str
+    n: int
+    c: int
+    k: int
+    size: tuple
+    kernel: tuple
+    stride: int = 1
+    padding: object = 0
+    dilation: int = 1
+    groups: int = 1
+    transposed: bool = False
+
+    @property
+    def rank(self):
+        return len(self.size)
+
+    def weight_shape(self):
+        if self.transposed:
+            return (self.c, self.k // self.groups, *self.kernel)
+        return (self.k, self.c // self.groups, *self.kernel)
+
+
+SUITE = [
+    Problem("deepbench", "speech 161x200 k41x11/2", 4, 1, 32, (161, 200), (41, 11), 2, 0),
+    Problem("deepbench", "vision 3x3 C32 112x112", 8, 32, 32, (112, 112), (3, 3), 1, 1),
+    Problem("deepbench", "vision 3x3 C128 28x28", 16, 128, 128, (28, 28), (3, 3), 1, 1),
+    Problem("lenet", "C1 5x5 1->6 b64", 64, 1, 6, (32, 32), (5, 5)),
+    Problem("lenet", "C1 5x5 1->6 b256", 256, 1, 6, (32, 32), (5, 5)),
+    Problem("lenet", "C3 5x5 6->16 b64", 64, 6, 16, (14, 14), (5, 5)),
+    Problem("lenet", "C3 5x5 6->16 b256", 256, 6, 16, (14, 14), (5, 5)),
+    Problem("lenet", "C5 5x5 16->120 b256", 256, 16, 120, (5, 5), (5, 5)),
+    Problem("resnet", "stem 7x7/2 3->64 224", 4, 3, 64, (224, 224), (7, 7), 2, 3),
+    Problem("resnet", "3x3 64->64 56", 8, 64, 64, (56, 56), (3, 3), 1, 1),
+    Problem("resnet", "1x1 256->64 56", 8, 256, 64, (56, 56), (1, 1)),
+    Problem("resnet", "3x3/2 128->256 28", 8, 128, 256, (28, 28), (3, 3), 2, 1),
+    Problem("mobilenet", "depthwise 3x3 C144 56", 8, 144, 144, (56, 56), (3, 3), 1, 1, 1, 144),
+    Problem("mobilenet", "depthwise 3x3/2 C96 112", 8, 96, 96, (112, 112), (3, 3), 2, 1, 1, 96),
+    Problem("mobilenet", "pointwise 1x1 144->24 56", 8, 144, 24, (56, 56), (1, 1)),
+    Problem("resnext", "grouped 3x3 128 g32 56", 8, 128, 128, (56, 56), (3, 3), 1, 1, 1, 32),
+    Problem("dilated", "3x3 d2 64 64x64", 4, 64, 64, (64, 64), (3, 3), 1, 2, 2),
+    Problem("dilated", "3x3 d4 64 64x64", 4, 64, 64, (64, 64), (3, 3), 1, 4, 4),
+    Problem("dcgan", "transposed 4x4/2 256->128 8", 16, 256, 128, (8, 8), (4, 4), 2, 1, transposed=True),
+    Problem("dcgan", "transposed 4x4/2 128->64 16", 16, 128, 64, (16, 16), (4, 4), 2, 1, transposed=True),
+    Problem("audio1d", "k9 C64 L16000", 4, 64, 64, (16000,), (9,), 1, 4),
+    Problem("audio1d", "stem k10/5 1->64 L16000", 8, 1, 64, (16000,), (10,), 5, 0),
+    Problem("audio1d", "wavenet causal k2 d8 C64", 4, 64, 64, (16000,), (2,), 1, (8, 0), 8),
+    Problem("video3d", "3x3x3 C64 8x28x28", 2, 64, 64, (8, 28, 28), (3, 3, 3), 1, 1),
+    Problem("video3d", "stem 3x3x3 3->64 16x56x56", 2, 3, 64, (16, 56, 56), (3, 3, 3), 1, 1),
+]
+
+
+def _pairs(p: Problem):
+    if isinstance(p.padding, tuple):
+        return (p.padding,) * p.rank if isinstance(p.padding[0], int) and len(p.padding) == 2 else p.padding
+    return ((p.padding, p.padding),) * p.rank
+
+
+def flops(p: Problem, out_shape) -> float:
+    """2 * multiply-adds of the forward pass (equal for each gradient)."""
+    spatial = out_shape[2:] if not p.transposed else p.size
+    per_output = (p.c // p.groups) * math.prod(p.kernel) if not p.transposed else (p.k // p.groups) * math.prod(p.kernel)
+    channels = p.k if not p.transposed else p.c
+    return 2.0 * p.n * channels * math.prod(spatial) * per_output
+
+
+def _best(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_convlayer(p: Problem, x, w, gy, repeats):
+    import convlayer.functional as F
+
+    kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
+    if p.transposed:
+        fwd = lambda: F.conv_transpose(x, w, **kw)  # noqa: E731
+        gin = lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("input",))  # noqa: E731
+        gwt = lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
+    else:
+        fwd = lambda: F.conv(x, w, **kw)  # noqa: E731
+        gin = lambda: F.conv_backward(gy, x, w, **kw, grads=("input",))  # noqa: E731
+        gwt = lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
+    return [_best(f, repeats) for f in (fwd, gin, gwt)]
+
+
+def bench_torch(p: Problem, x, w, gy, repeats):
+    import torch
+    import torch.nn.functional as TF
+
+    xt, wt, gyt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(gy)
+    pads = _pairs(p)
+    sym = all(lo == hi for lo, hi in pads)
+    if not sym:  # asymmetric (causal) padding: pad explicitly, as a PyTorch user would
+        flat = [v for lo, hi in reversed(pads) for v in (lo, hi)]
+        xt = TF.pad(xt, flat)
+        padding = [0] * p.rank
+    else:
+        padding = [lo for lo, _ in pads]
+    stride = [p.stride] * p.rank
+    dilation = [p.dilation] * p.rank
+    conv = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}[p.rank]
+    convt = {1: TF.conv_transpose1d, 2: TF.conv_transpose2d, 3: TF.conv_transpose3d}[p.rank]
+    with torch.no_grad():
+        if p.transposed:
+            fwd = lambda: convt(xt, wt, None, stride, padding, 0, p.groups, dilation)  # noqa: E731
+        else:
+            fwd = lambda: conv(xt, wt, None, stride, padding, dilation, p.groups)  # noqa: E731
+
+        def grad(mask):
+            return torch.ops.aten.convolution_backward(gyt, xt, wt, None, stride, padding, dilation, p.transposed,
+                                                       [0] * p.rank, p.groups, mask)
+
+        return [_best(f, repeats) for f in (fwd, lambda: grad([True, False, False]),
+                                             lambda: grad([False, True, False]))]
+
+
+def bench_jax(p: Problem, x, w, gy, repeats):
+    try:
+        import jax
+        from jax import lax
+    except ImportError:
+        return None
+    if p.transposed:
+        return None
+    dims = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW"), 3: ("NCDHW", "OIDHW", "NCDHW")}[p.rank]
+    pads = list(_pairs(p))
+
+    def f(xx, ww):
+        return lax.conv_general_dilated(xx, ww, (p.stride,) * p.rank, pads, rhs_dilation=(p.dilation,) * p.rank,
+                                        dimension_numbers=dims, feature_group_count=p.groups)
+
+    fwd = jax.jit(f)
+    gin = jax.jit(lambda g: jax.vjp(f, x, w)[1](g)[0])
+    gwt = jax.jit(lambda g: jax.vjp(f, x, w)[1](g)[1])
+    return [_best(lambda: fn().block_until_ready(), repeats)
+            for fn in (lambda: fwd(x, w), lambda: gin(gy), lambda: gwt(gy))]
+
+
+def run(problems, repeats, threads, with_jax=True):
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import convlayer.functional as F
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(limits=threads):
+        for p in problems:
+            x = rng.standard_normal((p.n, p.c, *p.size)).astype(np.float32)
+            w = rng.standard_normal(p.weight_shape()).astype(np.float32)
+            kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
+            y = F.conv_transpose(x, w, **kw) if p.transposed else F.conv(x, w, **kw)
+            gy = rng.standard_normal(y.shape).astype(np.float32)
+            ours = bench_convlayer(p, x, w, gy, repeats)
+            theirs = bench_torch(p, x, w, gy, repeats)
+            jx = bench_jax(p, x, w, gy, repeats) if with_jax else None
+            gf = flops(p, y.shape) / 1e9
+            row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
+                       ratio=[t / o for t, o in zip(theirs, ours)])
+            rows.append(row)
+            print(_format_row(p, row), flush=True)
+    return rows
+
+
+PASSES = ("fwd", "dgrad", "wgrad")
+
+
+def _format_row(p, row):
+    cells = []
+    for i, name in enumerate(PASSES):
+        o, t = row["convlayer"][i], row["torch"][i]
+        cells.append(f"{name} {o * 1e3:7.1f}ms {row['gflop'] / o:6.1f}GF/s x{t / o:5.2f}")
+    return f"{p.category:<10}{p.name:<30}" + "  ".join(cells)
+
+
+def _geomean(values):
+    values = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summary(rows):
+    cats = sorted({r["problem"]["category"] for r in rows})
+    out = {}
+    for cat in cats + ["all"]:
+        sel = [r for r in rows if cat == "all" or r["problem"]["category"] == cat]
+        out[cat] = [_geomean([r["ratio"][i] for r in sel]) for i in range(3)]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--filter", default=None, help="only categories (comma-separated) or names containing this")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--json", default=None, help="write all timings here")
+    args = parser.parse_args(argv)
+    problems = SUITE
+    if args.filter:
+        keys = args.filter.split(",")
+        problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
+    print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
+          f"best of {args.repeats}")
+    rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax)
+    table = summary(rows)
+    print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
+    for cat, (a, b, c) in table.items():
+        print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
+    if args.json:
+        import torch
+
+        meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
+                    numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats)
+        with open(args.json, "w") as fh:
+            json.dump(dict(meta=meta, rows=rows, summary=table), fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,7 +163,7 @@ def bench_jax(p: Problem, x, w, gy, repeats):
     fwd = jax.jit(f)
     gin = jax.jit(lambda g: jax.vjp(f, x, w)[1](g)[0])
     gwt = jax.jit(lambda g: jax.vjp(f, x, w)[1](g)[1])
-    return [_best(lambda: fn().block_until_ready(), repeats)
+    return [_best(lambda fn=fn: fn().block_until_ready(), repeats)
             for fn in (lambda: fwd(x, w), lambda: gin(gy), lambda: gwt(gy))]
 
 

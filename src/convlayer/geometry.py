@@ -25,7 +25,6 @@ Padding strings (see DESIGN.md section 3):
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Sequence
@@ -409,7 +408,3 @@ def receptive_field(layers: Sequence[dict]) -> ReceptiveField:
         jump *= s
     return ReceptiveField(size=size, stride=jump, offset=offset)
 
-
-def prod(values: Sequence[int]) -> int:
-    """Product of Python ints (exact, no overflow)."""
-    return math.prod(values)

@@ -87,7 +87,7 @@ def source_index(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown padding mode {mode!r}")
 
 
-def _spatial_axes(ndim: int, axes, n_pad: int | None, op: str) -> tuple[int, ...]:
+def _spatial_axes(ndim: int, axes, op: str) -> tuple[int, ...]:
     if axes is None:
         if ndim < 3:
             raise ValueError(
@@ -206,7 +206,7 @@ def pad(x, padding, mode="zeros", value: float = 0.0, *, axes=None) -> np.ndarra
     [4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0]
     """
     x = np.asarray(x)
-    axes = _spatial_axes(x.ndim, axes, None, "pad")
+    axes = _spatial_axes(x.ndim, axes, "pad")
     if isinstance(padding, str):
         raise TypeError(
             "pad: padding must be an int, one int per axis or (lo, hi) pairs; strings such as 'same' "
@@ -244,7 +244,7 @@ def pad_adjoint(grad, padding, mode="zeros", *, in_shape: Sequence[int], axes=No
     """
     grad = np.asarray(grad)
     in_shape = tuple(int(v) for v in in_shape)
-    axes = _spatial_axes(grad.ndim, axes, None, "pad_adjoint")
+    axes = _spatial_axes(grad.ndim, axes, "pad_adjoint")
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and len(axes) == 1 and all(_is_int(p) for p in padding):
         padding = (tuple(padding),)
     pairs = resolve_padding(padding, [in_shape[a] for a in axes], [1] * len(axes), op="pad_adjoint")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import convlayer.functional as CF
 from convlayer import geometry as G
+from convlayer.engine.gemm import STRATEGIES, force_strategy
 
 import reference as ref
 from helpers import TORCH_MODE, assert_within_bound, max_rel_err, torch_pad_arg
@@ -56,9 +57,15 @@ def _kwargs(case):
                 padding_mode=case["mode"])
 
 
-@settings(max_examples=200)
-@given(case=conv_case(), seed=st.integers(0, 2**31 - 1))
-def test_conv_matches_torch_forward_and_gradients(case, seed):
+@settings(max_examples=300)
+@given(case=conv_case(), seed=st.integers(0, 2**31 - 1), how=st.sampled_from(STRATEGIES))
+def test_conv_matches_torch_forward_and_gradients(case, seed, how):
+    """Every engine strategy (forced) on every configuration."""
+    with force_strategy(how):
+        _check_conv_against_torch(case, seed)
+
+
+def _check_conv_against_torch(case, seed):
     rng, x, w, b = _arrays(case, seed)
     kw = _kwargs(case)
     y = CF.conv(x, w, b, **kw)
@@ -347,12 +354,18 @@ def test_nan_and_inf_propagate_as_in_ieee_arithmetic(rng):
         assert np.isfinite(gx).sum() == np.isfinite(tgx).sum()
 
 
+@pytest.mark.parametrize("how", STRATEGIES)
 @pytest.mark.parametrize(
     "groups, stride, dilation, padding, dtype",
     [(1, 1, 1, 1, np.float64), (2, 2, 1, "same", np.float64), (1, (1, 2), (2, 1), ((0, 2), (1, 1)), np.float32)],
 )
-def test_many_channel_path_matches_torch(groups, stride, dilation, padding, dtype, rng):
-    """C_g >= 16 takes the per-tap GEMM path of the engine; check it forward and backward."""
+def test_many_channel_path_matches_torch(groups, stride, dilation, padding, dtype, how, rng):
+    """Many channels per group, as real layers have, under every engine strategy."""
+    with force_strategy(how):
+        _check_many_channels(groups, stride, dilation, padding, dtype, rng)
+
+
+def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     c, k = 32 * groups, 24 * groups
     x = rng.standard_normal((3, c, 9, 10)).astype(dtype)
     w = rng.standard_normal((k, c // groups, 3, 3)).astype(dtype)

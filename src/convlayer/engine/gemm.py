@@ -1,6 +1,10 @@
-"""Convolution as GEMM over tap slices (implicit GEMM in the BLAS-friendly layout).
+"""Convolution as GEMM over tap slices (implicit GEMM in the BLAS-friendly layout), or direct kernels.
 
-Two strategies, chosen per problem by :func:`_strategy`:
+Three strategies, chosen per problem by :func:`strategy`:
+
+``"direct"`` (few input and output channels per group: depthwise,
+ResNeXt-style groups, a network's first layer): compiled loops over the
+tap slices, see :mod:`.direct`.
 
 ``"taps"`` (many channels per group): no patch matrix at all. For each
 kernel tap, one batched BLAS call multiplies the tap's weights
@@ -24,6 +28,9 @@ Inputs here are already validated, padded and of one float dtype.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 
 from .. import _config
@@ -38,12 +45,58 @@ TAPS_MIN_CHANNELS = 16
 
 # Positions per tap slice below which per-tap GEMMs are too thin.
 TAPS_MIN_LENGTH = 256
+# Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
+DIRECT_MAX_CHANNELS = 16
+
+STRATEGIES = ("direct", "taps", "cols")
+_forced: list[str] = []
 
 
-def _strategy(c_g: int, plan) -> str:
+@contextlib.contextmanager
+def force_strategy(name: str):
+    """Use one strategy for every convolution inside the block (tests and benchmarks)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"force_strategy: {name!r} is not one of {STRATEGIES}")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def strategy(c_g: int, k_g: int, plan) -> str:
+    """The algorithm for a convolution with ``c_g`` inputs and ``k_g`` outputs per group."""
+    if _forced:
+        return _forced[-1]
+    if c_g * k_g <= DIRECT_MAX_CHANNELS:
+        return "direct"
     if c_g >= TAPS_MIN_CHANNELS and plan.n_taps > 1 and plan.length >= TAPS_MIN_LENGTH:
         return "taps"
     return "cols"
+
+
+def _direct():
+    from . import direct  # compiled on first use; importing numba costs ~0.3 s
+
+    return direct
+
+
+def _direct_args(d, plan, groups):
+    taps_r, taps_off, valid, length = _plan_arrays(d, plan)
+    return taps_r, taps_off, groups, valid, length
+
+
+_PLAN_ARRAYS: dict = {}
+
+
+def _plan_arrays(d, plan):
+    key = id(plan)
+    hit = _PLAN_ARRAYS.get(key)
+    if hit is None or hit[0] is not plan:
+        if len(_PLAN_ARRAYS) > 256:
+            _PLAN_ARRAYS.clear()
+        hit = _PLAN_ARRAYS[key] = (plan, d.plan_arrays(plan))
+    return hit[1]
 
 
 def _tap_views(xph: np.ndarray, n: int, groups: int, plan: WindowPlan):
@@ -92,7 +145,13 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
     y = np.empty((n, k, *plan.out), dtype=xp.dtype)
     if n == 0:
         return y
-    if _strategy(c // groups, plan) == "taps":
+    how = strategy(c // groups, k // groups, plan)
+    if how == "direct":
+        d = _direct()
+        d.forward(_phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c // groups, plan.n_taps)),
+                  *_direct_args(d, plan, groups), y.reshape(n, k, math.prod(plan.out)))
+        return y
+    if how == "taps":
         wtaps = np.moveaxis(wmat.reshape(groups, k // groups, c // groups, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
         for sl in _chunks(n, _workspace_per_item(0, 2 * k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
@@ -122,6 +181,12 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     finite_w = bool(np.isfinite(w).all())
     mask = None if finite_w else lattice_mask(plan)
     gxp = np.empty((n, c, *plan.full), dtype=gy.dtype)
+    if finite_w and n and strategy(c // groups, k // groups, plan) == "direct":
+        d = _direct()
+        gph = np.empty((n, c, plan.phases, plan.q_size), dtype=gy.dtype)
+        d.grad_input(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
+                     np.ascontiguousarray(w.reshape(k, c // groups, plan.n_taps)), *_direct_args(d, plan, groups), gph)
+        return merge_phases(gph.reshape(n * c, plan.phases, plan.q_size), plan).reshape(n, c, *plan.full)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
         m = gy[sl].shape[0]
         gcols = np.matmul(wmat_t, _embed(gy[sl], plan, groups))  # (g, C_g*T, n*L)
@@ -140,6 +205,12 @@ def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPl
     k = gy.shape[1]
     finite_x = bool(np.isfinite(xp).all())
     mask = None if finite_x else lattice_mask(plan)
+    if finite_x and n and strategy(c // groups, k // groups, plan) == "direct":
+        d = _direct()
+        gw = np.empty((k, c // groups, plan.n_taps), dtype=xp.dtype)
+        d.grad_weight(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan), *_direct_args(d, plan, groups),
+                      gw)
+        return gw.reshape(k, c // groups, *kernel_shape)
     gw = np.zeros((groups, k // groups, (c // groups) * plan.n_taps), dtype=xp.dtype)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
         m = xp[sl].shape[0]

@@ -1,0 +1,118 @@
+"""Direct compiled kernels (Numba) for depthwise, grouped and few-channel convolutions.
+
+When every output channel sums over only a few input channels (``C_g``)
+and each group has few outputs (``K_g``), a GEMM is all overhead: its
+inner dimension ``C_g * taps`` is tiny and the patch matrix costs ``taps``
+copies of the input. These kernels instead run, for each (image, output
+channel), over the tap slices of the phase-split input (see
+:mod:`.windows`) and accumulate into a row of ``L`` outputs that stays in
+cache; the innermost loop is contiguous, so LLVM vectorises it. The
+accumulators are arrays local to the kernel and the inputs are sliced
+before the loop: LLVM then knows they do not alias, which is what lets it
+vectorise (about 9x faster than indexing the output in place).
+
+Kernels assume valid, contiguous, same-dtype input (the wrappers in
+:mod:`.gemm` guarantee it) and never check arguments. They are compiled
+once per dtype and cached on disk (``cache=True``). Reductions use the
+``reassoc``/``contract`` fast-math flags only, so NaN and infinity keep
+IEEE semantics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .windows import lattice_mask
+
+_FLAGS = dict(parallel=True, cache=True, nogil=True)
+_REDUCE = dict(_FLAGS, fastmath={"reassoc", "contract"})
+
+
+@njit(**_REDUCE)
+def forward(xph, w, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
+    """``out[b, k, j] = sum_{c, t} w[k, c, t] * xph[b, g(k)*C_g + c, r_t, off_t + valid[j]]``.
+
+    xph (n, C, R, Q), w (K, C_g, T), valid (P,) lattice positions of the
+    outputs, out (n, K, P): the row of ``length`` positions is computed in a
+    local buffer and only the real outputs are written.
+    """
+    n = xph.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    for job in prange(n * k_total):
+        b = job // k_total
+        k = job % k_total
+        g = k // k_g
+        acc = np.zeros(length, dtype=out.dtype)
+        for c in range(c_g):
+            ci = g * c_g + c
+            for t in range(n_taps):
+                wv = w[k, c, t]
+                o = taps_off[t]
+                src = xph[b, ci, taps_r[t], o:o + length]
+                for i in range(length):
+                    acc[i] += wv * src[i]
+        row = out[b, k]
+        for j in range(valid.shape[0]):
+            row[j] = acc[valid[j]]
+
+
+@njit(**_REDUCE)
+def grad_input(gy, w, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
+    """Adjoint of :func:`forward` in ``xph``: ``gy (n, K, P)`` to ``out (n, C, R, Q)`` (overwritten)."""
+    n = gy.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    c_total, phases, q = out.shape[1], out.shape[2], out.shape[3]
+    for job in prange(n * c_total):
+        b = job // c_total
+        ci = job % c_total
+        g = ci // c_g
+        c = ci % c_g
+        acc = np.zeros((phases, q), dtype=out.dtype)
+        src = np.zeros(length, dtype=out.dtype)
+        for k in range(g * k_g, (g + 1) * k_g):
+            row = gy[b, k]
+            for j in range(valid.shape[0]):
+                src[valid[j]] = row[j]
+            for t in range(n_taps):
+                wv = w[k, c, t]
+                o = taps_off[t]
+                dst = acc[taps_r[t], o:o + length]
+                for i in range(length):
+                    dst[i] += wv * src[i]
+        out[b, ci] = acc
+
+
+@njit(**_REDUCE)
+def grad_weight(gy, xph, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
+    """Adjoint of :func:`forward` in ``w``: ``gy (n, K, P)`` and ``xph`` to ``out (K, C_g, T)``."""
+    n = gy.shape[0]
+    k_total, c_g, n_taps = out.shape
+    k_g = k_total // groups
+    for job in prange(k_total * c_g):
+        k = job // c_g
+        c = job % c_g
+        ci = (k // k_g) * c_g + c
+        part = np.zeros((n_taps, length), dtype=out.dtype)  # per-lane partial sums: vectorises
+        gr = np.zeros(length, dtype=out.dtype)
+        for b in range(n):
+            row = gy[b, k]
+            for j in range(valid.shape[0]):
+                gr[valid[j]] = row[j]
+            for t in range(n_taps):
+                o = taps_off[t]
+                src = xph[b, ci, taps_r[t], o:o + length]
+                p = part[t]
+                for i in range(length):
+                    p[i] += gr[i] * src[i]
+        for t in range(n_taps):
+            out[k, c, t] = part[t].sum()
+
+
+def plan_arrays(plan):
+    """``(taps_r, taps_off, valid, length)`` of a plan, as the kernels take them."""
+    taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
+    valid = np.flatnonzero(lattice_mask(plan)).astype(np.int64)
+    return np.ascontiguousarray(taps[:, 0]), np.ascontiguousarray(taps[:, 1]), valid, plan.length

@@ -81,6 +81,11 @@ def _direct():
     return direct
 
 
+def _work(n, k, c_g, plan) -> int:
+    """Multiply-adds of one pass of the direct kernels (dropped positions included)."""
+    return n * k * c_g * plan.n_taps * plan.length
+
+
 def _direct_args(d, plan, groups):
     taps_r, taps_off, valid, length = _plan_arrays(d, plan)
     return taps_r, taps_off, groups, valid, length
@@ -148,7 +153,7 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
     how = strategy(c // groups, k // groups, plan)
     if how == "direct":
         d = _direct()
-        d.forward(_phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c // groups, plan.n_taps)),
+        d.kernel("forward", _work(n, k, c // groups, plan))(_phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c // groups, plan.n_taps)),
                   *_direct_args(d, plan, groups), y.reshape(n, k, math.prod(plan.out)))
         return y
     if how == "taps":
@@ -184,7 +189,7 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     if finite_w and n and strategy(c // groups, k // groups, plan) == "direct":
         d = _direct()
         gph = np.empty((n, c, plan.phases, plan.q_size), dtype=gy.dtype)
-        d.grad_input(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
+        d.kernel("grad_input", _work(n, k, c // groups, plan))(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
                      np.ascontiguousarray(w.reshape(k, c // groups, plan.n_taps)), *_direct_args(d, plan, groups), gph)
         return merge_phases(gph.reshape(n * c, plan.phases, plan.q_size), plan).reshape(n, c, *plan.full)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
@@ -208,7 +213,7 @@ def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPl
     if finite_x and n and strategy(c // groups, k // groups, plan) == "direct":
         d = _direct()
         gw = np.empty((k, c // groups, plan.n_taps), dtype=xp.dtype)
-        d.grad_weight(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan), *_direct_args(d, plan, groups),
+        d.kernel("grad_weight", _work(n, k, c // groups, plan))(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan), *_direct_args(d, plan, groups),
                       gw)
         return gw.reshape(k, c // groups, *kernel_shape)
     gw = np.zeros((groups, k // groups, (c // groups) * plan.n_taps), dtype=xp.dtype)

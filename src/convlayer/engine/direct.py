@@ -33,7 +33,7 @@ _FLAGS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 # the serial ones win: right after a BLAS call OpenBLAS's idle workers keep
 # spinning for ~0.1 s and starve Numba's threads (measured on LeNet-5's
 # first layer: 8.6 ms parallel vs 1.6 ms serial inside a training step).
-PARALLEL_MIN_WORK = 50_000_000
+PARALLEL_MIN_WORK = 20_000_000
 
 
 def _forward(xph, w, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled

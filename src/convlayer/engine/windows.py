@@ -97,44 +97,51 @@ def make_plan(full, kernel, stride, dilation, out) -> WindowPlan:
     )
 
 
-def split_phases(xp: np.ndarray, plan: WindowPlan, fill: float = 0.0) -> np.ndarray:
-    """``(B, *P)`` padded input to ``(B, R, Q)`` phases (see module doc)."""
+def _phase_slices(plan: WindowPlan):
+    """``(phase index, index tuple into the padded input)`` of each stride phase."""
+    for idx, r in enumerate(np.ndindex(*plan.stride)):
+        yield idx, (slice(None), *(slice(ri, p, si) for ri, p, si in zip(r, plan.padded, plan.stride)))
+
+
+def split_phases(xp: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """``(B, *P)`` padded input to ``(B, R, Q)`` phases (see module doc), in one pass."""
     b = xp.shape[0]
-    nd = len(plan.padded)
     if plan.padded != plan.full:
         xp = xp[(slice(None), *(slice(0, p) for p in plan.padded))]
     if plan.unit_stride:
         return np.ascontiguousarray(xp).reshape(b, 1, plan.q_size)
-    full = tuple(q * s for q, s in zip(plan.q_shape, plan.stride))
-    if full != plan.padded:
-        buf = np.full((b, *full), fill, dtype=xp.dtype)
-        buf[(slice(None), *(slice(0, p) for p in plan.padded))] = xp
-        xp = buf
-    split = []
-    for q, s in zip(plan.q_shape, plan.stride):
-        split += [q, s]
-    v = xp.reshape(b, *split)  # (B, Q1, s1, Q2, s2, ...)
-    perm = (0, *(2 + 2 * i for i in range(nd)), *(1 + 2 * i for i in range(nd)))
-    return np.ascontiguousarray(v.transpose(perm)).reshape(b, plan.phases, plan.q_size)  # (B, R, Q)
+    out = np.empty((b, plan.phases, *plan.q_shape), dtype=xp.dtype)
+    for idx, index in _phase_slices(plan):
+        part = xp[index]  # (B, *sizes), sizes <= Q
+        dst = out[:, idx]
+        dst[(slice(None), *(slice(0, n) for n in part.shape[1:]))] = part
+        for axis, (n, q) in enumerate(zip(part.shape[1:], plan.q_shape)):
+            if n < q:  # the round-up tail of this phase: never read by a real output
+                tail = [slice(None)] * dst.ndim
+                tail[1 + axis] = slice(n, q)
+                dst[tuple(tail)] = 0
+    return out.reshape(b, plan.phases, plan.q_size)
 
 
 def merge_phases(gph: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """Adjoint (and inverse) of :func:`split_phases`: ``(B, R, Q)`` to ``(B, *P)``."""
+    """Adjoint (and inverse) of :func:`split_phases`: ``(B, R, Q)`` to ``(B, *full)``."""
     b = gph.shape[0]
-    nd = len(plan.padded)
     if plan.unit_stride:
         used = gph.reshape(b, *plan.padded)
+        if plan.padded == plan.full:
+            return used
     else:
-        v = gph.reshape(b, *plan.stride, *plan.q_shape)  # (B, s1, s2, ..., Q1, Q2, ...)
-        perm = [0]
-        for i in range(nd):
-            perm += [1 + nd + i, 1 + i]
-        rounded = v.transpose(perm).reshape(b, *(q * s for q, s in zip(plan.q_shape, plan.stride)))
-        used = rounded[(slice(None), *(slice(0, p) for p in plan.padded))]
-    if plan.padded == plan.full:
-        return np.ascontiguousarray(used)
-    out = np.zeros((b, *plan.full), dtype=gph.dtype)
-    out[(slice(None), *(slice(0, p) for p in plan.padded))] = used
+        used = None
+    out = np.zeros((b, *plan.full), dtype=gph.dtype) if plan.padded != plan.full else None
+    if used is not None:
+        out[(slice(None), *(slice(0, p) for p in plan.padded))] = used
+        return out
+    if out is None:
+        out = np.empty((b, *plan.full), dtype=gph.dtype)
+    g = gph.reshape(b, plan.phases, *plan.q_shape)
+    for idx, index in _phase_slices(plan):
+        target = out[index]
+        target[...] = g[(slice(None), idx, *(slice(0, n) for n in target.shape[1:]))]
     return out
 
 

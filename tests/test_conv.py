@@ -331,8 +331,14 @@ def _torch_grads(gy, x, w, **kw):
     return xt.grad.numpy(), wt.grad.numpy()
 
 
-def test_nan_and_inf_propagate_as_in_ieee_arithmetic(rng):
+@pytest.mark.parametrize("how", STRATEGIES)
+def test_nan_and_inf_propagate_as_in_ieee_arithmetic(how, rng):
     """Non-finite values reach exactly the outputs and gradients they reach in PyTorch, no more."""
+    with force_strategy(how):
+        _check_nan_inf(rng)
+
+
+def _check_nan_inf(rng):
     x = rng.standard_normal((1, 1, 8, 8))
     x[0, 0, 0, 0] = np.nan
     x[0, 0, 7, 7] = np.inf

@@ -64,13 +64,19 @@ def force_strategy(name: str):
         _forced.pop()
 
 
-def strategy(c_g: int, k_g: int, plan) -> str:
-    """The algorithm for a convolution with ``c_g`` inputs and ``k_g`` outputs per group."""
+def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
+    """The algorithm for one pass of a convolution with ``c_g`` inputs and ``k_g`` outputs per group.
+
+    ``"taps"`` needs every per-tap GEMM to be thick: its inner dimension is
+    ``C_g`` for the forward pass, ``K_g`` for the input gradient and the
+    ``L`` positions for the weight gradient.
+    """
     if _forced:
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "direct"
-    if c_g >= TAPS_MIN_CHANNELS and plan.n_taps > 1 and plan.length >= TAPS_MIN_LENGTH:
+    inner = {"forward": c_g, "grad_input": k_g, "grad_weight": TAPS_MIN_CHANNELS}[pass_]
+    if inner >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH:
         return "taps"
     return "cols"
 
@@ -142,33 +148,35 @@ def _workspace_per_item(c: int, k: int, plan: WindowPlan, itemsize: int) -> int:
     return (c * (plan.n_taps + plan.phases) + k) * plan.length * itemsize
 
 
+def _taps_per_item(c: int, k: int, plan: WindowPlan, itemsize: int) -> int:
+    return 2 * (c + k) * plan.length * itemsize
+
+
 def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -> np.ndarray:
     """Valid cross-correlation of padded ``xp (N, C, *P)`` with ``w (K, C/g, *k)``: ``(N, K, *out)``."""
     n, c = xp.shape[:2]
     k = w.shape[0]
-    wmat = w.reshape(groups, k // groups, (c // groups) * plan.n_taps)  # (g, K_g, C_g*T)
+    c_g, k_g = c // groups, k // groups
+    wmat = w.reshape(groups, k_g, c_g * plan.n_taps)  # (g, K_g, C_g*T)
     y = np.empty((n, k, *plan.out), dtype=xp.dtype)
     if n == 0:
         return y
-    how = strategy(c // groups, k // groups, plan)
+    how = strategy(c_g, k_g, plan)
     if how == "direct":
         d = _direct()
-        d.kernel("forward", _work(n, k, c // groups, plan))(_phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c // groups, plan.n_taps)),
-                  *_direct_args(d, plan, groups), y.reshape(n, k, math.prod(plan.out)))
+        d.kernel("forward", _work(n, k, c_g, plan))(
+            _phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
+            *_direct_args(d, plan, groups), y.reshape(n, k, math.prod(plan.out)))
         return y
     if how == "taps":
-        wtaps = np.moveaxis(wmat.reshape(groups, k // groups, c // groups, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
-        for sl in _chunks(n, _workspace_per_item(0, 2 * k, plan, xp.itemsize)):
+        wtaps = np.moveaxis(wmat.reshape(groups, k_g, c_g, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
+        for sl in _chunks(n, _taps_per_item(0, k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
-            xph = _phases(xp[sl], plan)  # (n, C, R, Q)
-            acc = tmp = None
-            for t, view in _tap_views(xph, m, groups, plan):
-                if acc is None:
-                    acc = np.matmul(wtaps[t], view)  # (n, g, K_g, L)
-                    tmp = np.empty_like(acc)
-                else:
-                    np.matmul(wtaps[t], view, out=tmp)
-                    acc += tmp
+            acc = np.zeros((m, groups, k_g, plan.length), dtype=xp.dtype)
+            tmp = np.empty_like(acc)
+            for t, view in _tap_views(_phases(xp[sl], plan), m, groups, plan):
+                np.matmul(wtaps[t], view, out=tmp)  # (n, g, K_g, L)
+                acc += tmp
             y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
         return y
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
@@ -182,22 +190,40 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     """Gradient w.r.t. the padded input: ``gy (N, K, *out)`` to ``(N, C, *P)``."""
     n, k = gy.shape[:2]
     c = in_channels
-    wmat_t = w.reshape(groups, k // groups, (c // groups) * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
+    c_g, k_g = c // groups, k // groups
     finite_w = bool(np.isfinite(w).all())
+    # Where w holds inf or NaN, 0 * inf in the dropped columns must not leak into real positions.
     mask = None if finite_w else lattice_mask(plan)
     gxp = np.empty((n, c, *plan.full), dtype=gy.dtype)
-    if finite_w and n and strategy(c // groups, k // groups, plan) == "direct":
+    if n == 0:
+        return gxp
+    how = strategy(c_g, k_g, plan, "grad_input")
+    if how == "direct" and finite_w:
         d = _direct()
         gph = np.empty((n, c, plan.phases, plan.q_size), dtype=gy.dtype)
-        d.kernel("grad_input", _work(n, k, c // groups, plan))(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
-                     np.ascontiguousarray(w.reshape(k, c // groups, plan.n_taps)), *_direct_args(d, plan, groups), gph)
+        d.kernel("grad_input", _work(n, k, c_g, plan))(
+            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
+            np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)), *_direct_args(d, plan, groups), gph)
         return merge_phases(gph.reshape(n * c, plan.phases, plan.q_size), plan).reshape(n, c, *plan.full)
+    if how == "taps":
+        wtaps = np.moveaxis(w.reshape(groups, k_g, c_g, plan.n_taps), -1, 0).transpose(0, 1, 3, 2)  # (T, g, C_g, K_g)
+        L = plan.length
+        for sl in _chunks(n, _taps_per_item(c, k, plan, gy.itemsize)):
+            m = gy[sl].shape[0]
+            gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, L)  # (n, g, K_g, L)
+            gph = np.zeros((m, groups, c_g, plan.phases, plan.q_size), dtype=gy.dtype)
+            tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
+            for t, (r, off) in enumerate(plan.taps):
+                np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
+                gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
+            gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
+        return gxp
+    wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
         m = gy[sl].shape[0]
         gcols = np.matmul(wmat_t, _embed(gy[sl], plan, groups))  # (g, C_g*T, n*L)
         gcols = gcols.reshape(c, plan.n_taps, m, plan.length)  # (C, T, n, L)
         if mask is not None:
-            # 0 * inf in the dropped columns must not leak into real positions.
             gcols = np.where(mask, gcols, 0)
         gph = scatter_taps(gcols, plan)  # (n, C, R, Q)
         gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
@@ -208,22 +234,35 @@ def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPl
     """Gradient w.r.t. the weight: ``(K, C/g, *k)`` from ``gy (N, K, *out)`` and padded ``xp``."""
     n, c = xp.shape[:2]
     k = gy.shape[1]
+    c_g, k_g = c // groups, k // groups
     finite_x = bool(np.isfinite(xp).all())
+    # Where x holds inf or NaN, 0 * inf in the dropped columns must not leak into the sums.
     mask = None if finite_x else lattice_mask(plan)
-    if finite_x and n and strategy(c // groups, k // groups, plan) == "direct":
+    how = strategy(c_g, k_g, plan, "grad_weight")
+    if how == "direct" and finite_x and n:
         d = _direct()
-        gw = np.empty((k, c // groups, plan.n_taps), dtype=xp.dtype)
-        d.kernel("grad_weight", _work(n, k, c // groups, plan))(np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan), *_direct_args(d, plan, groups),
-                      gw)
-        return gw.reshape(k, c // groups, *kernel_shape)
-    gw = np.zeros((groups, k // groups, (c // groups) * plan.n_taps), dtype=xp.dtype)
+        gw = np.empty((k, c_g, plan.n_taps), dtype=xp.dtype)
+        d.kernel("grad_weight", _work(n, k, c_g, plan))(
+            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan),
+            *_direct_args(d, plan, groups), gw)
+        return gw.reshape(k, c_g, *kernel_shape)
+    if how == "taps":
+        gw = np.zeros((plan.n_taps, groups, k_g, c_g), dtype=xp.dtype)
+        for sl in _chunks(n, _taps_per_item(c, k, plan, xp.itemsize)):
+            m = xp[sl].shape[0]
+            gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, plan.length)  # (n, g, K_g, L)
+            for t, view in _tap_views(_phases(xp[sl], plan), m, groups, plan):  # view (n, g, C_g, L)
+                v = view if mask is None else np.where(mask, view, 0)
+                gw[t] += np.matmul(gflat, v.transpose(0, 1, 3, 2)).sum(axis=0)  # (g, K_g, C_g)
+        return np.moveaxis(gw, 0, -1).reshape(k, c_g, *kernel_shape)  # (K, C_g, *k)
+    gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=xp.dtype)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
         m = xp[sl].shape[0]
         cols = _cols(xp[sl], plan, groups)  # (g, C_g*T, n*L)
         if mask is not None:
             cols = np.where(np.tile(mask, m), cols, 0)
         gw += np.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1))  # (g, K_g, C_g*T)
-    return gw.reshape(k, c // groups, *kernel_shape)
+    return gw.reshape(k, c_g, *kernel_shape)
 
 
 def table_conv_forward(xp: np.ndarray, weight: np.ndarray, outputs, by_input, plan: WindowPlan) -> np.ndarray:

@@ -219,6 +219,24 @@ def summary(rows):
     return out
 
 
+def markdown(rows, table) -> str:
+    """The results as a Markdown table: time (ms), GFLOP/s and ratio per pass, then the geometric means."""
+    head = "| category | problem | GFLOP | " + " | ".join(
+        f"{p} ms | {p} GFLOP/s | {p} ratio" for p in PASSES) + " |\n"
+    head += "| --- | --- | ---: | " + " | ".join("---: | ---: | ---:" for _ in PASSES) + " |\n"
+    lines = []
+    for r in rows:
+        p = r["problem"]
+        cells = []
+        for i in range(3):
+            t = r["convlayer"][i]
+            cells.append(f"{t * 1e3:.1f} | {r['gflop'] / t:.1f} | {r['ratio'][i]:.2f}")
+        lines.append(f"| {p['category']} | {p['name']} | {r['gflop']:.2f} | " + " | ".join(cells) + " |")
+    out = head + "\n".join(lines) + "\n\n| category | fwd | dgrad | wgrad |\n| --- | ---: | ---: | ---: |\n"
+    out += "\n".join(f"| {cat} | {a:.2f} | {b:.2f} | {c:.2f} |" for cat, (a, b, c) in table.items()) + "\n"
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--json", default=None, help="write all timings here")
+    parser.add_argument("--markdown", default=None, help="write the table and geometric means as Markdown here")
     args = parser.parse_args(argv)
     problems = SUITE
     if args.filter:
@@ -239,6 +258,9 @@ def main(argv=None) -> int:
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
     for cat, (a, b, c) in table.items():
         print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown(rows, table))
     if args.json:
         import torch
 

@@ -391,3 +391,31 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     gx, gw, _ = CF.conv_backward(gy, x, w, b, padding=padding, **kw)
     assert max_rel_err(gx, xt.grad.numpy()) < tol
     assert max_rel_err(gw, wt.grad.numpy()) < tol
+
+
+def test_workspace_limit_bounds_memory_and_keeps_results(rng):
+    """Chunking the batch (small workspace limit) gives the same numbers; a patch matrix that would not fit
+    even for one image is never built (the planner switches to per-tap GEMMs)."""
+    import convlayer
+    from convlayer.engine.gemm import strategy
+    from convlayer.engine.windows import make_plan
+
+    x = rng.standard_normal((6, 8, 6, 7, 5))
+    w = rng.standard_normal((8, 8, 3, 3, 3))
+    kw = dict(stride=(1, 2, 1), padding=1, padding_mode="reflect")
+    y = CF.conv(x, w, **kw)
+    gy = rng.standard_normal(y.shape)
+    grads = CF.conv_backward(gy, x, w, **kw)
+    old = convlayer.get_workspace_limit()
+    try:
+        convlayer.set_workspace_limit(20_000)
+        with force_strategy("cols"):
+            np.testing.assert_allclose(CF.conv(x, w, **kw), y, rtol=1e-12, atol=1e-12)
+            for a, b in zip(CF.conv_backward(gy, x, w, **kw), grads):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    finally:
+        convlayer.set_workspace_limit(old)
+    big = make_plan((66, 66, 66), (3, 3, 3), (1, 1, 1), (1, 1, 1), (64, 64, 64))
+    small = make_plan((10, 10), (3, 3), (1, 1), (1, 1), (8, 8))
+    assert strategy(8, 8, small) == "cols"
+    assert strategy(8, 8, big) == "taps"

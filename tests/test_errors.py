@@ -125,3 +125,20 @@ def test_inputs_are_not_mutated(rng):
     CF.max_pool_backward(rng.standard_normal((2, 4, 3, 3)), x, 2)
     for a, c in zip((x, w, gy), copies):
         np.testing.assert_array_equal(a, c)
+
+
+def test_thread_knob_sets_and_restores():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with convlayer.num_threads(1):
+        assert convlayer.get_num_threads() == 1
+        assert all(n == 1 for n in blas_threads())
+        x = np.ones((1, 2, 6, 6), np.float32)
+        assert CF.conv(x, np.ones((2, 1, 3, 3), np.float32), groups=2).shape == (1, 2, 4, 4)
+    assert blas_threads() == before
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
+        convlayer.set_num_threads(0)

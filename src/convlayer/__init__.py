@@ -3,6 +3,9 @@
 from . import functional, geometry
 from ._config import (
     get_memory_budget,
+    get_num_threads,
+    num_threads,
+    set_num_threads,
     get_workspace_limit,
     memory_budget,
     set_memory_budget,
@@ -22,5 +25,8 @@ __all__ = [
     "memory_budget",
     "get_workspace_limit",
     "set_workspace_limit",
+    "set_num_threads",
+    "get_num_threads",
+    "num_threads",
     "__version__",
 ]

@@ -66,3 +66,48 @@ def check_budget(op: str, what: str, shape, dtype) -> None:
             f"over the memory budget of {budget / 2**30:.3g} GiB; check the arguments, or raise the "
             f"budget with convlayer.set_memory_budget()"
         )
+
+
+def _numba_set(n: int) -> None:
+    import sys
+
+    if "numba" in sys.modules:  # only when the direct kernels are in use; never import numba just for this
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for BLAS and the compiled kernels (the one knob for the thread count)."""
+    from threadpoolctl import threadpool_limits
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    threadpool_limits(limits=n)
+    _state["threads"] = n
+    _numba_set(n)
+
+
+def get_num_threads() -> int | None:
+    """The thread count set with :func:`set_num_threads` (``None``: the libraries' defaults)."""
+    return _state.get("threads")
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """Context manager: ``n`` threads inside the block, the previous setting restored after it."""
+    from threadpoolctl import threadpool_limits
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_threads: n must be a positive int, got {n!r}")
+    previous = _state.get("threads")
+    with threadpool_limits(limits=n):
+        _state["threads"] = n
+        _numba_set(n)
+        try:
+            yield
+        finally:
+            _state["threads"] = previous
+            import os
+
+            _numba_set(previous or os.cpu_count() or 1)

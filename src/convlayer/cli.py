@@ -17,16 +17,11 @@ import numpy as np
 DEMO_DEFAULTS = dict(model="lenet5-modern", epochs=8, batch_size=64, lr=2e-3)
 
 
-@contextlib.contextmanager
 def _threads(n):
-    """Limit BLAS threads (the one knob for the thread count); ``None`` leaves the default."""
-    if n is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
+    """``--threads``: the library's one thread knob; ``None`` leaves the defaults."""
+    from . import num_threads
 
-    with threadpool_limits(limits=n):
-        yield
+    return contextlib.nullcontext() if n is None else num_threads(n)
 
 
 def _fail(message: str) -> int:

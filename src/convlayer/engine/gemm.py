@@ -78,6 +78,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     inner = {"forward": c_g, "grad_input": k_g, "grad_weight": TAPS_MIN_CHANNELS}[pass_]
     if inner >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH:
         return "taps"
+    if c_g * k_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
+        return "taps"  # the patch matrix of even one image would exceed the workspace limit
     return "cols"
 
 

@@ -64,6 +64,15 @@ def init_weight(shape, fan_in: int, fan_out: int, init: str, dtype) -> np.ndarra
     return init_rng().uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def tuples_from_config(config: dict, keys) -> dict:
+    """A copy of ``config`` with the JSON lists under ``keys`` turned back into tuples."""
+    config = dict(config)
+    for key in keys:
+        if isinstance(config.get(key), list):
+            config[key] = tuple(config[key])
+    return config
+
+
 def register(cls):
     """Class decorator: add a layer type to the closed registry used by model files."""
     REGISTRY[cls.__name__] = cls

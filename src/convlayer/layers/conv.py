@@ -10,7 +10,7 @@ from .. import functional as F
 from ..functional._common import check_int
 from ..geometry import conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
 from ..padding import normalize_mode
-from .base import Layer, Parameter, init_weight, register
+from .base import Layer, Parameter, init_weight, register, tuples_from_config
 
 __all__ = [
     "ConvNd", "Conv1d", "Conv2d", "Conv3d",
@@ -114,17 +114,18 @@ class ConvNd(Layer):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     padding_mode=self.padding_mode)
 
+    # The functional op and its backward; the transposed layer swaps in its own pair.
+    _op = staticmethod(F.conv)
+    _op_backward = staticmethod(F.conv_backward)
+
     def forward(self, x):
         self._x = x
-        return F.conv(x, self.weight.value, None if self.bias is None else self.bias.value, **self._kw())
-
-    def _grads(self):
-        return ("input", "weight", "bias") if self.input_grad else ("weight", "bias")
+        return self._op(x, self.weight.value, None if self.bias is None else self.bias.value, **self._kw())
 
     def backward(self, grad_y):
-        gx, gw, gb = F.conv_backward(grad_y, self._x, self.weight.value,
-                                     None if self.bias is None else self.bias.value, **self._kw(),
-                                     grads=self._grads())
+        grads = ("input", "weight", "bias") if self.input_grad else ("weight", "bias")
+        gx, gw, gb = self._op_backward(grad_y, self._x, self.weight.value,
+                                       None if self.bias is None else self.bias.value, **self._kw(), grads=grads)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -142,13 +143,8 @@ class ConvNd(Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("kernel_size", "stride", "dilation"):
-            if isinstance(config.get(key), list):
-                config[key] = tuple(config[key])
-        if isinstance(config.get("padding_mode"), list):
-            config["padding_mode"] = tuple(config["padding_mode"])
-        return cls(**config)
+        return cls(**tuples_from_config(config, ("kernel_size", "stride", "dilation", "padding_mode",
+                                                 "output_padding")))
 
     def output_shape(self, input_shape):
         n, _, *spatial = input_shape
@@ -213,33 +209,16 @@ class ConvTransposeNd(ConvNd):
         self.weight = Parameter(init_weight(shape, fan_in, fan_out, self.init, self.dtype))
         self.bias = Parameter(np.zeros(self.out_channels, self.dtype)) if bias else None
 
+    _op = staticmethod(F.conv_transpose)
+    _op_backward = staticmethod(F.conv_transpose_backward)
+
     def _kw(self):
         return {**super()._kw(), "output_padding": self.output_padding}
-
-    def forward(self, x):
-        self._x = x
-        return F.conv_transpose(x, self.weight.value, None if self.bias is None else self.bias.value, **self._kw())
-
-    def backward(self, grad_y):
-        gx, gw, gb = F.conv_transpose_backward(grad_y, self._x, self.weight.value,
-                                               None if self.bias is None else self.bias.value, **self._kw(),
-                                               grads=self._grads())
-        self.weight.grad += gw
-        if self.bias is not None:
-            self.bias.grad += gb
-        return gx
 
     def get_config(self):
         config = super().get_config()
         config["output_padding"] = list(self.output_padding)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("output_padding"), list):
-            config["output_padding"] = tuple(config["output_padding"])
-        return super().from_config.__func__(cls, config)
 
     def output_shape(self, input_shape):
         n, _, *spatial = input_shape
@@ -316,7 +295,7 @@ class SeparableConv(Layer):
 
     @classmethod
     def from_config(cls, config):
-        return ConvNd.from_config.__func__(cls, config)
+        return cls(**tuples_from_config(config, ("kernel_size", "stride", "dilation", "padding_mode")))
 
     def output_shape(self, input_shape):
         return self.pointwise.output_shape(self.depthwise.output_shape(input_shape))

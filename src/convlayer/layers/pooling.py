@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..geometry import normalize_tuple, pool_output_size, resolve_padding
-from .base import Layer, Parameter, register
+from .base import Layer, Parameter, register, tuples_from_config
 from .conv import _padding_arg, _padding_config
 
 __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Subsampling"]
@@ -37,11 +37,7 @@ class _Pool(Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("kernel_size", "stride", "dilation"):
-            if isinstance(config.get(key), list):
-                config[key] = tuple(config[key])
-        return cls(**config)
+        return cls(**tuples_from_config(config, ("kernel_size", "stride", "dilation")))
 
     def output_shape(self, input_shape):
         n, c, *spatial = input_shape

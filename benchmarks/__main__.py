@@ -90,6 +90,7 @@ def flops(p: Problem, out_shape) -> float:
 
 
 def _best(fn, repeats):
+    time.sleep(0.2)  # let the other library's idle worker threads stop spinning before timing
     fn()
     times = []
     for _ in range(repeats):

@@ -417,7 +417,7 @@ def test_workspace_limit_bounds_memory_and_keeps_results(rng):
             np.testing.assert_allclose(gw, grads[1], rtol=1e-12, atol=1e-12)
     finally:
         convlayer.set_workspace_limit(old)
-    big = make_plan((66, 66, 66), (3, 3, 3), (1, 1, 1), (1, 1, 1), (64, 64, 64))
+    big = make_plan((130, 130, 130), (3, 3, 3), (1, 1, 1), (1, 1, 1), (128, 128, 128))
     small = make_plan((10, 10), (3, 3), (1, 1), (1, 1), (8, 8))
     assert strategy(8, 8, small) == "cols"
     assert strategy(8, 8, big) == "taps"

@@ -65,21 +65,21 @@ def force_strategy(name: str):
 
 
 def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
-    """The algorithm for one pass of a convolution with ``c_g`` inputs and ``k_g`` outputs per group.
+    """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
+    with ``c_g`` inputs and ``k_g`` outputs per group.
 
-    ``"taps"`` needs every per-tap GEMM to be thick: its inner dimension is
-    ``C_g`` for the forward pass, ``K_g`` for the input gradient and the
-    ``L`` positions for the weight gradient.
+    ``"taps"`` wants every per-tap GEMM thick in all three dimensions: ``K_g``
+    by ``C_g`` weights over ``L`` positions. The thresholds come from the
+    benchmark suite (few-channel stems lose 3-5x with per-tap GEMMs).
     """
     if _forced:
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "direct"
-    inner = {"forward": c_g, "grad_input": k_g, "grad_weight": TAPS_MIN_CHANNELS}[pass_]
-    if inner >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH:
+    if min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH:
         return "taps"
-    if c_g * k_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
-        return "taps"  # the patch matrix of even one image would exceed the workspace limit
+    if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
+        return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     return "cols"
 
 
@@ -214,10 +214,14 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
             m = gy[sl].shape[0]
             gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, L)  # (n, g, K_g, L)
             gph = np.zeros((m, groups, c_g, plan.phases, plan.q_size), dtype=gy.dtype)
-            tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
-            for t, (r, off) in enumerate(plan.taps):
-                np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
-                gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
+            if plan.n_taps == 1 and mask is None:  # 1x1: the product is the gradient, written in place
+                (r, off), = plan.taps
+                np.matmul(wtaps[0], gflat, out=gph[:, :, :, r, off:off + L])
+            else:
+                tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
+                for t, (r, off) in enumerate(plan.taps):
+                    np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
+                    gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
             gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
         return gxp
     wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -132,10 +133,37 @@ def _phases(xp_chunk: np.ndarray, plan: WindowPlan) -> np.ndarray:
     return split_phases(xp_chunk.reshape(n * c, *xp_chunk.shape[2:]), plan).reshape(n, c, plan.phases, plan.q_size)
 
 
+_workspace = threading.local()
+
+
+def workspace(shape, dtype) -> np.ndarray:
+    """A scratch array reused across calls on this thread (never returned to callers).
+
+    Memory written for the first time after allocation is slow on virtual
+    machines (page faults, ~1 GB/s): reusing one buffer for the patch
+    matrix halves the time of a GEMM-strategy convolution. The buffer is at
+    most the workspace limit plus one image's patch matrix.
+    """
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buf = getattr(_workspace, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _workspace.buf = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffer."""
+    _workspace.buf = None
+
+
 def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
-    """Patch matrix ``(g, C_g*T, n*L)`` of a padded chunk ``(n, C, *P)``, batch folded into the columns."""
+    """Patch matrix ``(g, C_g*T, n*L)`` of a padded chunk ``(n, C, *P)``, batch folded into the columns.
+
+    It lives in the thread's :func:`workspace`: use it before the next call.
+    """
     n, c = xp_chunk.shape[:2]
-    cols = gather_taps(_phases(xp_chunk, plan), plan)  # (C, T, n, L)
+    buf = workspace((c, plan.n_taps, n, plan.length), xp_chunk.dtype)
+    cols = gather_taps(_phases(xp_chunk, plan), plan, out=buf)  # (C, T, n, L)
     return cols.reshape(groups, (c // groups) * plan.n_taps, n * plan.length)
 
 

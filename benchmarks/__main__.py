@@ -198,6 +198,17 @@ def run(problems, repeats, threads, with_jax=True):
 PASSES = ("fwd", "dgrad", "wgrad")
 
 
+def gemm_peak(threads: int, size: int = 2048) -> float:
+    """The machine's float32 GEMM throughput (GFLOP/s) through NumPy's BLAS: the ceiling for convlayer."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
+    b = a.T.copy()
+    with threadpool_limits(limits=threads):
+        t = _best(lambda: a @ b, 5)
+    return 2.0 * size**3 / t / 1e9
+
+
 def _format_row(p, row):
     cells = []
     for i, name in enumerate(PASSES):
@@ -254,6 +265,8 @@ def main(argv=None) -> int:
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
     print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
           f"best of {args.repeats}")
+    peak = gemm_peak(args.threads)
+    print(f"machine float32 GEMM (NumPy/OpenBLAS, 2048^3): {peak:.1f} GFLOP/s")
     rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax)
     table = summary(rows)
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
@@ -261,12 +274,13 @@ def main(argv=None) -> int:
         print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(markdown(rows, table))
+            fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s.\n\n" + markdown(rows, table))
     if args.json:
         import torch
 
         meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
-                    numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats)
+                    numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats,
+                    gemm_peak_gflops=peak)
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=rows, summary=table), fh, indent=1)
     return 0

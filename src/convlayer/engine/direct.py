@@ -138,3 +138,25 @@ def plan_arrays(plan):
     taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
     valid = np.flatnonzero(lattice_mask(plan)).astype(np.int64)
     return np.ascontiguousarray(taps[:, 0]), np.ascontiguousarray(taps[:, 1]), valid, plan.length
+
+
+def _gather(xph, taps_r, taps_off, out):  # pragma: no cover - compiled
+    """Patch matrix ``out (C, T, n, L)`` from phases ``xph (n, C, R, Q)`` (see ``windows.gather_taps``)."""
+    c_total, n_taps, n, length = out.shape
+    for job in prange(c_total * n_taps):
+        c = job // n_taps
+        t = job % n_taps
+        r = taps_r[t]
+        o = taps_off[t]
+        for b in range(n):
+            out[c, t, b, :] = xph[b, c, r, o:o + length]
+
+
+_GATHER = (_compile(_gather, False), _compile(_gather, True))
+
+
+def gather(xph, plan, out):
+    """Compiled, threaded :func:`convlayer.engine.windows.gather_taps` (a memory-bound copy)."""
+    taps_r, taps_off, _, _ = plan_arrays(plan)
+    _GATHER[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, out)
+    return out

@@ -49,6 +49,9 @@ TAPS_MIN_LENGTH = 256
 # Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
 DIRECT_MAX_CHANNELS = 16
 
+# Patch matrices from this size on are gathered by the compiled, threaded copy.
+GATHER_COMPILED_MIN_BYTES = 4 * 2**20
+
 STRATEGIES = ("direct", "taps", "cols")
 _forced: list[str] = []
 
@@ -69,18 +72,25 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
     with ``c_g`` inputs and ``k_g`` outputs per group.
 
-    ``"taps"`` wants every per-tap GEMM thick in all three dimensions: ``K_g``
-    by ``C_g`` weights over ``L`` positions. The thresholds come from the
-    benchmark suite (few-channel stems lose 3-5x with per-tap GEMMs).
+    The rules follow the benchmark suite (``python -m benchmarks``; taps vs
+    cols measured side by side, see BENCHMARKS.md): the patch matrix,
+    gathered by a threaded compiled copy, feeds one large GEMM and wins in
+    general; per-tap GEMMs win where there is nothing to gather (1x1 and
+    2-tap kernels) and, for the gradients, on wide unit-stride layers.
     """
     if _forced:
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "direct"
-    if min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH:
-        return "taps"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
+    wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
+    if plan.n_taps <= 2 and wide:
+        return "taps"
+    if pass_ == "grad_input" and wide and min(c_g, k_g) >= 128:
+        return "taps"
+    if pass_ == "grad_weight" and wide and plan.unit_stride and plan.n_taps <= 9:
+        return "taps"
     return "cols"
 
 
@@ -163,7 +173,11 @@ def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
     """
     n, c = xp_chunk.shape[:2]
     buf = workspace((c, plan.n_taps, n, plan.length), xp_chunk.dtype)
-    cols = gather_taps(_phases(xp_chunk, plan), plan, out=buf)  # (C, T, n, L)
+    xph = _phases(xp_chunk, plan)  # (n, C, R, Q)
+    if buf.nbytes >= GATHER_COMPILED_MIN_BYTES:
+        cols = _direct().gather(xph, plan, buf)  # (C, T, n, L), threaded
+    else:
+        cols = gather_taps(xph, plan, out=buf)
     return cols.reshape(groups, (c // groups) * plan.n_taps, n * plan.length)
 
 

@@ -160,3 +160,36 @@ def gather(xph, plan, out):
     taps_r, taps_off, _, _ = plan_arrays(plan)
     _GATHER[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, out)
     return out
+
+
+def _gather_outputs(xph, taps_r, taps_off, rows, width, out):  # pragma: no cover - compiled
+    """``out (n, C, T, P)``: for each tap, the input under every real output, row by row.
+
+    ``rows`` are the lattice positions where the output rows (runs of
+    ``width`` consecutive outputs along the last axis) start: each row is
+    one contiguous slice, so the copy vectorises. This is the patch matrix
+    of the real outputs only (no dropped columns), one image after another,
+    as the forward GEMM wants it.
+    """
+    n, c_total, n_taps, count = out.shape
+    for job in prange(n * c_total):
+        b = job // c_total
+        c = job % c_total
+        for t in range(n_taps):
+            src = xph[b, c, taps_r[t]]
+            o = taps_off[t]
+            dst = out[b, c, t]
+            for r in range(rows.shape[0]):
+                start = o + rows[r]
+                dst[r * width:(r + 1) * width] = src[start:start + width]
+
+
+_GATHER_OUTPUTS = (_compile(_gather_outputs, False), _compile(_gather_outputs, True))
+
+
+def gather_outputs(xph, plan, out):
+    """Compiled patch matrix ``(n, C, T, P)`` over the real output positions (see :func:`_gather_outputs`)."""
+    taps_r, taps_off, valid, _ = plan_arrays(plan)
+    width = plan.out[-1]
+    _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, valid[::width].copy(), width, out)
+    return out

@@ -223,10 +223,14 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
                 acc += tmp
             y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
         return y
+    count = math.prod(plan.out)
+    d = _direct()
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
         m = xp[sl].shape[0]
-        acc = np.matmul(wmat, _cols(xp[sl], plan, groups))  # (g, K_g, n*L)
-        y[sl] = np.swapaxes(lattice_view(acc.reshape(k, m, plan.length), plan), 0, 1)  # (n, K, *out)
+        cols = d.gather_outputs(_phases(xp[sl], plan), plan,
+                                workspace((m, c, plan.n_taps, count), xp.dtype))  # (n, C, T, P)
+        # One GEMM per image, written straight into the output: no dropped columns, no transpose.
+        np.matmul(wmat, cols.reshape(m, groups, c_g * plan.n_taps, count), out=y[sl].reshape(m, groups, k_g, count))
     return y
 
 

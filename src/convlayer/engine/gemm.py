@@ -49,6 +49,9 @@ TAPS_MIN_LENGTH = 256
 # Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
 DIRECT_MAX_CHANNELS = 16
 
+# Output positions per image from which the forward GEMM runs image by image, straight into the output
+# (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
+PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
 # Patch matrices from this size on are gathered by the compiled, threaded copy.
 GATHER_COMPILED_MIN_BYTES = 4 * 2**20
 
@@ -224,6 +227,12 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
             y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
         return y
     count = math.prod(plan.out)
+    if count < PER_IMAGE_GEMM_MIN_OUTPUTS:  # small images: one GEMM for the whole chunk, batch in the columns
+        for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
+            m = xp[sl].shape[0]
+            acc = np.matmul(wmat, _cols(xp[sl], plan, groups))  # (g, K_g, n*L)
+            y[sl] = np.swapaxes(lattice_view(acc.reshape(k, m, plan.length), plan), 0, 1)  # (n, K, *out)
+        return y
     d = _direct()
     for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
         m = xp[sl].shape[0]

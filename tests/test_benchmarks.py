@@ -29,3 +29,10 @@ def test_lenet_runner(tmp_path):
     out = tmp_path / "l.json"
     assert lenet.main(["--images", "256", "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["ratio"] > 0
+
+
+def test_gate_runner(capsys):
+    from benchmarks import gate
+
+    assert gate.main(["--rounds", "1", "--threads", "1"]) == 0
+    assert "median convlayer/PyTorch time" in capsys.readouterr().out

@@ -89,12 +89,18 @@ def _check_bias(op, bias_shape, channels):
         )
 
 
-def _arrays(op, x, weight, bias, grad=None):
+def _float_arrays(op, x, weight, bias, grad):
+    """The op's arrays as float32/float64 ndarrays of one dtype (``None`` passes through)."""
     x = as_float_array(op, "input", x)
     weight = as_float_array(op, "weight", weight)
     bias = None if bias is None else as_float_array(op, "bias", bias)
     grad = None if grad is None else as_float_array(op, "grad_y", grad)
     same_dtype(op, input=x, weight=weight, bias=bias, grad_y=grad)
+    return x, weight, bias, grad
+
+
+def _arrays(op, x, weight, bias, grad=None):
+    x, weight, bias, grad = _float_arrays(op, x, weight, bias, grad)
     if weight.ndim < 3:
         raise ValueError(
             f"{op}: weight of shape {weight.shape} must have at least 3 dims "
@@ -473,11 +479,7 @@ def separable_conv_backward(grad_y, x, depthwise_weight, pointwise_weight, bias=
 
 
 def _table_setup(op, x, weight, table, bias, grad=None):
-    x = as_float_array(op, "input", x)
-    weight = as_float_array(op, "weight", weight)
-    bias = None if bias is None else as_float_array(op, "bias", bias)
-    grad = None if grad is None else as_float_array(op, "grad_y", grad)
-    same_dtype(op, input=x, weight=weight, bias=bias, grad_y=grad)
+    x, weight, bias, grad = _float_arrays(op, x, weight, bias, grad)
     if weight.ndim < 2:
         raise ValueError(f"{op}: weight of shape {weight.shape} must be (connections, *kernel_size)")
     rank = weight.ndim - 1

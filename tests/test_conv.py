@@ -421,3 +421,25 @@ def test_workspace_limit_bounds_memory_and_keeps_results(rng):
     small = make_plan((10, 10), (3, 3), (1, 1), (1, 1), (8, 8))
     assert strategy(8, 8, small) == "cols"
     assert strategy(8, 8, big) == "taps"
+
+
+def test_connection_conv_equals_dense_conv_with_zeroed_weights(rng):
+    from convlayer.models import C3_TABLE
+
+    table = [list(t) for t in C3_TABLE]
+    x = rng.standard_normal((3, 6, 14, 14))
+    w = rng.standard_normal((60, 5, 5))
+    dense = np.zeros((16, 6, 5, 5))
+    rows = [(j, i) for j, t in enumerate(table) for i in t]
+    for r, (j, i) in enumerate(rows):
+        dense[j, i] = w[r]
+    b = rng.standard_normal(16)
+    np.testing.assert_allclose(CF.connection_conv(x, w, table, b), CF.conv(x, dense, b), rtol=1e-12, atol=1e-12)
+    gy = rng.standard_normal((3, 16, 10, 10))
+    gx, gw, gb = CF.connection_conv_backward(gy, x, w, table, b)
+    dgx, dgw, dgb = CF.conv_backward(gy, x, dense, b)
+    np.testing.assert_allclose(gx, dgx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, np.array([dgw[j, i] for j, i in rows]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, dgb, rtol=1e-12)
+    with pytest.raises(ValueError, match="weight has 59 rows but the table lists 60 connections"):
+        CF.connection_conv(x, w[:59], table)

@@ -193,3 +193,101 @@ def gather_outputs(xph, plan, out):
     width = plan.out[-1]
     _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, valid[::width].copy(), width, out)
     return out
+
+
+# --- strided variants: read the padded input in place (no phase split) -----------------------------
+#
+# With a stride, splitting the input into phases costs a strided copy of the whole input, several times
+# the kernel's own work for depthwise layers. These variants index the padded input ``(n, C, P)``
+# directly: output row ``r`` starts at flat offset ``rows[r]`` and advances ``step`` (the last stride)
+# per output; tap ``t`` adds ``tap_off[t]``.
+
+
+def _forward_strided(xp, w, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
+    n = xp.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    count = rows.shape[0] * width
+    for job in prange(n * k_total):
+        b = job // k_total
+        k = job % k_total
+        g = k // k_g
+        acc = np.zeros(count, dtype=out.dtype)
+        for c in range(c_g):
+            src = xp[b, g * c_g + c]
+            for t in range(n_taps):
+                wv = w[k, c, t]
+                o = tap_off[t]
+                for r in range(rows.shape[0]):
+                    base = o + rows[r]
+                    for i in range(width):
+                        acc[r * width + i] += wv * src[base + i * step]
+        out[b, k, :] = acc
+
+
+def _grad_input_strided(gy, w, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
+    n = gy.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    c_total, size = out.shape[1], out.shape[2]
+    for job in prange(n * c_total):
+        b = job // c_total
+        ci = job % c_total
+        g = ci // c_g
+        c = ci % c_g
+        acc = np.zeros(size, dtype=out.dtype)
+        for k in range(g * k_g, (g + 1) * k_g):
+            row = gy[b, k]
+            for t in range(n_taps):
+                wv = w[k, c, t]
+                o = tap_off[t]
+                for r in range(rows.shape[0]):
+                    base = o + rows[r]
+                    for i in range(width):
+                        acc[base + i * step] += wv * row[r * width + i]
+        out[b, ci, :] = acc
+
+
+def _grad_weight_strided(gy, xp, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
+    n = gy.shape[0]
+    k_total, c_g, n_taps = out.shape
+    k_g = k_total // groups
+    for job in prange(k_total * c_g):
+        k = job // c_g
+        c = job % c_g
+        ci = (k // k_g) * c_g + c
+        part = np.empty(width, dtype=out.dtype)
+        for t in range(n_taps):
+            o = tap_off[t]
+            part[:] = 0
+            for b in range(n):
+                src = xp[b, ci]
+                row = gy[b, k]
+                for r in range(rows.shape[0]):
+                    base = o + rows[r]
+                    for i in range(width):
+                        part[i] += row[r * width + i] * src[base + i * step]
+            out[k, c, t] = part.sum()
+
+
+_STRIDED = {
+    name: (_compile(fn, False), _compile(fn, True))
+    for name, fn in (("forward", _forward_strided), ("grad_input", _grad_input_strided),
+                     ("grad_weight", _grad_weight_strided))
+}
+
+
+def strided_kernel(name: str, work: int):
+    """The serial or parallel strided kernel ``name`` for ``work`` multiply-adds."""
+    return _STRIDED[name][work >= PARALLEL_MIN_WORK]
+
+
+def strided_arrays(plan):
+    """``(tap_off, rows, width, step)``: flat offsets in the padded input ``plan.full`` for the strided kernels."""
+    full_strides = [int(np.prod(plan.full[i + 1:])) for i in range(len(plan.full))]
+    tap_off = np.array([sum(mi * d * fs for mi, d, fs in zip(m, plan.dilation, full_strides))
+                        for m in np.ndindex(*plan.kernel)], dtype=np.int64)
+    lead = plan.out[:-1]
+    rows = np.array([sum(oi * s * fs for oi, s, fs in zip(o, plan.stride, full_strides))
+                     for o in np.ndindex(*lead)] if lead else [0], dtype=np.int64)
+    return tap_off, rows, plan.out[-1], plan.stride[-1]

@@ -113,6 +113,14 @@ def _direct_args(d, plan, groups):
     return taps_r, taps_off, groups, valid, length
 
 
+def _strided_args(d, plan):
+    key = ("strided", id(plan))
+    hit = _PLAN_ARRAYS.get(key)
+    if hit is None or hit[0] is not plan:
+        hit = _PLAN_ARRAYS[key] = (plan, d.strided_arrays(plan))
+    return hit[1]
+
+
 _PLAN_ARRAYS: dict = {}
 
 
@@ -209,6 +217,12 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
     if n == 0:
         return y
     how = strategy(c_g, k_g, plan)
+    if how == "direct" and not plan.unit_stride:
+        d = _direct()
+        d.strided_kernel("forward", _work(n, k, c_g, plan))(
+            np.ascontiguousarray(xp).reshape(n, c, -1), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
+            *_strided_args(d, plan), groups, y.reshape(n, k, math.prod(plan.out)))
+        return y
     if how == "direct":
         d = _direct()
         d.kernel("forward", _work(n, k, c_g, plan))(
@@ -255,6 +269,13 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     if n == 0:
         return gxp
     how = strategy(c_g, k_g, plan, "grad_input")
+    if how == "direct" and finite_w and not plan.unit_stride:
+        d = _direct()
+        d.strided_kernel("grad_input", _work(n, k, c_g, plan))(
+            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
+            np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)), *_strided_args(d, plan), groups,
+            gxp.reshape(n, c, -1))
+        return gxp
     if how == "direct" and finite_w:
         d = _direct()
         gph = np.empty((n, c, plan.phases, plan.q_size), dtype=gy.dtype)
@@ -300,6 +321,13 @@ def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPl
     # Where x holds inf or NaN, 0 * inf in the dropped columns must not leak into the sums.
     mask = None if finite_x else lattice_mask(plan)
     how = strategy(c_g, k_g, plan, "grad_weight")
+    if how == "direct" and finite_x and n and not plan.unit_stride:
+        d = _direct()
+        gw = np.empty((k, c_g, plan.n_taps), dtype=xp.dtype)
+        d.strided_kernel("grad_weight", _work(n, k, c_g, plan))(
+            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), np.ascontiguousarray(xp).reshape(n, c, -1),
+            *_strided_args(d, plan), groups, gw)
+        return gw.reshape(k, c_g, *kernel_shape)
     if how == "direct" and finite_x and n:
         d = _direct()
         gw = np.empty((k, c_g, plan.n_taps), dtype=xp.dtype)

@@ -81,9 +81,7 @@ def _read(path) -> bytes:
     return data
 
 
-def read_metadata(path) -> dict:
-    """The metadata of a model file (architecture and extras decoded from JSON), without building the model."""
-    data = _read(path)
+def _metadata(path, data: bytes) -> dict:
     header_len = int.from_bytes(data[:8], "little")
     try:
         header = json.loads(data[8:8 + header_len])
@@ -104,6 +102,11 @@ def read_metadata(path) -> dict:
     return out
 
 
+def read_metadata(path) -> dict:
+    """The metadata of a model file (architecture and extras decoded from JSON), without building the model."""
+    return _metadata(path, _read(path))
+
+
 def load(path) -> Layer:
     """Rebuild the model saved in ``path`` and load its weights; the model is in eval mode.
 
@@ -111,8 +114,8 @@ def load(path) -> Layer:
     truncated, corrupted, oversized or hostile one (unknown layer types,
     bad configs, tensors that do not match the architecture).
     """
-    meta = read_metadata(path)
     data = _read(path)
+    meta = _metadata(path, data)
     try:
         tensors = _st_load(data)
     except (SafetensorError, ValueError, OverflowError) as exc:

@@ -1,29 +1,27 @@
-"""Convolution as GEMM over tap slices (implicit GEMM in the BLAS-friendly layout), or direct kernels.
+"""Convolution on the CPU: three strategies behind one interface, chosen per problem and pass.
 
-Three strategies, chosen per problem by :func:`strategy`:
+:func:`strategy` picks (rules and their measurements in its docstring and BENCHMARKS.md):
 
 ``"direct"`` (few input and output channels per group: depthwise,
-ResNeXt-style groups, a network's first layer): compiled loops over the
-tap slices, see :mod:`.direct`.
+ResNeXt-style groups, a network's first layer): compiled loops, see
+:mod:`.direct`; strided inputs are read in place.
 
-``"taps"`` (many channels per group): no patch matrix at all. For each
-kernel tap, one batched BLAS call multiplies the tap's weights
-``(groups, K_g, C_g)`` with the tap's contiguous input slice
-``(n, groups, C_g, L)`` and accumulates into the output. The slices are
-views, so the only workspace is the output itself.
+``"cols"`` (the general case): a patch matrix, gathered by a compiled
+threaded copy into a per-thread workspace, feeds BLAS. Forward, for images
+with many outputs: ``(groups, K_g, C_g*T) @ (n, groups, C_g*T, P)`` over
+the real output positions only, written straight into the
+``(n, K, *out)`` result. For small images and for the gradients, the batch
+is folded into the columns, ``(groups, C_g*T, n*L)``, so one GEMM covers a
+whole chunk (``L`` counts a few dropped positions per row, see
+:mod:`.windows`).
 
-``"cols"`` (few channels per group, where a GEMM with inner size ``C_g``
-would be inefficient): the patch matrix is built tap by tap from contiguous
-slices of the phase-split input (see :mod:`.windows`) in the layout
-``(n, groups, C_g * T, L)``, so that one batched BLAS call
+``"taps"`` (1x1 and 2-tap kernels, wide gradients): no patch matrix at
+all; one batched GEMM per kernel tap on the tap's contiguous slice of the
+phase-split input, accumulated into the result.
 
-    ``(groups, K_g, C_g*T) @ (n, groups, C_g*T, L) -> (n, groups, K_g, L)``
-
-produces the output directly in channels-first order. The gradients are
-the same products with the roles swapped. Batches are processed in chunks
-so the workspace stays under :func:`convlayer.get_workspace_limit`.
-
-Inputs here are already validated, padded and of one float dtype.
+Batches are processed in chunks so the workspace stays under
+:func:`convlayer.get_workspace_limit`. Inputs here are already validated,
+padded and of one float dtype; nothing in the engine checks arguments.
 """
 
 from __future__ import annotations

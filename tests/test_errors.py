@@ -142,3 +142,18 @@ def test_thread_knob_sets_and_restores():
     assert blas_threads() == before
     with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         convlayer.set_num_threads(0)
+
+
+def test_workspace_is_reused_then_released(rng):
+    from convlayer.engine import gemm
+
+    x = rng.standard_normal((2, 24, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((24, 24, 3, 3)).astype(np.float32)
+    with gemm.force_strategy("cols"):
+        y = CF.conv(x, w, padding=1)
+        first = gemm._workspace.buf
+        assert first is not None
+        np.testing.assert_array_equal(CF.conv(x, w, padding=1), y)  # reused buffer, same numbers
+        assert gemm._workspace.buf is first
+        convlayer.release_workspace()
+        assert gemm._workspace.buf is None

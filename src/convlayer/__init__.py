@@ -11,6 +11,7 @@ from ._config import (
     set_memory_budget,
     set_workspace_limit,
 )
+from .engine.gemm import release_workspace
 from .functional import pad, pad_adjoint
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "get_workspace_limit",
     "set_workspace_limit",
     "set_num_threads",
+    "release_workspace",
     "get_num_threads",
     "num_threads",
     "__version__",

@@ -21,6 +21,7 @@ IEEE semantics.
 from __future__ import annotations
 
 import types
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
@@ -133,15 +134,20 @@ def kernel(name: str, work: int):
     return _KERNELS[name][work >= PARALLEL_MIN_WORK]
 
 
+@lru_cache(maxsize=256)
 def plan_arrays(plan):
-    """``(taps_r, taps_off, valid, length)`` of a plan, as the kernels take them."""
+    """``(taps_r, taps_off, valid, length)`` of a plan, as the kernels take them (cached; never mutated)."""
     taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
     valid = np.flatnonzero(lattice_mask(plan)).astype(np.int64)
     return np.ascontiguousarray(taps[:, 0]), np.ascontiguousarray(taps[:, 1]), valid, plan.length
 
 
 def _gather(xph, taps_r, taps_off, out):  # pragma: no cover - compiled
-    """Patch matrix ``out (C, T, n, L)`` from phases ``xph (n, C, R, Q)`` (see ``windows.gather_taps``)."""
+    """Patch matrix ``out (C, T, n, L)`` from phases ``xph (n, C, R, Q)``: ``out[:, t] = xph[:, :, r_t, off_t : off_t + L]``.
+
+    The batch sits next to the positions, so ``out.reshape(C*T, n*L)`` is the
+    right-hand side of ONE GEMM for a whole chunk.
+    """
     c_total, n_taps, n, length = out.shape
     for job in prange(c_total * n_taps):
         c = job // n_taps
@@ -156,7 +162,7 @@ _GATHER = (_compile(_gather, False), _compile(_gather, True))
 
 
 def gather(xph, plan, out):
-    """Compiled, threaded :func:`convlayer.engine.windows.gather_taps` (a memory-bound copy)."""
+    """Compiled patch matrix ``(C, T, n, L)`` (see :func:`_gather`; a memory-bound copy, threaded when large)."""
     taps_r, taps_off, _, _ = plan_arrays(plan)
     _GATHER[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, out)
     return out
@@ -189,10 +195,15 @@ _GATHER_OUTPUTS = (_compile(_gather_outputs, False), _compile(_gather_outputs, T
 
 def gather_outputs(xph, plan, out):
     """Compiled patch matrix ``(n, C, T, P)`` over the real output positions (see :func:`_gather_outputs`)."""
-    taps_r, taps_off, valid, _ = plan_arrays(plan)
-    width = plan.out[-1]
-    _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, valid[::width].copy(), width, out)
+    taps_r, taps_off, _, _ = plan_arrays(plan)
+    _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, _output_rows(plan), plan.out[-1], out)
     return out
+
+
+@lru_cache(maxsize=256)
+def _output_rows(plan):
+    """Lattice positions where the rows of real outputs (runs along the last axis) start."""
+    return np.ascontiguousarray(plan_arrays(plan)[2][::plan.out[-1]])
 
 
 # --- strided variants: read the padded input in place (no phase split) -----------------------------
@@ -282,6 +293,7 @@ def strided_kernel(name: str, work: int):
     return _STRIDED[name][work >= PARALLEL_MIN_WORK]
 
 
+@lru_cache(maxsize=256)
 def strided_arrays(plan):
     """``(tap_off, rows, width, step)``: flat offsets in the padded input ``plan.full`` for the strided kernels."""
     full_strides = [int(np.prod(plan.full[i + 1:])) for i in range(len(plan.full))]

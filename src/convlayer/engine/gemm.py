@@ -33,7 +33,7 @@ import threading
 import numpy as np
 
 from .. import _config
-from .windows import WindowPlan, gather_taps, lattice_embed, lattice_mask, lattice_view, merge_phases, scatter_taps, split_phases
+from .windows import WindowPlan, lattice_embed, lattice_mask, lattice_view, merge_phases, scatter_taps, split_phases
 
 
 # Channels per group from which per-tap GEMMs (inner size C_g) beat
@@ -50,9 +50,6 @@ DIRECT_MAX_CHANNELS = 16
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
 PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
-# Patch matrices from this size on are gathered by the compiled, threaded copy.
-GATHER_COMPILED_MIN_BYTES = 4 * 2**20
-
 STRATEGIES = ("direct", "taps", "cols")
 _forced: list[str] = []
 
@@ -107,29 +104,12 @@ def _work(n, k, c_g, plan) -> int:
 
 
 def _direct_args(d, plan, groups):
-    taps_r, taps_off, valid, length = _plan_arrays(d, plan)
+    taps_r, taps_off, valid, length = d.plan_arrays(plan)
     return taps_r, taps_off, groups, valid, length
 
 
 def _strided_args(d, plan):
-    key = ("strided", id(plan))
-    hit = _PLAN_ARRAYS.get(key)
-    if hit is None or hit[0] is not plan:
-        hit = _PLAN_ARRAYS[key] = (plan, d.strided_arrays(plan))
-    return hit[1]
-
-
-_PLAN_ARRAYS: dict = {}
-
-
-def _plan_arrays(d, plan):
-    key = id(plan)
-    hit = _PLAN_ARRAYS.get(key)
-    if hit is None or hit[0] is not plan:
-        if len(_PLAN_ARRAYS) > 256:
-            _PLAN_ARRAYS.clear()
-        hit = _PLAN_ARRAYS[key] = (plan, d.plan_arrays(plan))
-    return hit[1]
+    return d.strided_arrays(plan)
 
 
 def _tap_views(xph: np.ndarray, n: int, groups: int, plan: WindowPlan):
@@ -171,7 +151,7 @@ def workspace(shape, dtype) -> np.ndarray:
 
 
 def release_workspace() -> None:
-    """Free this thread's scratch buffer."""
+    """Free this thread's scratch buffer (``convlayer.release_workspace()``; the next GEMM-strategy call makes a new one)."""
     _workspace.buf = None
 
 
@@ -182,11 +162,7 @@ def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
     """
     n, c = xp_chunk.shape[:2]
     buf = workspace((c, plan.n_taps, n, plan.length), xp_chunk.dtype)
-    xph = _phases(xp_chunk, plan)  # (n, C, R, Q)
-    if buf.nbytes >= GATHER_COMPILED_MIN_BYTES:
-        cols = _direct().gather(xph, plan, buf)  # (C, T, n, L), threaded
-    else:
-        cols = gather_taps(xph, plan, out=buf)
+    cols = _direct().gather(_phases(xp_chunk, plan), plan, buf)  # (C, T, n, L)
     return cols.reshape(groups, (c // groups) * plan.n_taps, n * plan.length)
 
 

@@ -173,22 +173,9 @@ def lattice_mask(plan: WindowPlan) -> np.ndarray:
     return lattice_embed(np.ones(plan.out, dtype=bool), plan)
 
 
-def gather_taps(xph: np.ndarray, plan: WindowPlan, out: np.ndarray | None = None) -> np.ndarray:
-    """Patch matrix ``(C, T, n, L)`` from phases ``(n, C, R, Q)``: ``cols[:, t] = xph[:, :, r_t, off_t : off_t + L]``.
-
-    The batch sits next to the positions, so ``cols.reshape(C*T, n*L)`` is
-    the right-hand side of ONE GEMM for the whole chunk.
-    """
-    n, c = xph.shape[:2]
-    cols = np.empty((c, plan.n_taps, n, plan.length), dtype=xph.dtype) if out is None else out
-    L = plan.length
-    for t, (r, off) in enumerate(plan.taps):
-        cols[:, t] = xph[:, :, r, off:off + L].transpose(1, 0, 2)  # (C, n, L)
-    return cols
-
-
 def scatter_taps(cols: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """Adjoint of :func:`gather_taps`: ``(C, T, n, L)`` summed into phases ``(n, C, R, Q)``."""
+    """Adjoint of the patch-matrix gather (:func:`convlayer.engine.direct.gather`): ``(C, T, n, L)`` summed
+    into phases ``(n, C, R, Q)``."""
     c, _, n, _ = cols.shape
     gph = np.zeros((n, c, plan.phases, plan.q_size), dtype=cols.dtype)
     L = plan.length

@@ -31,6 +31,16 @@ class _Pool(Layer):
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, dilation=self.dilation,
                     ceil_mode=self.ceil_mode)
 
+    # The functional op and its backward, set by each subclass.
+    _op = _op_backward = None
+
+    def forward(self, x):
+        self._x = x
+        return self._op(x, **self._kw())
+
+    def backward(self, grad_y):
+        return self._op_backward(grad_y, self._x, **self._kw())
+
     def get_config(self):
         return dict(rank=self.rank, kernel_size=list(self.kernel_size), stride=list(self.stride),
                     padding=_padding_config(self.padding), dilation=list(self.dilation), ceil_mode=self.ceil_mode)
@@ -59,12 +69,8 @@ class MaxPool(_Pool):
     (1, 6, 14, 14)
     """
 
-    def forward(self, x):
-        self._x = x
-        return F.max_pool(x, **self._kw())
-
-    def backward(self, grad_y):
-        return F.max_pool_backward(grad_y, self._x, **self._kw())
+    _op = staticmethod(F.max_pool)
+    _op_backward = staticmethod(F.max_pool_backward)
 
 
 @register
@@ -79,48 +85,44 @@ class AvgPool(_Pool):
     def _kw(self):
         return {**super()._kw(), "count_include_pad": self.count_include_pad}
 
-    def forward(self, x):
-        self._x = x
-        return F.avg_pool(x, **self._kw())
-
-    def backward(self, grad_y):
-        return F.avg_pool_backward(grad_y, self._x, **self._kw())
+    _op = staticmethod(F.avg_pool)
+    _op_backward = staticmethod(F.avg_pool_backward)
 
     def get_config(self):
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
 
 
-@register
-class GlobalMaxPool(Layer):
-    """Maximum over all spatial axes: ``(N, C, *S) -> (N, C)``."""
+class _GlobalPool(Layer):
+    _op = _op_backward = None
 
     def forward(self, x):
         self._x = x
-        return F.global_max_pool(x)
+        return self._op(x)
 
     def backward(self, grad_y):
-        return F.global_max_pool_backward(grad_y, self._x)
-
-    def output_shape(self, input_shape):
-        return tuple(input_shape[:2])
-
-
-@register
-class GlobalAvgPool(Layer):
-    """Mean over all spatial axes: ``(N, C, *S) -> (N, C)``."""
-
-    def forward(self, x):
-        self._x = x
-        return F.global_avg_pool(x)
-
-    def backward(self, grad_y):
-        return F.global_avg_pool_backward(grad_y, self._x)
+        return self._op_backward(grad_y, self._x)
 
     def output_shape(self, input_shape):
         return tuple(input_shape[:2])
 
     def flops(self, input_shape):
         return math.prod(input_shape)
+
+
+@register
+class GlobalMaxPool(_GlobalPool):
+    """Maximum over all spatial axes: ``(N, C, *S) -> (N, C)``."""
+
+    _op = staticmethod(F.global_max_pool)
+    _op_backward = staticmethod(F.global_max_pool_backward)
+
+
+@register
+class GlobalAvgPool(_GlobalPool):
+    """Mean over all spatial axes: ``(N, C, *S) -> (N, C)``."""
+
+    _op = staticmethod(F.global_avg_pool)
+    _op_backward = staticmethod(F.global_avg_pool_backward)
 
 
 @register

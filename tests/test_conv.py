@@ -443,3 +443,4 @@ def test_connection_conv_equals_dense_conv_with_zeroed_weights(rng):
     np.testing.assert_allclose(gb, dgb, rtol=1e-12)
     with pytest.raises(ValueError, match="weight has 59 rows but the table lists 60 connections"):
         CF.connection_conv(x, w[:59], table)
+

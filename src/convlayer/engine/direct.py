@@ -3,13 +3,32 @@
 When every output channel sums over only a few input channels (``C_g``)
 and each group has few outputs (``K_g``), a GEMM is all overhead: its
 inner dimension ``C_g * taps`` is tiny and the patch matrix costs ``taps``
-copies of the input. These kernels instead run, for each (image, output
-channel), over the tap slices of the phase-split input (see
-:mod:`.windows`) and accumulate into a row of ``L`` outputs that stays in
-cache; the innermost loop is contiguous, so LLVM vectorises it. The
-accumulators are arrays local to the kernel and the inputs are sliced
-before the loop: LLVM then knows they do not alias, which is what lets it
-vectorise (about 9x faster than indexing the output in place).
+copies of the input. These kernels instead work one input plane at a time:
+
+1. **Fill.** The plane ``x[b, c]`` (unpadded, as the caller holds it) is
+   copied into a small buffer in the phase-split layout of
+   :mod:`.windows`, zero padding and stride phases included. The copy runs
+   along precomputed segments (one per row of each phase, see
+   :func:`fill_arrays`), so the padded input is never materialised in
+   memory: it only ever exists one plane at a time, in cache.
+2. **Taps.** Each kernel tap then reads one contiguous run of that buffer
+   per output row, and the innermost loop over a row is contiguous, so
+   LLVM vectorises it.
+
+The gradient with respect to the input runs the same steps backwards
+(accumulate into the buffer, then copy the segments back out: each input
+element lies in exactly one segment), and the weight gradient
+accumulates per-lane partial sums across the batch. Only real output
+positions are read or written, so NaN and infinity propagate exactly as
+IEEE arithmetic says, with no dropped-column masking.
+
+The accumulators are arrays local to the kernel, and every inner loop
+runs over slices taken just before it (``dst[i] += w * src[i]``): that is
+the form LLVM vectorises. Indexing with an offset inside the loop
+(``acc[o + i]``) does not vectorise and ran 5x slower on the MobileNet
+depthwise layer; accumulating into the output in place ran 9x slower.
+Copies are written the same way: Numba's slice assignment
+(``a[i:j] = b[k:l]``) checks for overlap and ran at half the speed.
 
 Kernels assume valid, contiguous, same-dtype input (the wrappers in
 :mod:`.gemm` guarantee it) and never check arguments. They are compiled
@@ -20,6 +39,7 @@ IEEE semantics.
 
 from __future__ import annotations
 
+import math
 import types
 from functools import lru_cache
 
@@ -37,83 +57,165 @@ _FLAGS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 PARALLEL_MIN_WORK = 20_000_000
 
 
-def _forward(xph, w, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
-    """``out[b, k, j] = sum_{c, t} w[k, c, t] * xph[b, g(k)*C_g + c, r_t, off_t + valid[j]]``.
+@njit(**_FLAGS)
+def _fill(buf, plane, seg_dst, seg_src, seg_len, step):  # pragma: no cover - compiled
+    """Phase-split, zero-padded copy of one unpadded ``plane`` into ``buf`` (see :func:`fill_arrays`)."""
+    buf[:] = 0
+    for s in range(seg_dst.shape[0]):
+        dst = buf[seg_dst[s]:seg_dst[s] + seg_len[s]]
+        if step == 1:  # a contiguous source vectorises; a strided view would not
+            src = plane[seg_src[s]:seg_src[s] + seg_len[s]]
+            for i in range(seg_len[s]):
+                dst[i] = src[i]
+        elif step == 2:  # a constant stride vectorises too (interleaved loads): the common strided layer
+            src = plane[seg_src[s]:seg_src[s] + 2 * seg_len[s]]
+            for i in range(seg_len[s]):
+                dst[i] = src[2 * i]
+        else:
+            for i in range(seg_len[s]):
+                dst[i] = plane[seg_src[s] + i * step]
 
-    xph (n, C, R, Q), w (K, C_g, T), valid (P,) lattice positions of the
-    outputs, out (n, K, P): the row of ``length`` positions is computed in a
-    local buffer and only the real outputs are written.
+
+@njit(**_FLAGS)
+def _unfill(plane, buf, seg_dst, seg_src, seg_len, step, complete):  # pragma: no cover - compiled
+    """Adjoint of :func:`_fill`: the real positions of ``buf`` back into ``plane`` (overwritten)."""
+    if not complete:  # input elements that no window reaches get a zero gradient
+        plane[:] = 0
+    for s in range(seg_dst.shape[0]):
+        src = buf[seg_dst[s]:seg_dst[s] + seg_len[s]]
+        if step == 1:
+            dst = plane[seg_src[s]:seg_src[s] + seg_len[s]]
+            for i in range(seg_len[s]):
+                dst[i] = src[i]
+        else:
+            for i in range(seg_len[s]):
+                plane[seg_src[s] + i * step] = src[i]
+
+
+@njit(**_FLAGS)
+def _rows_out(row, acc, pos, width):  # pragma: no cover - compiled
+    """``row[q*width : (q+1)*width] = acc[pos[q] : pos[q]+width]`` for every output row ``q``."""
+    for q in range(pos.shape[0]):
+        dst = row[q * width:(q + 1) * width]
+        src = acc[pos[q]:pos[q] + width]
+        for i in range(width):
+            dst[i] = src[i]
+
+
+@njit(**_FLAGS)
+def _rows_in(acc, row, pos, width):  # pragma: no cover - compiled
+    """Adjoint of :func:`_rows_out` (``acc`` keeps its other positions)."""
+    for q in range(pos.shape[0]):
+        dst = acc[pos[q]:pos[q] + width]
+        src = row[q * width:(q + 1) * width]
+        for i in range(width):
+            dst[i] = src[i]
+
+
+def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
+             out):  # pragma: no cover - compiled
+    """``out[b, k]`` from the taps of the group's filled planes ``buf_c`` (see :func:`run_arrays`).
+
+    x (n, C, S) unpadded planes, w (K, C_g, T), out (n, K, P). Run ``r``
+    accumulates ``acc[r*run_width + i] += w[k, c, t] * buf_c[bases[t] + runs[r] + i]``;
+    output row ``q`` is then ``acc[pos[q] : pos[q] + width]``. One job per
+    (image, group): its planes are filled once and serve all ``K_g`` outputs.
     """
-    n = xph.shape[0]
+    n = x.shape[0]
     k_total, c_g, n_taps = w.shape
     k_g = k_total // groups
-    for job in prange(n * k_total):
-        b = job // k_total
-        k = job % k_total
-        g = k // k_g
-        acc = np.zeros(length, dtype=out.dtype)
+    for job in prange(n * groups):
+        b = job // groups
+        g = job % groups
+        buf = np.empty((c_g, size), dtype=out.dtype)
         for c in range(c_g):
-            ci = g * c_g + c
-            for t in range(n_taps):
-                wv = w[k, c, t]
-                o = taps_off[t]
-                src = xph[b, ci, taps_r[t], o:o + length]
-                for i in range(length):
-                    acc[i] += wv * src[i]
-        row = out[b, k]
-        for j in range(valid.shape[0]):
-            row[j] = acc[valid[j]]
+            _fill(buf[c], x[b, g * c_g + c], seg_dst, seg_src, seg_len, step)
+        for kk in range(k_g):
+            k = g * k_g + kk
+            acc = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)
+            for c in range(c_g):
+                plane = buf[c]
+                t = 0
+                while t + 3 <= n_taps:  # three taps per pass over acc: a third of its loads and stores
+                    w0, w1, w2 = w[k, c, t], w[k, c, t + 1], w[k, c, t + 2]
+                    for r in range(runs.shape[0]):
+                        s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+                        s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+                        s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+                        dst = acc[r * run_width:(r + 1) * run_width]
+                        for i in range(run_width):
+                            dst[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
+                    t += 3
+                for t in range(t, n_taps):
+                    wv = w[k, c, t]
+                    for r in range(runs.shape[0]):
+                        src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+                        dst = acc[r * run_width:(r + 1) * run_width]
+                        for i in range(run_width):
+                            dst[i] += wv * src[i]
+            _rows_out(out[b, k], acc, pos, width)
 
 
-def _grad_input(gy, w, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
-    """Adjoint of :func:`forward` in ``xph``: ``gy (n, K, P)`` to ``out (n, C, R, Q)`` (overwritten)."""
+def _grad_input(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups, complete,
+                out):  # pragma: no cover - compiled
+    """Adjoint of :func:`_forward` in ``x``: ``gy (n, K, P)`` to ``out (n, C, S)`` (overwritten)."""
     n = gy.shape[0]
     k_total, c_g, n_taps = w.shape
     k_g = k_total // groups
-    c_total, phases, q = out.shape[1], out.shape[2], out.shape[3]
-    for job in prange(n * c_total):
-        b = job // c_total
-        ci = job % c_total
-        g = ci // c_g
-        c = ci % c_g
-        acc = np.zeros((phases, q), dtype=out.dtype)
-        src = np.zeros(length, dtype=out.dtype)
-        for k in range(g * k_g, (g + 1) * k_g):
+    for job in prange(n * groups):
+        b = job // groups
+        g = job % groups
+        acc = np.zeros((c_g, size), dtype=out.dtype)
+        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # positions outside ``pos`` stay zero
+        for kk in range(k_g):
+            k = g * k_g + kk
             row = gy[b, k]
-            for j in range(valid.shape[0]):
-                src[valid[j]] = row[j]
-            for t in range(n_taps):
-                wv = w[k, c, t]
-                o = taps_off[t]
-                dst = acc[taps_r[t], o:o + length]
-                for i in range(length):
-                    dst[i] += wv * src[i]
-        out[b, ci] = acc
+            _rows_in(grad, row, pos, width)
+            for c in range(c_g):
+                plane = acc[c]
+                for t in range(n_taps):
+                    wv = w[k, c, t]
+                    for r in range(runs.shape[0]):
+                        dst = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+                        src = grad[r * run_width:(r + 1) * run_width]
+                        for i in range(run_width):
+                            dst[i] += wv * src[i]
+        for c in range(c_g):
+            _unfill(out[b, g * c_g + c], acc[c], seg_dst, seg_src, seg_len, step, complete)
 
 
-def _grad_weight(gy, xph, taps_r, taps_off, groups, valid, length, out):  # pragma: no cover - compiled
-    """Adjoint of :func:`forward` in ``w``: ``gy (n, K, P)`` and ``xph`` to ``out (K, C_g, T)``."""
+def _grad_weight(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
+                 out):  # pragma: no cover - compiled
+    """Adjoint of :func:`_forward` in ``w``, per image: ``out[b, k, c, t]`` is image ``b``'s share.
+
+    gy (n, K, P), x (n, C, S), out (n, K, C_g, T); the caller sums over
+    ``b``. One job per (image, group), as in the forward: each plane is
+    filled once and serves every output of its group, and each entry is a
+    dot product (a vectorised reduction) over the runs.
+    """
     n = gy.shape[0]
-    k_total, c_g, n_taps = out.shape
+    k_total, c_g, n_taps = out.shape[1], out.shape[2], out.shape[3]
     k_g = k_total // groups
-    for job in prange(k_total * c_g):
-        k = job // c_g
-        c = job % c_g
-        ci = (k // k_g) * c_g + c
-        part = np.zeros((n_taps, length), dtype=out.dtype)  # per-lane partial sums: vectorises
-        gr = np.zeros(length, dtype=out.dtype)
-        for b in range(n):
-            row = gy[b, k]
-            for j in range(valid.shape[0]):
-                gr[valid[j]] = row[j]
-            for t in range(n_taps):
-                o = taps_off[t]
-                src = xph[b, ci, taps_r[t], o:o + length]
-                p = part[t]
-                for i in range(length):
-                    p[i] += gr[i] * src[i]
-        for t in range(n_taps):
-            out[k, c, t] = part[t].sum()
+    for job in prange(n * groups):
+        b = job // groups
+        g = job % groups
+        buf = np.empty((c_g, size), dtype=out.dtype)
+        for c in range(c_g):
+            _fill(buf[c], x[b, g * c_g + c], seg_dst, seg_src, seg_len, step)
+        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # positions outside ``pos`` stay zero
+        for kk in range(k_g):
+            k = g * k_g + kk
+            _rows_in(grad, gy[b, k], pos, width)
+            for c in range(c_g):
+                plane = buf[c]
+                for t in range(n_taps):
+                    total = out.dtype.type(0)
+                    for r in range(runs.shape[0]):
+                        src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+                        gr = grad[r * run_width:(r + 1) * run_width]
+                        for i in range(run_width):
+                            total += gr[i] * src[i]
+                    out[b, k, c, t] = total
 
 
 def _compile(fn, parallel: bool):
@@ -135,8 +237,75 @@ def kernel(name: str, work: int):
 
 
 @lru_cache(maxsize=256)
+def run_arrays(plan, whole: bool):
+    """``(bases, runs, run_width, pos, width)``: where the kernels read and write the phase-split buffer.
+
+    ``bases[t] = r_t * Q + off_t`` is where tap ``t`` starts. With
+    ``whole``, each tap is ONE contiguous run over the ``L`` lattice
+    positions, the few dropped columns per output row included (see
+    :mod:`.windows`): long vector loops, 2-4x faster than one loop per row
+    on LeNet C1 and the MobileNet depthwise layers (``python -m benchmarks``).
+    The gradients can take them only when the data they multiply with the
+    dropped columns' zeros is finite (``0 * inf`` is NaN). Otherwise one run
+    per output row of ``width`` real outputs: nothing is multiplied that is
+    not in the sum. ``pos[q]`` is where output row ``q`` sits in the runs'
+    concatenation.
+    """
+    taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
+    bases = np.ascontiguousarray(taps[:, 0] * plan.q_size + taps[:, 1])
+    width = plan.out[-1]
+    rows = np.ascontiguousarray(np.flatnonzero(lattice_mask(plan))[::width].astype(np.int64))
+    if whole:
+        return bases, np.zeros(1, np.int64), plan.length, rows, width
+    return bases, rows, width, np.arange(rows.shape[0], dtype=np.int64) * width, width
+
+
+@lru_cache(maxsize=256)
+def fill_arrays(plan, size: tuple, pads: tuple):
+    """Kernel arguments for an unpadded input of spatial shape ``size`` zero-padded by ``pads``.
+
+    Returns ``(seg_dst, seg_src, seg_len, step, buf_size, complete)``:
+
+    * segments: buffer (the phase-split ``(R, Q)`` layout flattened to
+      ``buf_size = R * Q``) run ``seg_dst[s] + [0, seg_len[s])`` holds the input
+      elements ``seg_src[s] + step * [0, seg_len[s])`` (flat, unpadded);
+      everything else in the buffer is zero padding or the round-up tail of
+      a phase;
+    * ``complete``: every input element lies in a segment (else the ones
+      past the last window get a zero gradient).
+    """
+    q = plan.q_size
+    in_strides = [math.prod(size[i + 1:]) for i in range(len(size))]
+    dst, src, length = [], [], []
+    for phase, r in enumerate(np.ndindex(*plan.stride)):
+        ranges = []  # per axis: phase-grid positions u whose padded coordinate u*s + r is a real input element
+        for ri, s, (lo, _), n, p, qn in zip(r, plan.stride, pads, size, plan.padded, plan.q_shape):
+            first = max(0, -(-(lo - ri) // s))
+            stop = min(qn, -(-(min(lo + n, p) - ri) // s))
+            ranges.append((first, max(first, stop)))
+        if any(a == b for a, b in ranges):
+            continue
+        counts = [b - a for a, b in ranges[:-1]]
+        lead = np.indices(counts, dtype=np.int64).reshape(len(counts), math.prod(counts))
+        d = np.full(lead.shape[1], phase * q + ranges[-1][0], dtype=np.int64)
+        o = np.zeros(lead.shape[1], dtype=np.int64)
+        for axis, (a, _) in enumerate(ranges[:-1]):
+            u = lead[axis] + a
+            d += u * plan.q_strides[axis]
+            o += (u * plan.stride[axis] + r[axis] - pads[axis][0]) * in_strides[axis]
+        o += ranges[-1][0] * plan.stride[-1] + r[-1] - pads[-1][0]
+        dst.append(d)
+        src.append(o)
+        length.append(np.full(d.shape, ranges[-1][1] - ranges[-1][0], dtype=np.int64))
+    cat = lambda parts: np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0, np.int64))  # noqa: E731
+    seg_dst, seg_src, seg_len = cat(dst), cat(src), cat(length)
+    complete = bool(seg_len.sum() == math.prod(size))
+    return seg_dst, seg_src, seg_len, plan.stride[-1], plan.phases * q, complete
+
+
+@lru_cache(maxsize=256)
 def plan_arrays(plan):
-    """``(taps_r, taps_off, valid, length)`` of a plan, as the kernels take them (cached; never mutated)."""
+    """``(taps_r, taps_off, valid, length)`` of a plan, as the gathers take them (cached; never mutated)."""
     taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
     valid = np.flatnonzero(lattice_mask(plan)).astype(np.int64)
     return np.ascontiguousarray(taps[:, 0]), np.ascontiguousarray(taps[:, 1]), valid, plan.length
@@ -206,100 +375,3 @@ def _output_rows(plan):
     return np.ascontiguousarray(plan_arrays(plan)[2][::plan.out[-1]])
 
 
-# --- strided variants: read the padded input in place (no phase split) -----------------------------
-#
-# With a stride, splitting the input into phases costs a strided copy of the whole input, several times
-# the kernel's own work for depthwise layers. These variants index the padded input ``(n, C, P)``
-# directly: output row ``r`` starts at flat offset ``rows[r]`` and advances ``step`` (the last stride)
-# per output; tap ``t`` adds ``tap_off[t]``.
-
-
-def _forward_strided(xp, w, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
-    n = xp.shape[0]
-    k_total, c_g, n_taps = w.shape
-    k_g = k_total // groups
-    count = rows.shape[0] * width
-    for job in prange(n * k_total):
-        b = job // k_total
-        k = job % k_total
-        g = k // k_g
-        acc = np.zeros(count, dtype=out.dtype)
-        for c in range(c_g):
-            src = xp[b, g * c_g + c]
-            for t in range(n_taps):
-                wv = w[k, c, t]
-                o = tap_off[t]
-                for r in range(rows.shape[0]):
-                    base = o + rows[r]
-                    for i in range(width):
-                        acc[r * width + i] += wv * src[base + i * step]
-        out[b, k, :] = acc
-
-
-def _grad_input_strided(gy, w, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
-    n = gy.shape[0]
-    k_total, c_g, n_taps = w.shape
-    k_g = k_total // groups
-    c_total, size = out.shape[1], out.shape[2]
-    for job in prange(n * c_total):
-        b = job // c_total
-        ci = job % c_total
-        g = ci // c_g
-        c = ci % c_g
-        acc = np.zeros(size, dtype=out.dtype)
-        for k in range(g * k_g, (g + 1) * k_g):
-            row = gy[b, k]
-            for t in range(n_taps):
-                wv = w[k, c, t]
-                o = tap_off[t]
-                for r in range(rows.shape[0]):
-                    base = o + rows[r]
-                    for i in range(width):
-                        acc[base + i * step] += wv * row[r * width + i]
-        out[b, ci, :] = acc
-
-
-def _grad_weight_strided(gy, xp, tap_off, rows, width, step, groups, out):  # pragma: no cover - compiled
-    n = gy.shape[0]
-    k_total, c_g, n_taps = out.shape
-    k_g = k_total // groups
-    for job in prange(k_total * c_g):
-        k = job // c_g
-        c = job % c_g
-        ci = (k // k_g) * c_g + c
-        part = np.empty(width, dtype=out.dtype)
-        for t in range(n_taps):
-            o = tap_off[t]
-            part[:] = 0
-            for b in range(n):
-                src = xp[b, ci]
-                row = gy[b, k]
-                for r in range(rows.shape[0]):
-                    base = o + rows[r]
-                    for i in range(width):
-                        part[i] += row[r * width + i] * src[base + i * step]
-            out[k, c, t] = part.sum()
-
-
-_STRIDED = {
-    name: (_compile(fn, False), _compile(fn, True))
-    for name, fn in (("forward", _forward_strided), ("grad_input", _grad_input_strided),
-                     ("grad_weight", _grad_weight_strided))
-}
-
-
-def strided_kernel(name: str, work: int):
-    """The serial or parallel strided kernel ``name`` for ``work`` multiply-adds."""
-    return _STRIDED[name][work >= PARALLEL_MIN_WORK]
-
-
-@lru_cache(maxsize=256)
-def strided_arrays(plan):
-    """``(tap_off, rows, width, step)``: flat offsets in the padded input ``plan.full`` for the strided kernels."""
-    full_strides = [int(np.prod(plan.full[i + 1:])) for i in range(len(plan.full))]
-    tap_off = np.array([sum(mi * d * fs for mi, d, fs in zip(m, plan.dilation, full_strides))
-                        for m in np.ndindex(*plan.kernel)], dtype=np.int64)
-    lead = plan.out[:-1]
-    rows = np.array([sum(oi * s * fs for oi, s, fs in zip(o, plan.stride, full_strides))
-                     for o in np.ndindex(*lead)] if lead else [0], dtype=np.int64)
-    return tap_off, rows, plan.out[-1], plan.stride[-1]

@@ -98,18 +98,41 @@ def _direct():
     return direct
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """True when no element is inf or NaN (one read-only pass: a sum is finite only if every term is; a
+    finite sum that overflows answers False, which only costs the slower exact path)."""
+    return bool(np.isfinite(np.sum(a)))
+
+
 def _work(n, k, c_g, plan) -> int:
     """Multiply-adds of one pass of the direct kernels (dropped positions included)."""
     return n * k * c_g * plan.n_taps * plan.length
 
 
-def _direct_args(d, plan, groups):
-    taps_r, taps_off, valid, length = d.plan_arrays(plan)
-    return taps_r, taps_off, groups, valid, length
+def _direct_args(d, plan, x_shape, pads, whole):
+    """Kernel arguments of the direct kernels: the runs, then the fill segments minus ``complete``."""
+    return (*d.run_arrays(plan, whole), *d.fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[:-1])
 
 
-def _strided_args(d, plan):
-    return d.strided_arrays(plan)
+def _zero_pad(x: np.ndarray, pads) -> np.ndarray:
+    """``x (N, C, *S)`` zero-padded by ``pads`` ((lo, hi) per spatial axis); ``x`` itself when all are zero."""
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    xp = np.zeros((*x.shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x.shape[2:], pads))), dtype=x.dtype)
+    xp[(slice(None), slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(x.shape[2:], pads)))] = x
+    return xp
+
+
+def _crop(gxp: np.ndarray, pads, in_shape) -> np.ndarray:
+    """Adjoint of :func:`_zero_pad`: the interior of ``gxp`` (a new array unless nothing was padded)."""
+    if not any(lo or hi for lo, hi in pads):
+        return gxp
+    return gxp[(slice(None), slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(in_shape[2:], pads)))].copy()
+
+
+def _planes(a: np.ndarray) -> np.ndarray:
+    """``(N, C, *S)`` as contiguous ``(N, C, prod(S))`` (a view when already contiguous)."""
+    return np.ascontiguousarray(a).reshape(*a.shape[:2], math.prod(a.shape[2:]))
 
 
 def _tap_views(xph: np.ndarray, n: int, groups: int, plan: WindowPlan):
@@ -181,28 +204,26 @@ def _taps_per_item(c: int, k: int, plan: WindowPlan, itemsize: int) -> int:
     return 2 * (c + k) * plan.length * itemsize
 
 
-def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -> np.ndarray:
-    """Valid cross-correlation of padded ``xp (N, C, *P)`` with ``w (K, C/g, *k)``: ``(N, K, *out)``."""
-    n, c = xp.shape[:2]
+def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pads) -> np.ndarray:
+    """Valid cross-correlation of ``x (N, C, *S)`` zero-padded by ``pads`` with ``w (K, C/g, *k)``: ``(N, K, *out)``.
+
+    ``plan`` describes the padded input (``plan.full == S + lo + hi``).
+    """
+    n, c = x.shape[:2]
     k = w.shape[0]
     c_g, k_g = c // groups, k // groups
     wmat = w.reshape(groups, k_g, c_g * plan.n_taps)  # (g, K_g, C_g*T)
-    y = np.empty((n, k, *plan.out), dtype=xp.dtype)
+    y = np.empty((n, k, *plan.out), dtype=x.dtype)
     if n == 0:
         return y
     how = strategy(c_g, k_g, plan)
-    if how == "direct" and not plan.unit_stride:
-        d = _direct()
-        d.strided_kernel("forward", _work(n, k, c_g, plan))(
-            np.ascontiguousarray(xp).reshape(n, c, -1), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
-            *_strided_args(d, plan), groups, y.reshape(n, k, math.prod(plan.out)))
-        return y
-    if how == "direct":
+    if how == "direct":  # the padding happens plane by plane inside the kernel
         d = _direct()
         d.kernel("forward", _work(n, k, c_g, plan))(
-            _phases(xp, plan), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
-            *_direct_args(d, plan, groups), y.reshape(n, k, math.prod(plan.out)))
+            _planes(x), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
+            *_direct_args(d, plan, x.shape, pads, True), groups, y.reshape(n, k, math.prod(plan.out)))
         return y
+    xp = _zero_pad(x, pads)
     if how == "taps":
         wtaps = np.moveaxis(wmat.reshape(groups, k_g, c_g, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
         for sl in _chunks(n, _taps_per_item(0, k, plan, xp.itemsize)):
@@ -231,10 +252,28 @@ def conv_forward(xp: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan) -
     return y
 
 
-def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, in_channels: int) -> np.ndarray:
-    """Gradient w.r.t. the padded input: ``gy (N, K, *out)`` to ``(N, C, *P)``."""
+def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, in_shape, pads) -> np.ndarray:
+    """Gradient w.r.t. ``x`` of :func:`conv_forward`: ``gy (N, K, *out)`` to ``in_shape (N, C, *S)``."""
     n, k = gy.shape[:2]
-    c = in_channels
+    c = in_shape[1]
+    c_g, k_g = c // groups, k // groups
+    how = strategy(c_g, k_g, plan, "grad_input")
+    if how == "direct":
+        d = _direct()
+        gx = np.empty(in_shape, dtype=gy.dtype)
+        if n:
+            whole = _all_finite(w)
+            complete = d.fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))[-1]
+            d.kernel("grad_input", _work(n, k, c_g, plan))(
+                _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
+                *_direct_args(d, plan, in_shape, pads, whole), groups, complete, gx.reshape(n, c, -1))
+        return gx
+    return _crop(_grad_padded_input(gy, w, groups, plan, c, how), pads, in_shape)
+
+
+def _grad_padded_input(gy, w, groups, plan, c, how):
+    """Gradient w.r.t. the padded input ``(N, C, *plan.full)`` (GEMM strategies)."""
+    n, k = gy.shape[:2]
     c_g, k_g = c // groups, k // groups
     finite_w = bool(np.isfinite(w).all())
     # Where w holds inf or NaN, 0 * inf in the dropped columns must not leak into real positions.
@@ -242,21 +281,6 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     gxp = np.empty((n, c, *plan.full), dtype=gy.dtype)
     if n == 0:
         return gxp
-    how = strategy(c_g, k_g, plan, "grad_input")
-    if how == "direct" and finite_w and not plan.unit_stride:
-        d = _direct()
-        d.strided_kernel("grad_input", _work(n, k, c_g, plan))(
-            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
-            np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)), *_strided_args(d, plan), groups,
-            gxp.reshape(n, c, -1))
-        return gxp
-    if how == "direct" and finite_w:
-        d = _direct()
-        gph = np.empty((n, c, plan.phases, plan.q_size), dtype=gy.dtype)
-        d.kernel("grad_input", _work(n, k, c_g, plan))(
-            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)),
-            np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)), *_direct_args(d, plan, groups), gph)
-        return merge_phases(gph.reshape(n * c, plan.phases, plan.q_size), plan).reshape(n, c, *plan.full)
     if how == "taps":
         wtaps = np.moveaxis(w.reshape(groups, k_g, c_g, plan.n_taps), -1, 0).transpose(0, 1, 3, 2)  # (T, g, C_g, K_g)
         L = plan.length
@@ -286,29 +310,24 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     return gxp
 
 
-def conv_grad_weight(gy: np.ndarray, xp: np.ndarray, groups: int, plan: WindowPlan, kernel_shape) -> np.ndarray:
-    """Gradient w.r.t. the weight: ``(K, C/g, *k)`` from ``gy (N, K, *out)`` and padded ``xp``."""
-    n, c = xp.shape[:2]
+def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPlan, kernel_shape, pads) -> np.ndarray:
+    """Gradient w.r.t. the weight of :func:`conv_forward`: ``(K, C/g, *k)`` from ``gy (N, K, *out)`` and ``x``."""
+    n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
+    how = strategy(c_g, k_g, plan, "grad_weight")
+    if how == "direct":
+        d = _direct()
+        per_image = np.zeros((n, k, c_g, plan.n_taps), dtype=x.dtype)
+        if n:
+            whole = _all_finite(x)
+            d.kernel("grad_weight", _work(n, k, c_g, plan))(
+                _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole), groups, per_image)
+        return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
+    xp = _zero_pad(x, pads)
     finite_x = bool(np.isfinite(xp).all())
     # Where x holds inf or NaN, 0 * inf in the dropped columns must not leak into the sums.
     mask = None if finite_x else lattice_mask(plan)
-    how = strategy(c_g, k_g, plan, "grad_weight")
-    if how == "direct" and finite_x and n and not plan.unit_stride:
-        d = _direct()
-        gw = np.empty((k, c_g, plan.n_taps), dtype=xp.dtype)
-        d.strided_kernel("grad_weight", _work(n, k, c_g, plan))(
-            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), np.ascontiguousarray(xp).reshape(n, c, -1),
-            *_strided_args(d, plan), groups, gw)
-        return gw.reshape(k, c_g, *kernel_shape)
-    if how == "direct" and finite_x and n:
-        d = _direct()
-        gw = np.empty((k, c_g, plan.n_taps), dtype=xp.dtype)
-        d.kernel("grad_weight", _work(n, k, c_g, plan))(
-            np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), _phases(xp, plan),
-            *_direct_args(d, plan, groups), gw)
-        return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps":
         gw = np.zeros((plan.n_taps, groups, k_g, c_g), dtype=xp.dtype)
         for sl in _chunks(n, _taps_per_item(c, k, plan, xp.itemsize)):

@@ -147,19 +147,30 @@ def _geometry(op, in_shape, w_shape, stride, padding, dilation, groups, padding_
 # --- compute on validated, channels-first arrays ---------------------------------------------
 
 
+def _engine_input(x, geo: _Geometry):
+    """``(input, zero pads)`` for the engine: it zero-pads by itself (the direct kernels never materialise
+    the padded input), so only the other modes are padded here."""
+    if all(m == "zeros" for m in geo.modes):
+        return x, geo.pads
+    return _pad(x, geo.axes, geo.pads, geo.modes), ((0, 0),) * len(geo.pads)
+
+
 def _forward(x, w, geo: _Geometry) -> np.ndarray:
-    xp = _pad(x, geo.axes, geo.pads, geo.modes)  # (N, C, *P)
-    return gemm.conv_forward(xp, w, geo.groups, geo.plan)  # (N, K, *O)
+    xe, pads = _engine_input(x, geo)
+    return gemm.conv_forward(xe, w, geo.groups, geo.plan, pads)  # (N, K, *O)
 
 
 def _grad_input(gy, w, geo: _Geometry) -> np.ndarray:
-    gxp = gemm.conv_grad_input(gy, w, geo.groups, geo.plan, geo.in_shape[1])  # (N, C, *P)
+    if all(m == "zeros" for m in geo.modes):
+        return gemm.conv_grad_input(gy, w, geo.groups, geo.plan, geo.in_shape, geo.pads)  # (N, C, *S)
+    padded = (*geo.in_shape[:2], *geo.plan.full)
+    gxp = gemm.conv_grad_input(gy, w, geo.groups, geo.plan, padded, ((0, 0),) * len(geo.pads))  # (N, C, *P)
     return _pad_adjoint(gxp, geo.axes, geo.pads, geo.modes, geo.in_shape)  # (N, C, *S)
 
 
 def _grad_weight(gy, x, w_shape, geo: _Geometry) -> np.ndarray:
-    xp = _pad(x, geo.axes, geo.pads, geo.modes)
-    return gemm.conv_grad_weight(gy, xp, geo.groups, geo.plan, w_shape[2:])
+    xe, pads = _engine_input(x, geo)
+    return gemm.conv_grad_weight(gy, xe, geo.groups, geo.plan, w_shape[2:], pads)
 
 
 def _add_bias(y, bias):

@@ -47,10 +47,14 @@ TAPS_MIN_LENGTH = 256
 # Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
 DIRECT_MAX_CHANNELS = 16
 
+# Channels per group (input and output) from which Winograd F(4x4, 3x3) beats the patch matrix on 3x3
+# stride-1 layers (ResNet 3x3 C=64: 18 vs 28 ms; python -m benchmarks).
+WINOGRAD_MIN_CHANNELS = 16
+
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
 PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
-STRATEGIES = ("direct", "taps", "cols")
+STRATEGIES = ("direct", "taps", "cols", "winograd")
 _forced: list[str] = []
 
 
@@ -70,16 +74,23 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
     with ``c_g`` inputs and ``k_g`` outputs per group.
 
-    The rules follow the benchmark suite (``python -m benchmarks``; taps vs
-    cols measured side by side, see BENCHMARKS.md): the patch matrix,
-    gathered by a threaded compiled copy, feeds one large GEMM and wins in
-    general; per-tap GEMMs win where there is nothing to gather (1x1 and
-    2-tap kernels) and, for the gradients, on wide unit-stride layers.
+    The rules follow the benchmark suite (``python -m benchmarks``; the
+    strategies measured side by side, see BENCHMARKS.md): Winograd F(4x4, 3x3)
+    for the forward and input gradient of 3x3 stride-1 layers with many
+    channels; otherwise the patch matrix, gathered by a threaded compiled
+    copy, feeds one large GEMM and wins in general; per-tap GEMMs win where
+    there is nothing to gather (1x1 and 2-tap kernels) and, for the
+    gradients, on wide unit-stride layers. A forced strategy that does not
+    apply to the problem (Winograd on a 5x5 kernel, say) falls back to
+    these rules.
     """
-    if _forced:
+    winograd_ok = pass_ != "grad_weight" and _winograd().supported(plan)
+    if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "direct"
+    if not _forced and winograd_ok and min(c_g, k_g) >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
@@ -92,6 +103,39 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     return "cols"
 
 
+def _winograd():
+    from . import winograd
+
+    return winograd
+
+
+def _winograd_forward(x, w, groups, pads, y):
+    """``y`` from ``x`` zero-padded by ``pads`` (see :mod:`.winograd`), batch chunked under the workspace limit."""
+    wg = _winograd()
+    out_shape = y.shape[2:]
+    n, c = x.shape[:2]
+    k = w.shape[0]
+    c_g, k_g = c // groups, k // groups
+    per_image = wg.tiles_per_image(out_shape)
+    step = max(1, _config.get_workspace_limit() // wg.bytes_per_image(c_g, k_g, out_shape, x.itemsize))
+    for g in range(groups):
+        xg = x[:, g * c_g:(g + 1) * c_g] if groups > 1 else x
+        u = wg.transform_weight(w[g * k_g:(g + 1) * k_g])
+        for start in range(0, n, step):
+            m = min(n, start + step) - start
+            buf = workspace((wg.PATCH ** 2 * (c_g + k_g) * m * per_image,), x.dtype)
+            v = buf[:wg.PATCH ** 2 * c_g * m * per_image].reshape(wg.PATCH ** 2, c_g, m * per_image)
+            prod = buf[v.size:].reshape(wg.PATCH ** 2, k_g, m * per_image)
+            out = y[start:start + m, g * k_g:(g + 1) * k_g] if groups > 1 else y[start:start + m]
+            if out.flags.c_contiguous:
+                wg.forward(xg[start:start + m], u, pads, out, v, prod)
+            else:
+                part = np.empty(out.shape, dtype=y.dtype)
+                wg.forward(xg[start:start + m], u, pads, part, v, prod)
+                out[...] = part
+    return y
+
+
 def _direct():
     from . import direct  # compiled on first use; importing numba costs ~0.3 s
 
@@ -101,7 +145,8 @@ def _direct():
 def _all_finite(a: np.ndarray) -> bool:
     """True when no element is inf or NaN (one read-only pass: a sum is finite only if every term is; a
     finite sum that overflows answers False, which only costs the slower exact path)."""
-    return bool(np.isfinite(np.sum(a)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(a)))
 
 
 def _work(n, k, c_g, plan) -> int:
@@ -223,6 +268,10 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
             _planes(x), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
             *_direct_args(d, plan, x.shape, pads, True), groups, y.reshape(n, k, math.prod(plan.out)))
         return y
+    if how == "winograd" and _all_finite(w) and _all_finite(x):
+        return _winograd_forward(x, w, groups, pads, y)
+    if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
+        how = "cols"
     xp = _zero_pad(x, pads)
     if how == "taps":
         wtaps = np.moveaxis(wmat.reshape(groups, k_g, c_g, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
@@ -268,6 +317,16 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
                 _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
                 *_direct_args(d, plan, in_shape, pads, whole), groups, complete, gx.reshape(n, c, -1))
         return gx
+    if how == "winograd" and all(lo <= 2 and hi <= 2 for lo, hi in pads) and _all_finite(w) and _all_finite(gy):
+        # Stride 1: the input gradient is the forward convolution of gy, zero-padded by (2 - lo, 2 - hi),
+        # with the kernel flipped and its two channel axes swapped (per group).
+        wt = np.ascontiguousarray(w.reshape(groups, k_g, c_g, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+        gx = np.empty(in_shape, dtype=gy.dtype)
+        if n:
+            _winograd_forward(gy, wt.reshape(c, k_g, 3, 3), groups, tuple((2 - lo, 2 - hi) for lo, hi in pads), gx)
+        return gx
+    if how == "winograd":  # padding wider than the kernel, or inf/NaN in the data: the exact path
+        how = "cols"
     return _crop(_grad_padded_input(gy, w, groups, plan, c, how), pads, in_shape)
 
 

@@ -324,7 +324,10 @@ def _gather(xph, taps_r, taps_off, out):  # pragma: no cover - compiled
         r = taps_r[t]
         o = taps_off[t]
         for b in range(n):
-            out[c, t, b, :] = xph[b, c, r, o:o + length]
+            dst = out[c, t, b]
+            src = xph[b, c, r, o:o + length]
+            for i in range(length):  # not a slice assignment: Numba's checks for overlap cost 2x
+                dst[i] = src[i]
 
 
 _GATHER = (_compile(_gather, False), _compile(_gather, True))
@@ -355,8 +358,11 @@ def _gather_outputs(xph, taps_r, taps_off, rows, width, out):  # pragma: no cove
             o = taps_off[t]
             dst = out[b, c, t]
             for r in range(rows.shape[0]):
+                piece = dst[r * width:(r + 1) * width]
                 start = o + rows[r]
-                dst[r * width:(r + 1) * width] = src[start:start + width]
+                run = src[start:start + width]
+                for i in range(width):
+                    piece[i] = run[i]
 
 
 _GATHER_OUTPUTS = (_compile(_gather_outputs, False), _compile(_gather_outputs, True))

@@ -33,6 +33,7 @@ import threading
 import numpy as np
 
 from .. import _config
+from . import blas
 from .windows import WindowPlan, lattice_embed, lattice_mask, lattice_view, merge_phases, scatter_taps, split_phases
 
 
@@ -140,6 +141,12 @@ def _direct():
     from . import direct  # compiled on first use; importing numba costs ~0.3 s
 
     return direct
+
+
+def _pointwise(plan, pads) -> bool:
+    """A 1x1 convolution with stride 1 and no padding: a plain product per image."""
+    return plan.n_taps == 1 and plan.unit_stride and plan.padded == plan.full and not any(
+        lo or hi for lo, hi in pads)
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -273,6 +280,9 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
     xp = _zero_pad(x, pads)
+    if how == "taps" and _pointwise(plan, pads):  # 1x1, stride 1: one GEMM per image, straight into y
+        blas.matmul(wmat, _planes(x).reshape(n, groups, c_g, -1), y.reshape(n, groups, k_g, -1))
+        return y
     if how == "taps":
         wtaps = np.moveaxis(wmat.reshape(groups, k_g, c_g, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
         for sl in _chunks(n, _taps_per_item(0, k, plan, xp.itemsize)):
@@ -288,7 +298,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
     if count < PER_IMAGE_GEMM_MIN_OUTPUTS:  # small images: one GEMM for the whole chunk, batch in the columns
         for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
-            acc = np.matmul(wmat, _cols(xp[sl], plan, groups))  # (g, K_g, n*L)
+            acc = blas.matmul(wmat, _cols(xp[sl], plan, groups), np.empty((groups, k_g, m * plan.length), xp.dtype))
             y[sl] = np.swapaxes(lattice_view(acc.reshape(k, m, plan.length), plan), 0, 1)  # (n, K, *out)
         return y
     d = _direct()
@@ -297,7 +307,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         cols = d.gather_outputs(_phases(xp[sl], plan), plan,
                                 workspace((m, c, plan.n_taps, count), xp.dtype))  # (n, C, T, P)
         # One GEMM per image, written straight into the output: no dropped columns, no transpose.
-        np.matmul(wmat, cols.reshape(m, groups, c_g * plan.n_taps, count), out=y[sl].reshape(m, groups, k_g, count))
+        blas.matmul(wmat, cols.reshape(m, groups, c_g * plan.n_taps, count), y[sl].reshape(m, groups, k_g, count))
     return y
 
 
@@ -327,6 +337,11 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         return gx
     if how == "winograd":  # padding wider than the kernel, or inf/NaN in the data: the exact path
         how = "cols"
+    if how == "taps" and _pointwise(plan, pads):
+        gx = np.empty(in_shape, dtype=gy.dtype)
+        wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
+        blas.matmul(wmat_t, _planes(gy).reshape(n, groups, k_g, -1), gx.reshape(n, groups, c_g, -1))
+        return gx
     return _crop(_grad_padded_input(gy, w, groups, plan, c, how), pads, in_shape)
 
 
@@ -360,7 +375,8 @@ def _grad_padded_input(gy, w, groups, plan, c, how):
     wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
         m = gy[sl].shape[0]
-        gcols = np.matmul(wmat_t, _embed(gy[sl], plan, groups))  # (g, C_g*T, n*L)
+        gcols = blas.matmul(wmat_t, _embed(gy[sl], plan, groups),
+                            np.empty((groups, c_g * plan.n_taps, m * plan.length), gy.dtype))  # (g, C_g*T, n*L)
         gcols = gcols.reshape(c, plan.n_taps, m, plan.length)  # (C, T, n, L)
         if mask is not None:
             gcols = np.where(mask, gcols, 0)
@@ -382,6 +398,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
             whole = _all_finite(x)
             d.kernel("grad_weight", _work(n, k, c_g, plan))(
                 _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole), groups, per_image)
+        return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
+    if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
+        per_image = np.empty((n, groups, k_g, c_g), dtype=x.dtype)
+        blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),
+                    per_image)
         return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
     xp = _zero_pad(x, pads)
     finite_x = bool(np.isfinite(xp).all())

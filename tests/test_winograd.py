@@ -91,7 +91,7 @@ def test_winograd_is_what_the_planner_picks_for_wide_3x3_layers_only():
     plan = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
     assert strategy(64, 64, plan, "forward") == "winograd"
     assert strategy(64, 64, plan, "grad_input") == "winograd"
-    assert strategy(64, 64, plan, "grad_weight") != "winograd"
+    assert strategy(64, 64, plan, "grad_weight") == "winograd"
     assert strategy(4, 4, plan, "forward") == "direct"  # grouped/depthwise: the direct kernels
     strided = make_plan((57, 57), (3, 3), (2, 2), (1, 1), (28, 28))
     dilated = make_plan((60, 60), (3, 3), (1, 1), (2, 2), (56, 56))
@@ -130,3 +130,22 @@ def test_winograd_leaves_inf_and_nan_to_the_exact_path(where, rng):
         ty = F.conv2d(torch.tensor(x), torch.tensor(w), padding=1).numpy()
     np.testing.assert_array_equal(np.isfinite(y), np.isfinite(ty))
     np.testing.assert_allclose(y[np.isfinite(y)], ty[np.isfinite(ty)], rtol=1e-12)
+
+
+
+def test_winograd_weight_gradient_float32_within_documented_bound(rng):
+    """The weight gradient sums over every tile of the batch: (tiles + 18) * growth * eps * sum |gy||x|."""
+    n, c, k, size, pads = 2, 24, 20, (17, 22), ((1, 1), (0, 2))
+    x = rng.standard_normal((n, c, *size)).astype(np.float32)
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    with force_strategy("winograd"):
+        gy = rng.standard_normal(CF.conv(x, w, padding=pads).shape).astype(np.float32)
+        _, gw, _ = CF.conv_backward(gy, x, w, padding=pads, grads=("weight",))
+    _, exact, _ = CF.conv_backward(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), padding=pads,
+                                   grads=("weight",))
+    _, magnitude, _ = CF.conv_backward(np.abs(gy).astype(np.float64), np.abs(x).astype(np.float64),
+                                       w.astype(np.float64), padding=pads, grads=("weight",))
+    tiles = n * winograd.tiles_per_image(gy.shape[2:])
+    bound = (tiles + 18) * winograd.WINOGRAD_GROWTH * np.finfo(np.float32).eps * magnitude
+    assert np.all(np.abs(gw - exact) <= bound)
+    assert max_rel_err(gw, exact) > 0  # float32 Winograd did run (float64 would be exact to 1e-15)

@@ -48,9 +48,12 @@ TAPS_MIN_LENGTH = 256
 # Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
 DIRECT_MAX_CHANNELS = 16
 
-# Channels per group (input and output) from which Winograd F(4x4, 3x3) beats the patch matrix on 3x3
-# stride-1 layers (ResNet 3x3 C=64: 18 vs 28 ms; python -m benchmarks).
+# Channels per group (input and output) for which Winograd F(4x4, 3x3) beats the patch matrix on 3x3
+# stride-1 layers (python -m benchmarks.strategies): ResNet C=64 at 56x56 and DeepBench C=32 at 112x112,
+# 22-31 vs 30-50 ms in all three passes. At C=128 (28x28) the patch matrix's GEMM, with its inner size
+# 9*C, runs fast enough to be even or better, and Winograd's 36 GEMMs of inner size C do not.
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MAX_CHANNELS = 96
 
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
@@ -85,12 +88,12 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     apply to the problem (Winograd on a 5x5 kernel, say) falls back to
     these rules.
     """
-    winograd_ok = pass_ != "grad_weight" and _winograd().supported(plan)
+    winograd_ok = _winograd().supported(plan)
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "direct"
-    if not _forced and winograd_ok and min(c_g, k_g) >= WINOGRAD_MIN_CHANNELS:
+    if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
         return "winograd"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
@@ -108,6 +111,30 @@ def _winograd():
     from . import winograd
 
     return winograd
+
+
+def _winograd_grad_weight(gy, x, groups, pads):
+    """Weight gradient of a 3x3 stride-1 convolution by Winograd (see :func:`.winograd.grad_weight`)."""
+    wg = _winograd()
+    n, c = x.shape[:2]
+    k = gy.shape[1]
+    c_g, k_g = c // groups, k // groups
+    out_shape = gy.shape[2:]
+    per_image = wg.tiles_per_image(out_shape)
+    step = max(1, _config.get_workspace_limit() // wg.bytes_per_image(c_g, k_g, out_shape, x.itemsize))
+    gw = np.empty((k, c_g, 3, 3), dtype=x.dtype)
+    for g in range(groups):
+        xg = x[:, g * c_g:(g + 1) * c_g] if groups > 1 else x
+        gyg = gy[:, g * k_g:(g + 1) * k_g] if groups > 1 else gy
+        acc = np.zeros((wg.PATCH ** 2, k_g, c_g), dtype=x.dtype)
+        for start in range(0, n, step):
+            m = min(n, start + step) - start
+            buf = workspace((wg.PATCH ** 2 * (c_g + k_g) * m * per_image,), x.dtype)
+            v = buf[:wg.PATCH ** 2 * c_g * m * per_image].reshape(wg.PATCH ** 2, c_g, m * per_image)
+            ug = buf[v.size:].reshape(wg.PATCH ** 2, k_g, m * per_image)
+            wg.grad_weight(xg[start:start + m], gyg[start:start + m], pads, acc, v, ug)
+        gw[g * k_g:(g + 1) * k_g] = wg.weight_from_products(acc, x.dtype)
+    return gw
 
 
 def _winograd_forward(x, w, groups, pads, y):
@@ -332,8 +359,7 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         # with the kernel flipped and its two channel axes swapped (per group).
         wt = np.ascontiguousarray(w.reshape(groups, k_g, c_g, 3, 3)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4))
         gx = np.empty(in_shape, dtype=gy.dtype)
-        if n:
-            _winograd_forward(gy, wt.reshape(c, k_g, 3, 3), groups, tuple((2 - lo, 2 - hi) for lo, hi in pads), gx)
+        _winograd_forward(gy, wt.reshape(c, k_g, 3, 3), groups, tuple((2 - lo, 2 - hi) for lo, hi in pads), gx)
         return gx
     if how == "winograd":  # padding wider than the kernel, or inf/NaN in the data: the exact path
         how = "cols"
@@ -399,6 +425,10 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
             d.kernel("grad_weight", _work(n, k, c_g, plan))(
                 _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole), groups, per_image)
         return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
+    if how == "winograd" and _all_finite(gy) and _all_finite(x):
+        return _winograd_grad_weight(gy, x, groups, pads)
+    if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
+        how = "cols"
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
         per_image = np.empty((n, groups, k_g, c_g), dtype=x.dtype)
         blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),

@@ -45,8 +45,13 @@ TAPS_MIN_CHANNELS = 16
 
 # Positions per tap slice below which per-tap GEMMs are too thin.
 TAPS_MIN_LENGTH = 256
-# Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6).
+# Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6), and on
+# small images (tap runs of at most DIRECT_SMALL_LENGTH positions) the largest C_g * K_g for which they
+# still beat the patch matrix, whose GEMM has only K_g rows there: LeNet C3 (6 -> 16, 10x10 outputs)
+# 2.1 vs 2.9 ms forward, 3.0 vs 4.5 ms input gradient (python -m benchmarks.strategies).
 DIRECT_MAX_CHANNELS = 16
+DIRECT_SMALL_MAX_CHANNELS = 128
+DIRECT_SMALL_LENGTH = 512
 
 # Channels per group (input and output) for which Winograd F(4x4, 3x3) beats the patch matrix on 3x3
 # stride-1 layers (python -m benchmarks.strategies): ResNet C=64 at 56x56 and DeepBench C=32 at 112x112,
@@ -83,23 +88,26 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     for the forward and input gradient of 3x3 stride-1 layers with many
     channels; otherwise the patch matrix, gathered by a threaded compiled
     copy, feeds one large GEMM and wins in general; per-tap GEMMs win where
-    there is nothing to gather (1x1 and 2-tap kernels) and, for the
-    gradients, on wide unit-stride layers. A forced strategy that does not
+    there is nothing to gather (1x1 kernels) and, for the
+    gradients, on wide unit-stride layers and 2-tap kernels. A forced strategy that does not
     apply to the problem (Winograd on a 5x5 kernel, say) falls back to
     these rules.
     """
     winograd_ok = _winograd().supported(plan)
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
-    if c_g * k_g <= DIRECT_MAX_CHANNELS:
+    if c_g * k_g <= DIRECT_MAX_CHANNELS or (
+            c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH):
         return "direct"
     if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
         return "winograd"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
-    if plan.n_taps <= 2 and wide:
+    if plan.n_taps == 1 and wide:
         return "taps"
+    if plan.n_taps == 2 and wide and pass_ != "forward":  # forward: the 2-tap patch matrix is cheaper than
+        return "taps"  # two accumulated products (WaveNet k=2: 20 vs 36 ms)
     if pass_ == "grad_input" and wide and min(c_g, k_g) >= 128:
         return "taps"
     if pass_ == "grad_weight" and wide and plan.unit_stride and plan.n_taps <= 9:

@@ -375,6 +375,41 @@ def gather_outputs(xph, plan, out):
     return out
 
 
+def _scatter(cols, bases, seg_dst, seg_src, seg_len, step, size, complete, out):  # pragma: no cover - compiled
+    """Adjoint of the patch-matrix gather, unpadded on the way: ``cols (C, T, n, L)`` to ``out (n, C, S)``.
+
+    For each plane, tap ``t``'s run is added at ``bases[t]`` of a phase-split
+    buffer (the padded plane, see :func:`fill_arrays`), which the segments
+    then copy out to the unpadded plane: no padded gradient, no phase merge
+    and no crop ever reach memory.
+    """
+    c_total, n_taps, n, length = cols.shape
+    for job in prange(n * c_total):
+        c = job // n
+        b = job % n
+        acc = np.zeros(size, dtype=out.dtype)
+        for t in range(n_taps):
+            dst = acc[bases[t]:bases[t] + length]
+            src = cols[c, t, b]
+            for i in range(length):
+                dst[i] += src[i]
+        _unfill(out[b, c], acc, seg_dst, seg_src, seg_len, step, complete)
+
+
+_SCATTER = (_compile(_scatter, False), _compile(_scatter, True))
+
+
+def scatter(cols, plan, in_shape, pads, out):
+    """``out (n, C, *S)`` = the adjoint of :func:`gather` applied to ``cols (C, T, n, L)``, then of the zero
+    padding ``pads`` (see :func:`_scatter`)."""
+    bases = run_arrays(plan, True)[0]
+    seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
+    n, c = out.shape[:2]
+    _SCATTER[cols.nbytes >= PARALLEL_MIN_WORK](cols, bases, seg_dst, seg_src, seg_len, step, size, complete,
+                                               out.reshape(n, c, -1))
+    return out
+
+
 @lru_cache(maxsize=256)
 def _output_rows(plan):
     """Lattice positions where the rows of real outputs (runs along the last axis) start."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import _config
 from . import blas
-from .windows import WindowPlan, lattice_embed, lattice_mask, lattice_view, merge_phases, scatter_taps, split_phases
+from .windows import WindowPlan, lattice_embed, lattice_mask, lattice_view, merge_phases, split_phases
 
 
 # Channels per group from which per-tap GEMMs (inner size C_g) beat
@@ -108,8 +108,6 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
         return "taps"
     if plan.n_taps == 2 and wide and pass_ != "forward":  # forward: the 2-tap patch matrix is cheaper than
         return "taps"  # two accumulated products (WaveNet k=2: 20 vs 36 ms)
-    if pass_ == "grad_input" and wide and min(c_g, k_g) >= 128:
-        return "taps"
     if pass_ == "grad_weight" and wide and plan.unit_stride and plan.n_taps <= 9:
         return "taps"
     return "cols"
@@ -376,11 +374,35 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
         blas.matmul(wmat_t, _planes(gy).reshape(n, groups, k_g, -1), gx.reshape(n, groups, c_g, -1))
         return gx
+    if how == "cols" and n:
+        return _grad_input_cols(gy, w, groups, plan, in_shape, pads)
     return _crop(_grad_padded_input(gy, w, groups, plan, c, how), pads, in_shape)
 
 
+def _grad_input_cols(gy, w, groups, plan, in_shape, pads):
+    """Input gradient by the patch matrix: ``W^T @ gy`` per chunk, then the compiled scatter (col2im) straight
+    into the unpadded gradient."""
+    n, k = gy.shape[:2]
+    c = in_shape[1]
+    c_g, k_g = c // groups, k // groups
+    # Where w holds inf or NaN, 0 * inf in the dropped columns must not leak into real positions.
+    mask = None if _all_finite(w) else lattice_mask(plan)
+    gx = np.empty(in_shape, dtype=gy.dtype)
+    wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
+    d = _direct()
+    for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
+        m = gy[sl].shape[0]
+        gcols = blas.matmul(wmat_t, _embed(gy[sl], plan, groups),
+                            workspace((groups, c_g * plan.n_taps, m * plan.length), gy.dtype))  # (g, C_g*T, n*L)
+        gcols = gcols.reshape(c, plan.n_taps, m, plan.length)  # (C, T, n, L)
+        if mask is not None:
+            gcols = np.where(mask, gcols, 0)
+        d.scatter(gcols, plan, in_shape, pads, gx[sl])
+    return gx
+
+
 def _grad_padded_input(gy, w, groups, plan, c, how):
-    """Gradient w.r.t. the padded input ``(N, C, *plan.full)`` (GEMM strategies)."""
+    """Gradient w.r.t. the padded input ``(N, C, *plan.full)`` by per-tap GEMMs."""
     n, k = gy.shape[:2]
     c_g, k_g = c // groups, k // groups
     finite_w = bool(np.isfinite(w).all())
@@ -406,17 +428,7 @@ def _grad_padded_input(gy, w, groups, plan, c, how):
                     gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
             gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
         return gxp
-    wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
-    for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
-        m = gy[sl].shape[0]
-        gcols = blas.matmul(wmat_t, _embed(gy[sl], plan, groups),
-                            np.empty((groups, c_g * plan.n_taps, m * plan.length), gy.dtype))  # (g, C_g*T, n*L)
-        gcols = gcols.reshape(c, plan.n_taps, m, plan.length)  # (C, T, n, L)
-        if mask is not None:
-            gcols = np.where(mask, gcols, 0)
-        gph = scatter_taps(gcols, plan)  # (n, C, R, Q)
-        gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
-    return gxp
+    raise AssertionError(f"no padded-input path for strategy {how!r}")  # pragma: no cover
 
 
 def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPlan, kernel_shape, pads) -> np.ndarray:
@@ -500,6 +512,6 @@ def table_conv_backward(gy: np.ndarray, xp: np.ndarray, weight: np.ndarray, by_i
             g_out = gflat[outs]  # (deg_i, n*L)
             gw[rows] += g_out @ cols[i].T
             gcols[i] = weight[rows].T @ g_out  # (T, n*L)
-        gph = scatter_taps(gcols.reshape(c, plan.n_taps, m, plan.length), plan)  # (n, C, R, Q)
-        gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
+        _direct().scatter(gcols.reshape(c, plan.n_taps, m, plan.length), plan, (m, c, *plan.full),
+                          ((0, 0),) * len(plan.full), gxp[sl])
     return gxp, gw

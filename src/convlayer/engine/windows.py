@@ -171,14 +171,3 @@ def lattice_embed(y: np.ndarray, plan: WindowPlan) -> np.ndarray:
 def lattice_mask(plan: WindowPlan) -> np.ndarray:
     """Boolean ``(L,)``: True at positions that are real outputs."""
     return lattice_embed(np.ones(plan.out, dtype=bool), plan)
-
-
-def scatter_taps(cols: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """Adjoint of the patch-matrix gather (:func:`convlayer.engine.direct.gather`): ``(C, T, n, L)`` summed
-    into phases ``(n, C, R, Q)``."""
-    c, _, n, _ = cols.shape
-    gph = np.zeros((n, c, plan.phases, plan.q_size), dtype=cols.dtype)
-    L = plan.length
-    for t, (r, off) in enumerate(plan.taps):
-        gph[:, :, r, off:off + L] += cols[:, t].transpose(1, 0, 2)  # (n, C, L)
-    return gph

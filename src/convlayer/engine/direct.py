@@ -303,29 +303,22 @@ def fill_arrays(plan, size: tuple, pads: tuple):
     return seg_dst, seg_src, seg_len, plan.stride[-1], plan.phases * q, complete
 
 
-@lru_cache(maxsize=256)
-def plan_arrays(plan):
-    """``(taps_r, taps_off, valid, length)`` of a plan, as the gathers take them (cached; never mutated)."""
-    taps = np.asarray(plan.taps, dtype=np.int64).reshape(-1, 2)
-    valid = np.flatnonzero(lattice_mask(plan)).astype(np.int64)
-    return np.ascontiguousarray(taps[:, 0]), np.ascontiguousarray(taps[:, 1]), valid, plan.length
-
-
-def _gather(xph, taps_r, taps_off, out):  # pragma: no cover - compiled
-    """Patch matrix ``out (C, T, n, L)`` from phases ``xph (n, C, R, Q)``: ``out[:, t] = xph[:, :, r_t, off_t : off_t + L]``.
+def _gather(x, bases, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
+    """Patch matrix ``out (C, T, n, L)`` of ``x (n, C, S)`` (unpadded): ``out[c, t, b] = buf[bases[t] : +L]``
+    where ``buf`` is plane ``x[b, c]`` padded and phase-split in cache (:func:`fill_arrays`).
 
     The batch sits next to the positions, so ``out.reshape(C*T, n*L)`` is the
     right-hand side of ONE GEMM for a whole chunk.
     """
     c_total, n_taps, n, length = out.shape
-    for job in prange(c_total * n_taps):
-        c = job // n_taps
-        t = job % n_taps
-        r = taps_r[t]
-        o = taps_off[t]
-        for b in range(n):
+    for job in prange(n * c_total):
+        c = job // n
+        b = job % n
+        buf = np.empty(size, dtype=out.dtype)
+        _fill(buf, x[b, c], seg_dst, seg_src, seg_len, step)
+        for t in range(n_taps):
             dst = out[c, t, b]
-            src = xph[b, c, r, o:o + length]
+            src = buf[bases[t]:bases[t] + length]
             for i in range(length):  # not a slice assignment: Numba's checks for overlap cost 2x
                 dst[i] = src[i]
 
@@ -333,34 +326,38 @@ def _gather(xph, taps_r, taps_off, out):  # pragma: no cover - compiled
 _GATHER = (_compile(_gather, False), _compile(_gather, True))
 
 
-def gather(xph, plan, out):
-    """Compiled patch matrix ``(C, T, n, L)`` (see :func:`_gather`; a memory-bound copy, threaded when large)."""
-    taps_r, taps_off, _, _ = plan_arrays(plan)
-    _GATHER[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, out)
+def gather(x, plan, pads, out):
+    """Compiled patch matrix ``(C, T, n, L)`` of ``x`` zero-padded by ``pads`` (see :func:`_gather`)."""
+    bases = run_arrays(plan, True)[0]
+    n, c = x.shape[:2]
+    _GATHER[out.nbytes >= PARALLEL_MIN_WORK](x.reshape(n, c, -1), bases,
+                                             *fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:-1], out)
     return out
 
 
-def _gather_outputs(xph, taps_r, taps_off, rows, width, out):  # pragma: no cover - compiled
+def _gather_outputs(x, bases, rows, width, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover
     """``out (n, C, T, P)``: for each tap, the input under every real output, row by row.
 
     ``rows`` are the lattice positions where the output rows (runs of
     ``width`` consecutive outputs along the last axis) start: each row is
-    one contiguous slice, so the copy vectorises. This is the patch matrix
-    of the real outputs only (no dropped columns), one image after another,
-    as the forward GEMM wants it.
+    one contiguous slice of the padded, phase-split plane ``buf`` (filled in
+    cache from the unpadded ``x (n, C, S)``), so the copy vectorises. This is
+    the patch matrix of the real outputs only (no dropped columns), one image
+    after another, as the forward GEMM wants it.
     """
     n, c_total, n_taps, count = out.shape
     for job in prange(n * c_total):
         b = job // c_total
         c = job % c_total
+        buf = np.empty(size, dtype=out.dtype)
+        _fill(buf, x[b, c], seg_dst, seg_src, seg_len, step)
         for t in range(n_taps):
-            src = xph[b, c, taps_r[t]]
-            o = taps_off[t]
+            o = bases[t]
             dst = out[b, c, t]
             for r in range(rows.shape[0]):
                 piece = dst[r * width:(r + 1) * width]
                 start = o + rows[r]
-                run = src[start:start + width]
+                run = buf[start:start + width]
                 for i in range(width):
                     piece[i] = run[i]
 
@@ -368,10 +365,13 @@ def _gather_outputs(xph, taps_r, taps_off, rows, width, out):  # pragma: no cove
 _GATHER_OUTPUTS = (_compile(_gather_outputs, False), _compile(_gather_outputs, True))
 
 
-def gather_outputs(xph, plan, out):
-    """Compiled patch matrix ``(n, C, T, P)`` over the real output positions (see :func:`_gather_outputs`)."""
-    taps_r, taps_off, _, _ = plan_arrays(plan)
-    _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](xph, taps_r, taps_off, _output_rows(plan), plan.out[-1], out)
+def gather_outputs(x, plan, pads, out):
+    """Compiled patch matrix ``(n, C, T, P)`` of ``x`` zero-padded by ``pads``, over the real output positions
+    (see :func:`_gather_outputs`)."""
+    bases, _, _, rows, width = run_arrays(plan, True)
+    n, c = x.shape[:2]
+    _GATHER_OUTPUTS[out.nbytes >= PARALLEL_MIN_WORK](x.reshape(n, c, -1), bases, rows, width,
+                                                     *fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:-1], out)
     return out
 
 
@@ -408,11 +408,3 @@ def scatter(cols, plan, in_shape, pads, out):
     _SCATTER[cols.nbytes >= PARALLEL_MIN_WORK](cols, bases, seg_dst, seg_src, seg_len, step, size, complete,
                                                out.reshape(n, c, -1))
     return out
-
-
-@lru_cache(maxsize=256)
-def _output_rows(plan):
-    """Lattice positions where the rows of real outputs (runs along the last axis) start."""
-    return np.ascontiguousarray(plan_arrays(plan)[2][::plan.out[-1]])
-
-

@@ -263,14 +263,15 @@ def release_workspace() -> None:
     _workspace.buf = None
 
 
-def _cols(xp_chunk: np.ndarray, plan: WindowPlan, groups: int) -> np.ndarray:
-    """Patch matrix ``(g, C_g*T, n*L)`` of a padded chunk ``(n, C, *P)``, batch folded into the columns.
+def _cols(x_chunk: np.ndarray, plan: WindowPlan, groups: int, pads) -> np.ndarray:
+    """Patch matrix ``(g, C_g*T, n*L)`` of a chunk ``(n, C, *S)`` zero-padded by ``pads``, batch folded into
+    the columns.
 
     It lives in the thread's :func:`workspace`: use it before the next call.
     """
-    n, c = xp_chunk.shape[:2]
-    buf = workspace((c, plan.n_taps, n, plan.length), xp_chunk.dtype)
-    cols = _direct().gather(_phases(xp_chunk, plan), plan, buf)  # (C, T, n, L)
+    n, c = x_chunk.shape[:2]
+    buf = workspace((c, plan.n_taps, n, plan.length), x_chunk.dtype)
+    cols = _direct().gather(np.ascontiguousarray(x_chunk), plan, pads, buf)  # (C, T, n, L)
     return cols.reshape(groups, (c // groups) * plan.n_taps, n * plan.length)
 
 
@@ -312,11 +313,11 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         return _winograd_forward(x, w, groups, pads, y)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
-    xp = _zero_pad(x, pads)
     if how == "taps" and _pointwise(plan, pads):  # 1x1, stride 1: one GEMM per image, straight into y
         blas.matmul(wmat, _planes(x).reshape(n, groups, c_g, -1), y.reshape(n, groups, k_g, -1))
         return y
     if how == "taps":
+        xp = _zero_pad(x, pads)
         wtaps = np.moveaxis(wmat.reshape(groups, k_g, c_g, plan.n_taps), -1, 0)  # (T, g, K_g, C_g)
         for sl in _chunks(n, _taps_per_item(0, k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
@@ -329,16 +330,16 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         return y
     count = math.prod(plan.out)
     if count < PER_IMAGE_GEMM_MIN_OUTPUTS:  # small images: one GEMM for the whole chunk, batch in the columns
-        for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
-            m = xp[sl].shape[0]
-            acc = blas.matmul(wmat, _cols(xp[sl], plan, groups), np.empty((groups, k_g, m * plan.length), xp.dtype))
+        for sl in _chunks(n, _workspace_per_item(c, k, plan, x.itemsize)):
+            m = x[sl].shape[0]
+            acc = blas.matmul(wmat, _cols(x[sl], plan, groups, pads), np.empty((groups, k_g, m * plan.length), x.dtype))
             y[sl] = np.swapaxes(lattice_view(acc.reshape(k, m, plan.length), plan), 0, 1)  # (n, K, *out)
         return y
     d = _direct()
-    for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
-        m = xp[sl].shape[0]
-        cols = d.gather_outputs(_phases(xp[sl], plan), plan,
-                                workspace((m, c, plan.n_taps, count), xp.dtype))  # (n, C, T, P)
+    for sl in _chunks(n, _workspace_per_item(c, k, plan, x.itemsize)):
+        m = x[sl].shape[0]
+        cols = d.gather_outputs(np.ascontiguousarray(x[sl]), plan, pads,
+                                workspace((m, c, plan.n_taps, count), x.dtype))  # (n, C, T, P)
         # One GEMM per image, written straight into the output: no dropped columns, no transpose.
         blas.matmul(wmat, cols.reshape(m, groups, c_g * plan.n_taps, count), y[sl].reshape(m, groups, k_g, count))
     return y
@@ -454,11 +455,10 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),
                     per_image)
         return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
-    xp = _zero_pad(x, pads)
-    finite_x = bool(np.isfinite(xp).all())
     # Where x holds inf or NaN, 0 * inf in the dropped columns must not leak into the sums.
-    mask = None if finite_x else lattice_mask(plan)
+    mask = None if _all_finite(x) else lattice_mask(plan)
     if how == "taps":
+        xp = _zero_pad(x, pads)
         gw = np.zeros((plan.n_taps, groups, k_g, c_g), dtype=xp.dtype)
         for sl in _chunks(n, _taps_per_item(c, k, plan, xp.itemsize)):
             m = xp[sl].shape[0]
@@ -467,10 +467,10 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
                 v = view if mask is None else np.where(mask, view, 0)
                 gw[t] += np.matmul(gflat, v.transpose(0, 1, 3, 2)).sum(axis=0)  # (g, K_g, C_g)
         return np.moveaxis(gw, 0, -1).reshape(k, c_g, *kernel_shape)  # (K, C_g, *k)
-    gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=xp.dtype)
-    for sl in _chunks(n, _workspace_per_item(c, k, plan, xp.itemsize)):
-        m = xp[sl].shape[0]
-        cols = _cols(xp[sl], plan, groups)  # (g, C_g*T, n*L)
+    gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
+    for sl in _chunks(n, _workspace_per_item(c, k, plan, x.itemsize)):
+        m = x[sl].shape[0]
+        cols = _cols(x[sl], plan, groups, pads)  # (g, C_g*T, n*L)
         if mask is not None:
             cols = np.where(np.tile(mask, m), cols, 0)
         gw += np.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1))  # (g, K_g, C_g*T)
@@ -489,7 +489,7 @@ def table_conv_forward(xp: np.ndarray, weight: np.ndarray, outputs, by_input, pl
     y = np.empty((n, outputs, *plan.out), dtype=xp.dtype)
     for sl in _chunks(n, _workspace_per_item(c, outputs, plan, xp.itemsize)):
         m = xp[sl].shape[0]
-        cols = _cols(xp[sl], plan, c)  # (C, T, n*L)
+        cols = _cols(xp[sl], plan, c, ((0, 0),) * len(plan.full))  # (C, T, n*L)
         acc = np.zeros((outputs, m * plan.length), dtype=xp.dtype)
         for i, (rows, outs) in enumerate(by_input):
             acc[outs] += weight[rows] @ cols[i]  # outs are distinct: a map lists an input once
@@ -505,7 +505,7 @@ def table_conv_backward(gy: np.ndarray, xp: np.ndarray, weight: np.ndarray, by_i
     gw = np.zeros_like(weight)
     for sl in _chunks(n, _workspace_per_item(c, outputs, plan, xp.itemsize)):
         m = xp[sl].shape[0]
-        cols = _cols(xp[sl], plan, c)  # (C, T, n*L)
+        cols = _cols(xp[sl], plan, c, ((0, 0),) * len(plan.full))  # (C, T, n*L)
         gflat = _embed(gy[sl], plan, 1)[0]  # (K, n*L)
         gcols = np.empty_like(cols)
         for i, (rows, outs) in enumerate(by_input):

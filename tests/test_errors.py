@@ -157,3 +157,26 @@ def test_workspace_is_reused_then_released(rng):
         assert gemm._workspace.buf is first
         convlayer.release_workspace()
         assert gemm._workspace.buf is None
+
+
+def test_cached_geometry_still_rejects_what_equals_a_valid_argument():
+    """The geometry cache keys on repr: True == 1 and 1.0 == 1, yet both stay errors after a valid call."""
+    x = np.zeros((1, 1, 5, 5), np.float32)
+    w = np.zeros((1, 1, 3, 3), np.float32)
+    CF.conv(x, w, stride=1)
+    with pytest.raises(TypeError, match="stride must be an int or a sequence of 2 ints, got bool True"):
+        CF.conv(x, w, stride=True)
+    with pytest.raises(TypeError, match="got float 1.0"):
+        CF.conv(x, w, stride=1.0)
+
+
+def test_cached_geometry_rechecks_the_memory_budget():
+    """A geometry resolved under a large budget is refused once the budget is lowered."""
+    import convlayer
+
+    x = np.zeros((2, 3, 40, 40), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    CF.conv(x, w, padding=1)
+    with convlayer.memory_budget(1000):
+        with pytest.raises(ValueError, match="memory budget"):
+            CF.conv(x, w, padding=1)

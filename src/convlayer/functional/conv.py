@@ -109,9 +109,40 @@ def _arrays(op, x, weight, bias, grad=None):
     return x, weight, bias, grad
 
 
+_GEOMETRIES: dict = {}
+_GEOMETRIES_MAX = 1024
+
+
 def _geometry(op, in_shape, w_shape, stride, padding, dilation, groups, padding_mode, *, bias_shape=None,
               dtype=np.float64) -> _Geometry:
-    """Validate and resolve a convolution from ``in_shape (N, C, *S)`` and ``w_shape (K, C/g, *k)``."""
+    """Validate and resolve a convolution from ``in_shape (N, C, *S)`` and ``w_shape (K, C/g, *k)``.
+
+    The resolution is cached per distinct call (a training loop repeats the
+    same few): the key holds the ``repr`` of every argument, so ``True`` and
+    ``1``, or ``2.0`` and ``2``, never share an entry and an invalid argument
+    is checked (and raises) on every call. The memory-budget checks, which
+    depend on the current budget, run every time.
+    """
+    key = (op, tuple(in_shape), tuple(w_shape), repr(stride), repr(padding), repr(dilation), repr(groups),
+           repr(padding_mode), None if bias_shape is None else tuple(bias_shape))
+    resolved = _GEOMETRIES.get(key)
+    if resolved is None:
+        resolved = _resolve(op, in_shape, w_shape, stride, padding, dilation, groups, padding_mode, bias_shape)
+        if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = resolved
+    shape, pads, modes, groups, padded, kernel, stride, dilation, out = resolved
+    n, c, k = shape[0], shape[1], w_shape[0]
+    # Before the plan: its tap list is as long as the kernel, which the padded input bounds.
+    _config.check_budget(op, "padded input", (n, c, *padded), dtype)
+    _config.check_budget(op, "output", (n, k, *out), dtype)
+    plan = make_plan(padded, kernel, stride, dilation, out)
+    _config.check_budget(op, "workspace for one batch element", (c, plan.n_taps + plan.phases, plan.length), dtype)
+    return _Geometry(in_shape=shape, out_shape=(n, k, *out), pads=pads, modes=modes, groups=groups, plan=plan)
+
+
+def _resolve(op, in_shape, w_shape, stride, padding, dilation, groups, padding_mode, bias_shape):
+    """The checks and the arithmetic of :func:`_geometry` that depend only on its arguments."""
     rank = len(w_shape) - 2
     n, c, *spatial = in_shape
     k, c_g, *kernel = w_shape
@@ -135,13 +166,7 @@ def _geometry(op, in_shape, w_shape, stride, padding, dilation, groups, padding_
     _validate_pairs_for_modes(in_shape, tuple(range(2, 2 + rank)), pads, modes, op)
     out = conv_output_size(spatial, kernel, stride, pads, dilation, op=op)
     padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads))
-    _config.check_budget(op, "padded input", (n, c, *padded), dtype)
-    _config.check_budget(op, "output", (n, k, *out), dtype)
-    plan = make_plan(padded, tuple(kernel), stride, dilation, out)
-    _config.check_budget(op, "workspace for one batch element", (c, plan.n_taps + plan.phases, plan.length), dtype)
-    return _Geometry(
-        in_shape=tuple(in_shape), out_shape=(n, k, *out), pads=pads, modes=modes, groups=groups, plan=plan
-    )
+    return tuple(in_shape), pads, modes, groups, padded, tuple(kernel), stride, dilation, tuple(out)
 
 
 # --- compute on validated, channels-first arrays ---------------------------------------------

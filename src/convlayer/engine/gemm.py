@@ -473,7 +473,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         cols = _cols(x[sl], plan, groups, pads)  # (g, C_g*T, n*L)
         if mask is not None:
             cols = np.where(np.tile(mask, m), cols, 0)
-        gw += np.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1))  # (g, K_g, C_g*T)
+        gw += blas.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1), np.empty_like(gw))  # (g, K_g, C_g*T)
     return gw.reshape(k, c_g, *kernel_shape)
 
 

@@ -14,8 +14,10 @@ this, ``python -m benchmarks`` shows it).
 every output element is computed exactly as one BLAS call would) and runs
 them on a small pool of Python threads with BLAS set to one thread
 meanwhile. NumPy releases the GIL inside ``matmul``, so the blocks run in
-parallel. Small products (under :data:`SPLIT_MIN_FLOPS`) go straight to
-NumPy.
+parallel. Small products (under :data:`SPLIT_MIN_FLOPS`) run in the calling
+thread, also with BLAS on one thread: BLAS's own workers are never used, so
+none is left spinning (a training step alternates small products and
+compiled kernels many times per batch).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     n = b.shape[-1]
     batch = int(np.prod(out.shape[:-2], dtype=np.int64))
     if threads < 2 or batch * m * n * k < SPLIT_MIN_FLOPS:
-        return np.matmul(a, b, out=out)
+        with _single_threaded_blas():  # small: in this thread, waking (and leaving spinning) no BLAS workers
+            return np.matmul(a, b, out=out)
     lead = out.shape[0] if out.ndim > 2 else 1
     if out.ndim > 2 and lead >= threads and b.ndim == out.ndim:  # split the outermost batch dim
         split_a = a.ndim == out.ndim

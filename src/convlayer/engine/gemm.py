@@ -1,10 +1,16 @@
-"""Convolution on the CPU: three strategies behind one interface, chosen per problem and pass.
+"""Convolution on the CPU: four strategies behind one interface, chosen per problem and pass.
 
-:func:`strategy` picks (rules and their measurements in its docstring and BENCHMARKS.md):
+:func:`strategy` picks (rules and their measurements in its docstring and
+BENCHMARKS.md; ``python -m benchmarks.strategies`` times every strategy on
+every problem of the suite):
 
 ``"direct"`` (few input and output channels per group: depthwise,
-ResNeXt-style groups, a network's first layer): compiled loops, see
-:mod:`.direct`; strided inputs are read in place.
+ResNeXt-style groups, a network's first layer, few-channel layers on small
+images): compiled loops, see :mod:`.direct`.
+
+``"winograd"`` (3x3, stride 1, 16-96 channels per group): Winograd
+F(4x4, 3x3) for all three passes, see :mod:`.winograd` for the algorithm and
+its documented error bound.
 
 ``"cols"`` (the general case): a patch matrix, gathered by a compiled
 threaded copy into a per-thread workspace, feeds BLAS. Forward, for images
@@ -13,15 +19,21 @@ the real output positions only, written straight into the
 ``(n, K, *out)`` result. For small images and for the gradients, the batch
 is folded into the columns, ``(groups, C_g*T, n*L)``, so one GEMM covers a
 whole chunk (``L`` counts a few dropped positions per row, see
-:mod:`.windows`).
+:mod:`.windows`). The input gradient's patch matrix goes back through a
+compiled scatter (col2im).
 
-``"taps"`` (1x1 and 2-tap kernels, wide gradients): no patch matrix at
-all; one batched GEMM per kernel tap on the tap's contiguous slice of the
-phase-split input, accumulated into the result.
+``"taps"`` (1x1 kernels; 2-tap kernels' gradients): no patch matrix at all;
+a 1x1 stride-1 layer is one product per image, others one batched GEMM per
+kernel tap on the tap's contiguous slice of the phase-split input.
 
-Batches are processed in chunks so the workspace stays under
-:func:`convlayer.get_workspace_limit`. Inputs here are already validated,
-padded and of one float dtype; nothing in the engine checks arguments.
+The engine takes the input unpadded, with the zero padding to apply
+(``pads``): the direct kernels, the gathers and the Winograd transforms pad
+each plane in cache, so a padded copy of the input never reaches memory
+(other padding modes are applied by :mod:`convlayer.functional` before).
+Products go through :func:`.blas.matmul`, which leaves no BLAS threads
+spinning. Batches are processed in chunks so the workspace stays under
+:func:`convlayer.get_workspace_limit`. Inputs here are already validated
+and of one float dtype; nothing in the engine checks arguments.
 """
 
 from __future__ import annotations

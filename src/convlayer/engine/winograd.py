@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import blas
 from .direct import PARALLEL_MIN_WORK, _compile
@@ -84,7 +84,7 @@ def _input_transform(x, lo_h, lo_w, tiles_h, tiles_w, v):  # pragma: no cover - 
     0-3 at ``ti`` and 0-1 at ``ti + 1``, so B^T down and B across are
     elementwise over contiguous runs, which vectorise.
     """
-    c2, c4, c5, c8 = v.dtype.type(2), v.dtype.type(4), v.dtype.type(5), v.dtype.type(8)  # typed: no float64 promotion
+    c2, c4, c5 = v.dtype.type(2), v.dtype.type(4), v.dtype.type(5)  # typed: no float64 promotion
     n, c_total, h, w = x.shape
     wq = tiles_w + 1
     run = tiles_h * wq
@@ -163,7 +163,7 @@ def _output_transform(m, tiles_h, tiles_w, out):  # pragma: no cover - compiled
     Both passes are elementwise over all tiles of an image (contiguous in
     ``M``); the 4x4 results are then interleaved into the output rows.
     """
-    c2, c4, c5, c8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5), out.dtype.type(8)  # typed: no float64 promotion
+    c2, c4, c8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)  # typed: no float64 promotion
     n, k_total, oh, ow = out.shape
     wq = tiles_w + 1
     run = tiles_h * wq
@@ -224,7 +224,7 @@ def _grad_transform(gy, tiles_h, tiles_w, ug):  # pragma: no cover - compiled
     ``g0+2g1+4g2+8g3``, ``g0-2g1+4g2-8g3``, ``g3``. As for the input, the
     plane is split into 4x4 phases first so both passes are contiguous.
     """
-    c2, c4, c5, c8 = ug.dtype.type(2), ug.dtype.type(4), ug.dtype.type(5), ug.dtype.type(8)  # typed: no float64 promotion
+    c2, c4, c8 = ug.dtype.type(2), ug.dtype.type(4), ug.dtype.type(8)  # typed: no float64 promotion
     n, k_total, oh, ow = gy.shape
     wq = tiles_w + 1
     run = tiles_h * wq

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..engine import blas
 from ..functional._common import check_int
 from .base import REGISTRY, Layer, Parameter, init_rng, init_weight, register
 
@@ -13,6 +14,12 @@ __all__ = [
     "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "ScaledTanh", "Sigmoid", "Softmax",
     "BatchNorm", "Dropout", "Sequential", "Residual", "layer_from_config", "layer_config",
 ]
+
+
+def _product(a, b):
+    """``a @ b`` through the engine's BLAS helper, which never leaves BLAS worker threads spinning to slow
+    the compiled kernels of the next layer (see :mod:`convlayer.engine.blas`)."""
+    return blas.matmul(a, b, np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)))
 
 
 @register
@@ -36,16 +43,16 @@ class Linear(Layer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear: input must be (N, {self.in_features}), got shape {x.shape}")
         self._x = x
-        y = x @ self.weight.value.T
+        y = _product(x, self.weight.value.T)
         if self.bias is not None:
             y += self.bias.value
         return y
 
     def backward(self, grad_y):
-        self.weight.grad += grad_y.T @ self._x
+        self.weight.grad += _product(grad_y.T, self._x)
         if self.bias is not None:
             self.bias.grad += grad_y.sum(axis=0)
-        return grad_y @ self.weight.value
+        return _product(grad_y, self.weight.value)
 
     def get_config(self):
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias is not None,

@@ -95,15 +95,17 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
     with ``c_g`` inputs and ``k_g`` outputs per group.
 
-    The rules follow the benchmark suite (``python -m benchmarks``; the
-    strategies measured side by side, see BENCHMARKS.md): Winograd F(4x4, 3x3)
-    for the forward and input gradient of 3x3 stride-1 layers with many
-    channels; otherwise the patch matrix, gathered by a threaded compiled
-    copy, feeds one large GEMM and wins in general; per-tap GEMMs win where
-    there is nothing to gather (1x1 kernels) and, for the
-    gradients, on wide unit-stride layers and 2-tap kernels. A forced strategy that does not
-    apply to the problem (Winograd on a 5x5 kernel, say) falls back to
-    these rules.
+    The rules follow the benchmark suite (``python -m benchmarks.strategies``
+    times every strategy on every problem; see BENCHMARKS.md): the direct
+    kernels for few channels per group; Winograd F(4x4, 3x3) for 3x3
+    stride-1 layers with 16-96 channels per group, in all three passes;
+    otherwise the patch matrix, gathered by a threaded compiled copy, feeds
+    one large GEMM and wins in general; per-tap GEMMs win where there is
+    nothing to gather (1x1 kernels) and, for the weight gradient, on wide
+    unit-stride layers (for 2-tap kernels the patch matrix is cheaper in the
+    other passes: WaveNet k=2, 21 vs 36 ms forward, 25 vs 40 ms input
+    gradient). A forced strategy that does not apply to the problem
+    (Winograd on a 5x5 kernel, say) falls back to these rules.
     """
     winograd_ok = _winograd().supported(plan)
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
@@ -118,8 +120,6 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:
         return "taps"
-    if plan.n_taps == 2 and wide and pass_ != "forward":  # forward: the 2-tap patch matrix is cheaper than
-        return "taps"  # two accumulated products (WaveNet k=2: 20 vs 36 ms)
     if pass_ == "grad_weight" and wide and plan.unit_stride and plan.n_taps <= 9:
         return "taps"
     return "cols"

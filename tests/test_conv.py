@@ -444,3 +444,27 @@ def test_connection_conv_equals_dense_conv_with_zeroed_weights(rng):
     with pytest.raises(ValueError, match="weight has 59 rows but the table lists 60 connections"):
         CF.connection_conv(x, w[:59], table)
 
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("size, kernel", [((5, 5), (5, 5)), ((7,), (7,)), ((2, 3, 4), (2, 3, 4))])
+def test_kernel_covering_the_input_is_a_dense_layer(groups, size, kernel, rng):
+    """LeNet's C5 shape (one output per image): computed as one product on the input as it lies."""
+    from convlayer.engine import gemm
+    from convlayer.engine.windows import make_plan
+
+    x = rng.standard_normal((9, 12 * groups, *size))
+    w = rng.standard_normal((16 * groups, 12, *kernel))
+    plan = make_plan(size, kernel, (1,) * len(size), (1,) * len(size), (1,) * len(size))
+    assert gemm.strategy(12, 16, plan) == "cols" and gemm._dense(plan, ((0, 0),) * len(size))
+    y = CF.conv(x, w, groups=groups)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, _ = CF.conv_backward(gy, x, w, groups=groups)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = TORCH_CONV[len(size)](xt, wt, groups=groups)
+    yt.backward(torch.tensor(gy))
+    assert y.shape == tuple(yt.shape) and all(s == 1 for s in y.shape[2:])
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12

@@ -194,6 +194,13 @@ def _pointwise(plan, pads) -> bool:
         lo or hi for lo, hi in pads)
 
 
+def _dense(plan, pads) -> bool:
+    """The kernel covers the whole (unpadded) input, one output per image: a fully connected layer, and the
+    input's own layout ``(C, *S)`` is already the patch matrix (LeNet's C5)."""
+    return (all(o == 1 for o in plan.out) and plan.full == plan.kernel and all(d == 1 for d in plan.dilation)
+            and not any(lo or hi for lo, hi in pads))
+
+
 def _all_finite(a: np.ndarray) -> bool:
     """True when no element is inf or NaN (one read-only pass: a sum is finite only if every term is; a
     finite sum that overflows answers False, which only costs the slower exact path)."""
@@ -325,6 +332,11 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         return _winograd_forward(x, w, groups, pads, y)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
+    if how == "cols" and _dense(plan, pads):  # the kernel covers the input: a fully connected layer
+        xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
+        out = blas.matmul(xg, wmat.swapaxes(1, 2), np.empty((groups, n, k_g), dtype=x.dtype))  # (g, n, K_g)
+        y[...] = out.swapaxes(0, 1).reshape(y.shape)
+        return y
     if how == "taps" and _pointwise(plan, pads):  # 1x1, stride 1: one GEMM per image, straight into y
         blas.matmul(wmat, _planes(x).reshape(n, groups, c_g, -1), y.reshape(n, groups, k_g, -1))
         return y
@@ -382,6 +394,11 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         return gx
     if how == "winograd":  # padding wider than the kernel, or inf/NaN in the data: the exact path
         how = "cols"
+    if how == "cols" and _dense(plan, pads):
+        gyg = _planes(gy).reshape(n, groups, k_g).swapaxes(0, 1)  # (g, n, K_g)
+        wmat = w.reshape(groups, k_g, c_g * plan.n_taps)
+        gx = blas.matmul(gyg, wmat, np.empty((groups, n, c_g * plan.n_taps), dtype=gy.dtype))  # (g, n, C_g*T)
+        return np.ascontiguousarray(gx.swapaxes(0, 1)).reshape(in_shape)
     if how == "taps" and _pointwise(plan, pads):
         gx = np.empty(in_shape, dtype=gy.dtype)
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
@@ -462,6 +479,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         return _winograd_grad_weight(gy, x, groups, pads)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
+    if how == "cols" and _dense(plan, pads):  # gy^T @ x per group, the batch as the inner dimension
+        gyg = _planes(gy).reshape(n, groups, k_g).transpose(1, 2, 0)  # (g, K_g, n)
+        xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
+        gw = blas.matmul(gyg, xg, np.empty((groups, k_g, c_g * plan.n_taps), dtype=x.dtype))
+        return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
         per_image = np.empty((n, groups, k_g, c_g), dtype=x.dtype)
         blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),

@@ -103,6 +103,20 @@ def test_winograd_is_what_the_planner_picks_for_wide_3x3_layers_only():
             assert strategy(64, 64, other, "forward") != "winograd"
 
 
+def test_winograd_never_exceeds_the_workspace_limit():
+    """Chunks are whole images: where one image's transforms would not fit, Winograd is not used at all."""
+    plan = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
+    old = convlayer.get_workspace_limit()
+    try:
+        convlayer.set_workspace_limit(winograd.bytes_per_image(64, 64, (56, 56), 8) - 1)
+        assert strategy(64, 64, plan, "forward") != "winograd"
+        with force_strategy("winograd"):
+            assert strategy(64, 64, plan, "forward") != "winograd"
+    finally:
+        convlayer.set_workspace_limit(old)
+    assert strategy(64, 64, plan, "forward") == "winograd"
+
+
 def test_winograd_workspace_chunks_give_the_same_result(rng):
     x = rng.standard_normal((5, 16, 12, 12)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
@@ -110,7 +124,7 @@ def test_winograd_workspace_chunks_give_the_same_result(rng):
         y = CF.conv(x, w, padding=1)
         old = convlayer.get_workspace_limit()
         try:
-            convlayer.set_workspace_limit(winograd.bytes_per_image(16, 16, (12, 12), 4) + 1)  # one image a chunk
+            convlayer.set_workspace_limit(winograd.bytes_per_image(16, 16, (12, 12), 8) + 1)  # two images a chunk
             np.testing.assert_array_equal(CF.conv(x, w, padding=1), y)
         finally:
             convlayer.set_workspace_limit(old)

@@ -107,7 +107,9 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
     gradient). A forced strategy that does not apply to the problem
     (Winograd on a 5x5 kernel, say) falls back to these rules.
     """
-    winograd_ok = _winograd().supported(plan)
+    wg = _winograd()
+    # One image's transformed input and products must fit the workspace limit (chunks are whole images).
+    winograd_ok = wg.supported(plan) and wg.bytes_per_image(c_g, k_g, plan.out, 8) <= _config.get_workspace_limit()
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS or (

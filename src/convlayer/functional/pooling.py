@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _config
+from ..engine.windows import make_plan
 from ..geometry import normalize_tuple, pool_output_size, resolve_padding
 from ..padding import _pad
 from ._common import as_float_array, check_grad_shape, from_channels_first, to_channels_first
@@ -89,6 +90,18 @@ def _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format
     _config.check_budget(op, "padded input", (*x.shape[:2], *full), x.dtype)
     _config.check_budget(op, "output", (*x.shape[:2], *out), x.dtype)
     return x, batched, _PoolGeometry(tuple(x.shape), out, pads, ext, kernel, stride, dilation)
+
+
+def _plan(geo: _PoolGeometry):
+    """The window plan of the padded input (see :mod:`convlayer.engine.windows`)."""
+    full = tuple(n + lo + hi for n, (lo, hi) in zip(geo.in_shape[2:], geo.ext))
+    return make_plan(full, geo.kernel, geo.stride, geo.dilation, geo.out)
+
+
+def _direct():
+    from ..engine import direct  # compiled on first use
+
+    return direct
 
 
 def _padded(x, geo: _PoolGeometry, fill: float) -> np.ndarray:
@@ -201,12 +214,8 @@ def max_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1
     gy, _ = to_channels_first(op, gy, len(geo.kernel), data_format, name="grad_y")
     check_grad_shape(op, gy, geo.out_shape)
     gy = gy.astype(x.dtype, copy=False)
-    xp = _padded(x, geo, -np.inf)
-    y = _window_max(xp, geo)
-    gxp = np.zeros(xp.shape, dtype=x.dtype)
-    for _, view, hit in _first_hits(xp, y, geo):
-        gxp[view] += np.where(hit, gy, 0)
-    return from_channels_first(_unpad(gxp, geo), batched, data_format)
+    gx = _direct().max_pool_backward(x, gy, _plan(geo), geo.ext, np.empty(x.shape, dtype=x.dtype))
+    return from_channels_first(gx, batched, data_format)
 
 
 # --- average pooling --------------------------------------------------------------------------

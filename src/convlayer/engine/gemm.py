@@ -22,9 +22,10 @@ whole chunk (``L`` counts a few dropped positions per row, see
 :mod:`.windows`). The input gradient's patch matrix goes back through a
 compiled scatter (col2im).
 
-``"taps"`` (1x1 kernels; 2-tap kernels' gradients): no patch matrix at all;
-a 1x1 stride-1 layer is one product per image, others one batched GEMM per
-kernel tap on the tap's contiguous slice of the phase-split input.
+``"taps"`` (1x1 kernels; weight gradients of wide unit-stride layers): no
+patch matrix at all; a 1x1 stride-1 layer is one product per image, others
+one batched GEMM per kernel tap on the tap's contiguous slice of the
+phase-split input.
 
 The engine takes the input unpadded, with the zero padding to apply
 (``pads``): the direct kernels, the gathers and the Winograd transforms pad

@@ -6,7 +6,8 @@ For every problem it times the forward pass, the input gradient and the
 weight gradient of each framework (best of ``--repeats`` after one
 warm-up, threads set equal), and prints time, GFLOP/s and the ratio
 ``PyTorch time / convlayer time`` (above 1: convlayer is faster), then the
-geometric mean of the ratios per category and over the suite.
+geometric mean of the ratios per category and over the suite; with JAX
+installed, the same for ``JAX time / convlayer time``.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def run(problems, repeats, threads, with_jax=True):
             jx = bench_jax(p, x, w, gy, repeats) if with_jax else None
             gf = flops(p, y.shape) / 1e9
             row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
-                       ratio=[t / o for t, o in zip(theirs, ours)])
+                       ratio=[t / o for t, o in zip(theirs, ours)],
+                       jax_ratio=None if jx is None else [j / o for j, o in zip(jx, ours)])
             rows.append(row)
             print(_format_row(p, row), flush=True)
     return rows
@@ -213,7 +215,8 @@ def _format_row(p, row):
     cells = []
     for i, name in enumerate(PASSES):
         o, t = row["convlayer"][i], row["torch"][i]
-        cells.append(f"{name} {o * 1e3:7.1f}ms {row['gflop'] / o:6.1f}GF/s x{t / o:5.2f}")
+        jax = f" jax x{row['jax_ratio'][i]:5.2f}" if row.get("jax_ratio") else ""
+        cells.append(f"{name} {o * 1e3:7.1f}ms {row['gflop'] / o:6.1f}GF/s x{t / o:5.2f}{jax}")
     return f"{p.category:<10}{p.name:<30}" + "  ".join(cells)
 
 
@@ -222,13 +225,21 @@ def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-def summary(rows):
+def summary(rows, key="ratio"):
+    """Geometric means per category and over all rows of ``row[key]`` (``"ratio"``: PyTorch time / convlayer
+    time; ``"jax_ratio"``: JAX time / convlayer time, over the rows JAX ran)."""
+    rows = [r for r in rows if r.get(key)]
     cats = sorted({r["problem"]["category"] for r in rows})
     out = {}
-    for cat in cats + ["all"]:
+    for cat in cats + (["all"] if rows else []):
         sel = [r for r in rows if cat == "all" or r["problem"]["category"] == cat]
-        out[cat] = [_geomean([r["ratio"][i] for r in sel]) for i in range(3)]
+        out[cat] = [_geomean([r[key][i] for r in sel]) for i in range(3)]
     return out
+
+
+def _summary_table(table) -> str:
+    out = "| category | fwd | dgrad | wgrad |\n| --- | ---: | ---: | ---: |\n"
+    return out + "\n".join(f"| {cat} | {a:.2f} | {b:.2f} | {c:.2f} |" for cat, (a, b, c) in table.items()) + "\n"
 
 
 def markdown(rows, table) -> str:
@@ -244,8 +255,11 @@ def markdown(rows, table) -> str:
             t = r["convlayer"][i]
             cells.append(f"{t * 1e3:.1f} | {r['gflop'] / t:.1f} | {r['ratio'][i]:.2f}")
         lines.append(f"| {p['category']} | {p['name']} | {r['gflop']:.2f} | " + " | ".join(cells) + " |")
-    out = head + "\n".join(lines) + "\n\n| category | fwd | dgrad | wgrad |\n| --- | ---: | ---: | ---: |\n"
-    out += "\n".join(f"| {cat} | {a:.2f} | {b:.2f} | {c:.2f} |" for cat, (a, b, c) in table.items()) + "\n"
+    out = head + "\n".join(lines) + "\n\n" + _summary_table(table)
+    jax_table = summary(rows, "jax_ratio")
+    if jax_table:
+        out += "\nJAX time / convlayer time (geometric means; JAX has no transposed convolution here):\n\n"
+        out += _summary_table(jax_table)
     return out
 
 
@@ -272,6 +286,11 @@ def main(argv=None) -> int:
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
     for cat, (a, b, c) in table.items():
         print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
+    jax_table = summary(rows, "jax_ratio")
+    if jax_table:
+        print("\ngeometric mean of JAX time / convlayer time (fwd, dgrad, wgrad):")
+        for cat, (a, b, c) in jax_table.items():
+            print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s.\n\n" + markdown(rows, table))

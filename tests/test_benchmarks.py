@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import __main__ as suite  # noqa: E402
@@ -36,3 +38,20 @@ def test_gate_runner(capsys):
 
     assert gate.main(["--rounds", "1", "--threads", "1"]) == 0
     assert "median convlayer/PyTorch time" in capsys.readouterr().out
+
+
+def test_jax_ratios_are_summarised_where_jax_ran():
+    """JAX may be absent (None) for some rows: its geometric means cover only the rows it ran."""
+    def row(cat, ours, torch_t, jax_t):
+        return dict(problem=dict(category=cat, name=cat), gflop=1.0, convlayer=ours, torch=torch_t, jax=jax_t,
+                    ratio=[t / o for t, o in zip(torch_t, ours)],
+                    jax_ratio=None if jax_t is None else [j / o for j, o in zip(jax_t, ours)])
+
+    rows = [row("a", [1, 1, 1], [2, 2, 2], [4, 1, 9]), row("a", [1, 1, 1], [1, 1, 1], [1, 4, 1]),
+            row("b", [1, 1, 1], [1, 1, 1], None)]
+    assert suite.summary(rows)["all"] == pytest.approx([2 ** (1 / 3)] * 3)
+    jax = suite.summary(rows, "jax_ratio")
+    assert set(jax) == {"a", "all"} and jax["all"] == pytest.approx([2.0, 2.0, 3.0])
+    text = suite.markdown(rows, suite.summary(rows))
+    assert "JAX time / convlayer time" in text and "| all | 2.00 | 2.00 | 3.00 |" in text
+    assert "JAX" not in suite.markdown(rows[2:], suite.summary(rows[2:]))

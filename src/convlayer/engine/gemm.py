@@ -407,9 +407,9 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
         blas.matmul(wmat_t, _planes(gy).reshape(n, groups, k_g, -1), gx.reshape(n, groups, c_g, -1))
         return gx
-    if how == "cols" and n:
+    if how == "cols":
         return _grad_input_cols(gy, w, groups, plan, in_shape, pads)
-    return _crop(_grad_padded_input(gy, w, groups, plan, c, how), pads, in_shape)
+    return _crop(_grad_input_taps(gy, w, groups, plan, c), pads, in_shape)
 
 
 def _grad_input_cols(gy, w, groups, plan, in_shape, pads):
@@ -434,34 +434,29 @@ def _grad_input_cols(gy, w, groups, plan, in_shape, pads):
     return gx
 
 
-def _grad_padded_input(gy, w, groups, plan, c, how):
+def _grad_input_taps(gy, w, groups, plan, c):
     """Gradient w.r.t. the padded input ``(N, C, *plan.full)`` by per-tap GEMMs."""
     n, k = gy.shape[:2]
     c_g, k_g = c // groups, k // groups
-    finite_w = bool(np.isfinite(w).all())
     # Where w holds inf or NaN, 0 * inf in the dropped columns must not leak into real positions.
-    mask = None if finite_w else lattice_mask(plan)
+    mask = None if _all_finite(w) else lattice_mask(plan)
     gxp = np.empty((n, c, *plan.full), dtype=gy.dtype)
-    if n == 0:
-        return gxp
-    if how == "taps":
-        wtaps = np.moveaxis(w.reshape(groups, k_g, c_g, plan.n_taps), -1, 0).transpose(0, 1, 3, 2)  # (T, g, C_g, K_g)
-        L = plan.length
-        for sl in _chunks(n, _taps_per_item(c, k, plan, gy.itemsize)):
-            m = gy[sl].shape[0]
-            gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, L)  # (n, g, K_g, L)
-            gph = np.zeros((m, groups, c_g, plan.phases, plan.q_size), dtype=gy.dtype)
-            if plan.n_taps == 1 and mask is None:  # 1x1: the product is the gradient, written in place
-                (r, off), = plan.taps
-                np.matmul(wtaps[0], gflat, out=gph[:, :, :, r, off:off + L])
-            else:
-                tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
-                for t, (r, off) in enumerate(plan.taps):
-                    np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
-                    gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
-            gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
-        return gxp
-    raise AssertionError(f"no padded-input path for strategy {how!r}")  # pragma: no cover
+    wtaps = np.moveaxis(w.reshape(groups, k_g, c_g, plan.n_taps), -1, 0).transpose(0, 1, 3, 2)  # (T, g, C_g, K_g)
+    L = plan.length
+    for sl in _chunks(n, _taps_per_item(c, k, plan, gy.itemsize)):
+        m = gy[sl].shape[0]
+        gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, L)  # (n, g, K_g, L)
+        gph = np.zeros((m, groups, c_g, plan.phases, plan.q_size), dtype=gy.dtype)
+        if plan.n_taps == 1 and mask is None:  # 1x1: the product is the gradient, written in place
+            (r, off), = plan.taps
+            np.matmul(wtaps[0], gflat, out=gph[:, :, :, r, off:off + L])
+        else:
+            tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
+            for t, (r, off) in enumerate(plan.taps):
+                np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
+                gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
+        gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
+    return gxp
 
 
 def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPlan, kernel_shape, pads) -> np.ndarray:

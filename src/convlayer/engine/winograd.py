@@ -44,10 +44,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from . import blas
-from .direct import PARALLEL_MIN_WORK, _compile
+from .direct import _FLAGS, PARALLEL_MIN_WORK, _compile
 
 
 # The transforms (Lavin & Gray, F(4, 3)): U = G g G^T, V = B^T d B, Y = A^T M A. Only G is applied as a
@@ -71,6 +71,72 @@ def transform_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(PATCH * PATCH, k, c).astype(w.dtype))
 
 
+@njit(inline="always", **_FLAGS)
+def _apply_at(m0, m1, m2, m3, m4, m5, o0, o1, o2, o3):  # pragma: no cover - compiled
+    """``o_r = sum_a A^T[r, a] m_a`` elementwise over runs: the rows of A^T, written out once.
+
+    One loop per output (one store, a few loads): LLVM vectorises each; a
+    single loop writing all of them did not. (B^T stays written out twice in
+    :func:`_input_transform`: through a helper like this one, that transform
+    measured about 20% slower.)
+    """
+    c2, c4, c8 = o0.dtype.type(2), o0.dtype.type(4), o0.dtype.type(8)
+    for j in range(o0.shape[0]):
+        o0[j] = m0[j] + m1[j] + m2[j] + m3[j] + m4[j]
+    for j in range(o0.shape[0]):
+        o1[j] = m1[j] - m2[j] + c2 * (m3[j] - m4[j])
+    for j in range(o0.shape[0]):
+        o2[j] = m1[j] + m2[j] + c4 * (m3[j] + m4[j])
+    for j in range(o0.shape[0]):
+        o3[j] = m1[j] - m2[j] + c8 * (m3[j] - m4[j]) + m5[j]
+
+
+@njit(inline="always", **_FLAGS)
+def _apply_a(g0, g1, g2, g3, o0, o1, o2, o3, o4, o5):  # pragma: no cover - compiled
+    """``o_a = sum_r A[a, r] g_r`` with ``A = (A^T)^T`` (6x4), elementwise over runs (see :func:`_apply_at`)."""
+    c2, c4, c8 = o0.dtype.type(2), o0.dtype.type(4), o0.dtype.type(8)
+    for j in range(o0.shape[0]):
+        o0[j] = g0[j]
+    for j in range(o0.shape[0]):
+        o1[j] = g0[j] + g1[j] + g2[j] + g3[j]
+    for j in range(o0.shape[0]):
+        o2[j] = g0[j] - g1[j] + g2[j] - g3[j]
+    for j in range(o0.shape[0]):
+        o3[j] = g0[j] + c2 * g1[j] + c4 * g2[j] + c8 * g3[j]
+    for j in range(o0.shape[0]):
+        o4[j] = g0[j] - c2 * g1[j] + c4 * g2[j] - c8 * g3[j]
+    for j in range(o0.shape[0]):
+        o5[j] = g3[j]
+
+
+@njit(inline="always", **_FLAGS)
+def _split_phases(buf, plane, lo_h, lo_w, wq, line):  # pragma: no cover - compiled
+    """``buf[4*pr + pc, R*wq + J] = xpad[4R + pr, 4J + pc]``: ``plane`` zero-padded by ``lo_h`` rows and
+    ``lo_w`` columns in front (zeros after), split into its 4x4 phases.
+
+    Each row is first copied into ``line`` (whose zero border is never
+    written), then de-interleaved into the four column phases.
+    """
+    h, w = plane.shape
+    buf[:] = 0
+    cols = min(w, TILE * wq - lo_w)
+    for r in range(min(h, TILE * (buf.shape[1] // wq) - lo_h)):
+        src = plane[r]
+        for i in range(cols):
+            line[lo_w + i] = src[i]
+        pr = (lo_h + r) % TILE
+        start = ((lo_h + r) // TILE) * wq
+        p0 = buf[TILE * pr, start:start + wq]
+        p1 = buf[TILE * pr + 1, start:start + wq]
+        p2 = buf[TILE * pr + 2, start:start + wq]
+        p3 = buf[TILE * pr + 3, start:start + wq]
+        for j in range(wq):
+            p0[j] = line[TILE * j]
+            p1[j] = line[TILE * j + 1]
+            p2[j] = line[TILE * j + 2]
+            p3[j] = line[TILE * j + 3]
+
+
 def _input_transform(x, lo_h, lo_w, tiles_h, tiles_w, v):  # pragma: no cover - compiled
     """``V[6a+b, c, t] = (B^T d B)[a, b]`` for every plane ``x[b, c]`` and tile ``t``.
 
@@ -78,14 +144,14 @@ def _input_transform(x, lo_h, lo_w, tiles_h, tiles_w, v):  # pragma: no cover - 
     ``(ti, tj)`` of image ``b`` is column ``t = (b*tiles_h + ti)*(tiles_w+1) + tj``,
     and the last tile of each row (``tj == tiles_w``) is a dummy that keeps
     every pass one contiguous run over a whole image. The plane is first
-    zero-padded into a local buffer split into 4x4 phases,
-    ``buf[4*pr + pc, R*(tiles_w+1) + J] = xpad[4R + pr, 4J + pc]``: the six
-    rows (columns) under tile row ``ti`` (column ``tj``) are then phases
-    0-3 at ``ti`` and 0-1 at ``ti + 1``, so B^T down and B across are
-    elementwise over contiguous runs, which vectorise.
+    zero-padded into a local buffer split into 4x4 phases
+    (:func:`_split_phases`): the six rows (columns) under tile row ``ti``
+    (column ``tj``) are then phases 0-3 at ``ti`` and 0-1 at ``ti + 1``, so
+    B^T down and B across are elementwise over contiguous runs, which
+    vectorise.
     """
     c2, c4, c5 = v.dtype.type(2), v.dtype.type(4), v.dtype.type(5)  # typed: no float64 promotion
-    n, c_total, h, w = x.shape
+    n, c_total = x.shape[:2]
     wq = tiles_w + 1
     run = tiles_h * wq
     jobs = n * c_total
@@ -94,26 +160,10 @@ def _input_transform(x, lo_h, lo_w, tiles_h, tiles_w, v):  # pragma: no cover - 
         buf = np.empty((TILE * TILE, (tiles_h + 1) * wq), dtype=v.dtype)
         u = np.zeros((PATCH, TILE, run + 1), dtype=v.dtype)  # the extra zero feeds the last dummy tile
         line = np.zeros(TILE * wq, dtype=v.dtype)
-        cols = min(w, TILE * wq - lo_w)
         for job in range(chunk * per_chunk, min(jobs, (chunk + 1) * per_chunk)):
             c = job // n  # image-minor: consecutive jobs fill consecutive runs of each of the 36 rows
             b = job % n
-            buf[:] = 0
-            for r in range(min(h, TILE * (tiles_h + 1) - lo_h)):
-                src = x[b, c, r]
-                for i in range(cols):  # the padded row (its zero border is never overwritten)
-                    line[lo_w + i] = src[i]
-                pr = (lo_h + r) % TILE
-                start = ((lo_h + r) // TILE) * wq
-                p0 = buf[TILE * pr, start:start + wq]
-                p1 = buf[TILE * pr + 1, start:start + wq]
-                p2 = buf[TILE * pr + 2, start:start + wq]
-                p3 = buf[TILE * pr + 3, start:start + wq]
-                for j in range(wq):  # de-interleave into the 4 column phases
-                    p0[j] = line[TILE * j]
-                    p1[j] = line[TILE * j + 1]
-                    p2[j] = line[TILE * j + 2]
-                    p3[j] = line[TILE * j + 3]
+            _split_phases(buf, x[b, c], lo_h, lo_w, wq, line)
             for pc in range(TILE):  # B^T down each band of 6 rows, all tiles at once
                 r0, r1 = buf[pc, :run], buf[TILE + pc, :run]
                 r2, r3 = buf[2 * TILE + pc, :run], buf[3 * TILE + pc, :run]
@@ -163,7 +213,6 @@ def _output_transform(m, tiles_h, tiles_w, out):  # pragma: no cover - compiled
     Both passes are elementwise over all tiles of an image (contiguous in
     ``M``); the 4x4 results are then interleaved into the output rows.
     """
-    c2, c4, c8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)  # typed: no float64 promotion
     n, k_total, oh, ow = out.shape
     wq = tiles_w + 1
     run = tiles_h * wq
@@ -174,36 +223,17 @@ def _output_transform(m, tiles_h, tiles_w, out):  # pragma: no cover - compiled
         s = np.empty((PATCH, TILE, run), dtype=out.dtype)
         y = np.empty((TILE, TILE, run), dtype=out.dtype)
         for job in range(chunk * per_chunk, min(jobs, (chunk + 1) * per_chunk)):
-            k = job // n  # image-minor: consecutive jobs fill consecutive runs of each of the 36 rows
+            k = job // n  # image-minor: consecutive jobs read consecutive runs of each of the 36 rows
             b = job % n
             base = b * run
             for a in range(PATCH):  # A across
-                m0 = m[PATCH * a, k, base:base + run]
-                m1 = m[PATCH * a + 1, k, base:base + run]
-                m2 = m[PATCH * a + 2, k, base:base + run]
-                m3 = m[PATCH * a + 3, k, base:base + run]
-                m4 = m[PATCH * a + 4, k, base:base + run]
-                m5 = m[PATCH * a + 5, k, base:base + run]
-                s0, s1, s2, s3 = s[a, 0], s[a, 1], s[a, 2], s[a, 3]
-                for j in range(run):
-                    s0[j] = m0[j] + m1[j] + m2[j] + m3[j] + m4[j]
-                for j in range(run):
-                    s1[j] = m1[j] - m2[j] + c2 * (m3[j] - m4[j])
-                for j in range(run):
-                    s2[j] = m1[j] + m2[j] + c4 * (m3[j] + m4[j])
-                for j in range(run):
-                    s3[j] = m1[j] - m2[j] + c8 * (m3[j] - m4[j]) + m5[j]
+                o = PATCH * a
+                _apply_at(m[o, k, base:base + run], m[o + 1, k, base:base + run], m[o + 2, k, base:base + run],
+                          m[o + 3, k, base:base + run], m[o + 4, k, base:base + run], m[o + 5, k, base:base + run],
+                          s[a, 0], s[a, 1], s[a, 2], s[a, 3])
             for col in range(TILE):  # A down
-                e0, e1, e2, e3, e4, e5 = s[0, col], s[1, col], s[2, col], s[3, col], s[4, col], s[5, col]
-                y0, y1, y2, y3 = y[0, col], y[1, col], y[2, col], y[3, col]
-                for j in range(run):
-                    y0[j] = e0[j] + e1[j] + e2[j] + e3[j] + e4[j]
-                for j in range(run):
-                    y1[j] = e1[j] - e2[j] + c2 * (e3[j] - e4[j])
-                for j in range(run):
-                    y2[j] = e1[j] + e2[j] + c4 * (e3[j] + e4[j])
-                for j in range(run):
-                    y3[j] = e1[j] - e2[j] + c8 * (e3[j] - e4[j]) + e5[j]
+                _apply_at(s[0, col], s[1, col], s[2, col], s[3, col], s[4, col], s[5, col],
+                          y[0, col], y[1, col], y[2, col], y[3, col])
             for ti in range(tiles_h):
                 for r in range(min(TILE, oh - TILE * ti)):
                     row = out[b, k, TILE * ti + r]
@@ -220,12 +250,10 @@ def _grad_transform(gy, tiles_h, tiles_w, ug):  # pragma: no cover - compiled
     """``UG[6a+b, k, t] = (A g A^T)[a, b]`` for each 4x4 tile ``g`` of every plane ``gy[b, k]``
     (zero past the output and on the dummy tiles; tiles as in :func:`_input_transform`).
 
-    ``A = (A^T)^T`` (6x4) has rows ``g0``, ``g0+g1+g2+g3``, ``g0-g1+g2-g3``,
-    ``g0+2g1+4g2+8g3``, ``g0-2g1+4g2-8g3``, ``g3``. As for the input, the
-    plane is split into 4x4 phases first so both passes are contiguous.
+    As for the input, the plane is split into 4x4 phases first
+    (:func:`_split_phases`, no padding) so both passes are contiguous.
     """
-    c2, c4, c8 = ug.dtype.type(2), ug.dtype.type(4), ug.dtype.type(8)  # typed: no float64 promotion
-    n, k_total, oh, ow = gy.shape
+    n, k_total = gy.shape[:2]
     wq = tiles_w + 1
     run = tiles_h * wq
     jobs = n * k_total
@@ -233,57 +261,20 @@ def _grad_transform(gy, tiles_h, tiles_w, ug):  # pragma: no cover - compiled
     for chunk in prange(-(-jobs // per_chunk)):  # scratch allocated once per chunk of planes
         buf = np.empty((TILE * TILE, run), dtype=ug.dtype)
         h = np.empty((PATCH, TILE, run), dtype=ug.dtype)
+        line = np.zeros(TILE * wq, dtype=ug.dtype)
         for job in range(chunk * per_chunk, min(jobs, (chunk + 1) * per_chunk)):
             k = job // n  # image-minor: consecutive jobs fill consecutive runs of each of the 36 rows
             b = job % n
-            buf[:] = 0
-            for r in range(oh):
-                src = gy[b, k, r]
-                start = (r // TILE) * wq
-                for pc in range(TILE):
-                    if pc >= ow:
-                        continue
-                    count = (ow - pc + TILE - 1) // TILE
-                    dst = buf[TILE * (r % TILE) + pc, start:start + count]
-                    for i in range(count):
-                        dst[i] = src[pc + TILE * i]
+            _split_phases(buf, gy[b, k], 0, 0, wq, line)
             for pc in range(TILE):  # A down each tile's 4 rows
-                g0, g1 = buf[pc], buf[TILE + pc]
-                g2, g3 = buf[2 * TILE + pc], buf[3 * TILE + pc]
-                h0, h1, h2, h3, h4, h5 = h[0, pc], h[1, pc], h[2, pc], h[3, pc], h[4, pc], h[5, pc]
-                for j in range(run):
-                    h0[j] = g0[j]
-                for j in range(run):
-                    h1[j] = g0[j] + g1[j] + g2[j] + g3[j]
-                for j in range(run):
-                    h2[j] = g0[j] - g1[j] + g2[j] - g3[j]
-                for j in range(run):
-                    h3[j] = g0[j] + c2 * g1[j] + c4 * g2[j] + c8 * g3[j]
-                for j in range(run):
-                    h4[j] = g0[j] - c2 * g1[j] + c4 * g2[j] - c8 * g3[j]
-                for j in range(run):
-                    h5[j] = g3[j]
+                _apply_a(buf[pc], buf[TILE + pc], buf[2 * TILE + pc], buf[3 * TILE + pc],
+                         h[0, pc], h[1, pc], h[2, pc], h[3, pc], h[4, pc], h[5, pc])
             base = b * run
             for a in range(PATCH):  # A across each tile's 4 columns
-                e0, e1, e2, e3 = h[a, 0], h[a, 1], h[a, 2], h[a, 3]
-                o0 = ug[PATCH * a, k, base:base + run]
-                o1 = ug[PATCH * a + 1, k, base:base + run]
-                o2 = ug[PATCH * a + 2, k, base:base + run]
-                o3 = ug[PATCH * a + 3, k, base:base + run]
-                o4 = ug[PATCH * a + 4, k, base:base + run]
-                o5 = ug[PATCH * a + 5, k, base:base + run]
-                for j in range(run):
-                    o0[j] = e0[j]
-                for j in range(run):
-                    o1[j] = e0[j] + e1[j] + e2[j] + e3[j]
-                for j in range(run):
-                    o2[j] = e0[j] - e1[j] + e2[j] - e3[j]
-                for j in range(run):
-                    o3[j] = e0[j] + c2 * e1[j] + c4 * e2[j] + c8 * e3[j]
-                for j in range(run):
-                    o4[j] = e0[j] - c2 * e1[j] + c4 * e2[j] - c8 * e3[j]
-                for j in range(run):
-                    o5[j] = e3[j]
+                o = PATCH * a
+                _apply_a(h[a, 0], h[a, 1], h[a, 2], h[a, 3],
+                         ug[o, k, base:base + run], ug[o + 1, k, base:base + run], ug[o + 2, k, base:base + run],
+                         ug[o + 3, k, base:base + run], ug[o + 4, k, base:base + run], ug[o + 5, k, base:base + run])
 
 
 _INPUT = (_compile(_input_transform, False), _compile(_input_transform, True))

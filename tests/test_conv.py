@@ -468,3 +468,86 @@ def test_kernel_covering_the_input_is_a_dense_layer(groups, size, kernel, rng):
     assert max_rel_err(y, yt.detach().numpy()) < 1e-12
     assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
     assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "size, kernel, groups, stride, dilation, padding",
+    [((14, 14), (5, 5), 1, 1, 1, 0), ((9, 10), (3, 3), 2, (1, 2), (2, 1), ((0, 2), (1, 1))),
+     ((30,), (4,), 3, 2, 1, "same"), ((5, 6, 4), (3, 2, 3), 1, 1, (1, 2, 1), 1)],
+)
+def test_lanes_kernels_cover_full_and_partial_blocks(size, kernel, groups, stride, dilation, padding, rng):
+    """The lanes kernels put 16 images side by side: 37 images are two full blocks and one of 5."""
+    from convlayer.engine import direct
+
+    rank = len(size)
+    x = rng.standard_normal((2 * direct.LANES + 5, 2 * groups, *size))
+    w = rng.standard_normal((3 * groups, 2, *kernel))
+    st_, di = G.normalize_tuple(stride, rank, "s"), G.normalize_tuple(dilation, rank, "d")
+    pads = G.resolve_padding(padding, size, kernel, st_, di)
+    kw = dict(stride=stride, dilation=dilation, groups=groups)
+    with force_strategy("lanes"):
+        y = CF.conv(x, w, padding=padding, **kw)
+        gy = rng.standard_normal(y.shape)
+        gx, gw, _ = CF.conv_backward(gy, x, w, padding=padding, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), wt, stride=st_, dilation=di, groups=groups)
+    yt.backward(torch.tensor(gy))
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+
+
+def test_lanes_kernels_keep_nan_and_inf_in_their_own_images(rng):
+    """A non-finite value in one image of a block reaches only that image's outputs (and the weight
+    gradient), exactly as in PyTorch."""
+    x = rng.standard_normal((20, 2, 8, 8))
+    x[17, 1, 0, 0] = np.nan
+    x[3, 0, 7, 7] = np.inf
+    w = rng.standard_normal((3, 2, 3, 3))
+    with force_strategy("lanes"):
+        for kw in (dict(stride=1), dict(stride=2), dict(stride=1, padding=2)):
+            y = CF.conv(x, w, **kw)
+            np.testing.assert_allclose(y, F.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy(), rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            gy = rng.standard_normal(y.shape)
+            _, gw, _ = CF.conv_backward(gy, x, w, **kw)
+            np.testing.assert_allclose(gw, _torch_grads(gy, x, w, **kw)[1], rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            w_inf = w.copy()
+            w_inf[1, 0, 1, 1] = np.inf
+            xf = rng.standard_normal(x.shape)
+            gx, _, _ = CF.conv_backward(gy, xf, w_inf, **kw)
+            tgx = _torch_grads(gy, xf, w_inf, **kw)[0]
+            np.testing.assert_allclose(gx, tgx, rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            assert np.isfinite(gx).sum() == np.isfinite(tgx).sum()
+
+
+def test_planner_puts_small_planes_of_large_batches_in_lanes():
+    from convlayer.engine import gemm
+    from convlayer.engine.windows import make_plan
+
+    c3 = make_plan((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))  # LeNet's C3
+    assert gemm.strategy(6, 16, c3, "forward", n=64) == "lanes"
+    assert gemm.strategy(6, 16, c3, "grad_weight", n=gemm.LANES_MIN_IMAGES - 1) == "direct"
+    large = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))  # depthwise, 56x56: planes too long
+    assert gemm.strategy(1, 1, large, "forward", n=64) == "direct"
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_patch_matrix_per_image_and_batch_folded_paths_agree_with_torch(per_image, rng, monkeypatch):
+    """Large images take the per-image patch matrix (real outputs only, gy as it is) in all three passes,
+    small ones the batch-folded one (dropped columns, masked for inf and NaN): the threshold is moved so
+    that the same cases run through each."""
+    from convlayer.engine import gemm
+
+    monkeypatch.setattr(gemm, "PER_IMAGE_GEMM_MIN_OUTPUTS", 1 if per_image else 10 ** 9)
+    calls = []
+    for name in ("_grad_input_cols_per_image", "_grad_weight_cols_per_image"):
+        fn = getattr(gemm, name)
+        monkeypatch.setattr(gemm, name, lambda *a, _fn=fn, **k: calls.append(_fn) or _fn(*a, **k))
+    with force_strategy("cols"):
+        for args in [(1, 1, 1, 1, np.float64), (2, 2, 1, "same", np.float64),
+                     (1, (1, 2), (2, 1), ((0, 2), (1, 1)), np.float32)]:
+            _check_many_channels(*args, rng)
+        with np.errstate(invalid="ignore"):
+            _check_nan_inf(rng)
+    assert bool(calls) == per_image

@@ -112,6 +112,57 @@ def _rows_in(acc, row, pos, width):  # pragma: no cover - compiled
             dst[i] = src[i]
 
 
+@njit(inline="always", **_FLAGS)
+def _taps_forward(acc, plane, wk, bases, runs, run_width):  # pragma: no cover - compiled
+    """``acc[r*run_width + i] += sum_t wk[t] * plane[bases[t] + runs[r] + i]``, three taps per pass over ``acc``
+    (a third of its loads and stores)."""
+    n_taps = wk.shape[0]
+    t = 0
+    while t + 3 <= n_taps:
+        w0, w1, w2 = wk[t], wk[t + 1], wk[t + 2]
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            dst = acc[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                dst[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
+        t += 3
+    for t in range(t, n_taps):
+        wv = wk[t]
+        for r in range(runs.shape[0]):
+            src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            dst = acc[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                dst[i] += wv * src[i]
+
+
+@njit(inline="always", **_FLAGS)
+def _taps_grad_input(plane, grad, wk, bases, runs, run_width):  # pragma: no cover - compiled
+    """Adjoint of :func:`_taps_forward` in ``plane``: ``plane[bases[t] + runs[r] + i] += wk[t] * grad[...]``."""
+    for t in range(wk.shape[0]):
+        wv = wk[t]
+        for r in range(runs.shape[0]):
+            dst = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            src = grad[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                dst[i] += wv * src[i]
+
+
+@njit(inline="always", **_FLAGS)
+def _taps_grad_weight(out, grad, plane, bases, runs, run_width):  # pragma: no cover - compiled
+    """Adjoint of :func:`_taps_forward` in ``wk``: ``out[t] = sum_{r,i} grad[r*run_width + i] *
+    plane[bases[t] + runs[r] + i]`` (a vectorised reduction)."""
+    for t in range(out.shape[0]):
+        total = out.dtype.type(0)
+        for r in range(runs.shape[0]):
+            src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            gr = grad[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                total += gr[i] * src[i]
+        out[t] = total
+
+
 def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
              out):  # pragma: no cover - compiled
     """``out[b, k]`` from the taps of the group's filled planes ``buf_c`` (see :func:`run_arrays`).
@@ -134,25 +185,7 @@ def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len
             k = g * k_g + kk
             acc = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)
             for c in range(c_g):
-                plane = buf[c]
-                t = 0
-                while t + 3 <= n_taps:  # three taps per pass over acc: a third of its loads and stores
-                    w0, w1, w2 = w[k, c, t], w[k, c, t + 1], w[k, c, t + 2]
-                    for r in range(runs.shape[0]):
-                        s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
-                        s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
-                        s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
-                        dst = acc[r * run_width:(r + 1) * run_width]
-                        for i in range(run_width):
-                            dst[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
-                    t += 3
-                for t in range(t, n_taps):
-                    wv = w[k, c, t]
-                    for r in range(runs.shape[0]):
-                        src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
-                        dst = acc[r * run_width:(r + 1) * run_width]
-                        for i in range(run_width):
-                            dst[i] += wv * src[i]
+                _taps_forward(acc, buf[c], w[k, c], bases, runs, run_width)
             _rows_out(out[b, k], acc, pos, width)
 
 
@@ -169,17 +202,9 @@ def _grad_input(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg
         grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # positions outside ``pos`` stay zero
         for kk in range(k_g):
             k = g * k_g + kk
-            row = gy[b, k]
-            _rows_in(grad, row, pos, width)
+            _rows_in(grad, gy[b, k], pos, width)
             for c in range(c_g):
-                plane = acc[c]
-                for t in range(n_taps):
-                    wv = w[k, c, t]
-                    for r in range(runs.shape[0]):
-                        dst = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
-                        src = grad[r * run_width:(r + 1) * run_width]
-                        for i in range(run_width):
-                            dst[i] += wv * src[i]
+                _taps_grad_input(acc[c], grad, w[k, c], bases, runs, run_width)
         for c in range(c_g):
             _unfill(out[b, g * c_g + c], acc[c], seg_dst, seg_src, seg_len, step, complete)
 
@@ -194,7 +219,7 @@ def _grad_weight(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, se
     dot product (a vectorised reduction) over the runs.
     """
     n = gy.shape[0]
-    k_total, c_g, n_taps = out.shape[1], out.shape[2], out.shape[3]
+    k_total, c_g = out.shape[1], out.shape[2]
     k_g = k_total // groups
     for job in prange(n * groups):
         b = job // groups
@@ -207,15 +232,137 @@ def _grad_weight(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, se
             k = g * k_g + kk
             _rows_in(grad, gy[b, k], pos, width)
             for c in range(c_g):
-                plane = buf[c]
-                for t in range(n_taps):
-                    total = out.dtype.type(0)
-                    for r in range(runs.shape[0]):
-                        src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
-                        gr = grad[r * run_width:(r + 1) * run_width]
-                        for i in range(run_width):
-                            total += gr[i] * src[i]
-                    out[b, k, c, t] = total
+                _taps_grad_weight(out[b, k, c], grad, buf[c], bases, runs, run_width)
+
+
+# Images side by side in the lanes kernels: a multiple of the widest vector (16 float32 in AVX-512).
+LANES = 16
+
+
+@njit(**_FLAGS)
+def _fill_lanes(buf, x, b0, m, ch, seg_dst, seg_src, seg_len, step):  # pragma: no cover - compiled
+    """Plane ``ch`` of images ``b0 .. b0+m-1`` of ``x (n, C, S)``, padded and phase-split as in :func:`_fill`,
+    into ``buf`` with the images interleaved: position ``p`` of image ``b0 + l`` at ``buf[p*LANES + l]``.
+    Lanes ``m .. LANES-1`` (a last, partial block) are zero."""
+    buf[:] = 0
+    for s in range(seg_dst.shape[0]):
+        o = seg_src[s]
+        for i in range(seg_len[s]):
+            dst = buf[(seg_dst[s] + i) * LANES:(seg_dst[s] + i + 1) * LANES]
+            for lane in range(m):
+                dst[lane] = x[b0 + lane, ch, o + i * step]
+
+
+@njit(**_FLAGS)
+def _unfill_lanes(out, b0, m, ch, buf, seg_dst, seg_src, seg_len, step, complete):  # pragma: no cover - compiled
+    """Adjoint of :func:`_fill_lanes`: the real positions of ``buf`` back into planes ``out[b0 + l, ch]``."""
+    for lane in range(m):
+        plane = out[b0 + lane, ch]
+        if not complete:  # input elements that no window reaches get a zero gradient
+            plane[:] = 0
+        for s in range(seg_dst.shape[0]):
+            src = buf[seg_dst[s] * LANES + lane:]
+            o = seg_src[s]
+            for i in range(seg_len[s]):
+                plane[o + i * step] = src[i * LANES]
+
+
+@njit(**_FLAGS)
+def _rows_out_lanes(out, b0, m, k, acc, pos, width):  # pragma: no cover - compiled
+    """``out[b0 + l, k, q*width + j] = acc[(pos[q] + j)*LANES + l]``: :func:`_rows_out` for interleaved images."""
+    for lane in range(m):
+        row = out[b0 + lane, k]
+        for q in range(pos.shape[0]):
+            src = acc[pos[q] * LANES + lane:]
+            for j in range(width):
+                row[q * width + j] = src[j * LANES]
+
+
+@njit(**_FLAGS)
+def _rows_in_lanes(acc, gy, b0, m, k, pos, width):  # pragma: no cover - compiled
+    """Adjoint of :func:`_rows_out_lanes` (``acc`` keeps its other positions and lanes)."""
+    for lane in range(m):
+        row = gy[b0 + lane, k]
+        for q in range(pos.shape[0]):
+            dst = acc[pos[q] * LANES + lane:]
+            for j in range(width):
+                dst[j * LANES] = row[q * width + j]
+
+
+def _forward_lanes(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
+                   out):  # pragma: no cover - compiled
+    """:func:`_forward` on ``LANES`` images at once, interleaved (:func:`_fill_lanes`).
+
+    ``bases``, ``runs`` and ``run_width`` come scaled by ``LANES``. Every
+    tap's run is then ``LANES`` times longer and a multiple of the vector
+    width: on small planes (LeNet's 10x10 outputs) the per-image kernel
+    spends most of its time entering short loops and in their scalar
+    remainders, and this one does not. One job per (block of images, group).
+    """
+    n = x.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    blocks = (n + LANES - 1) // LANES
+    for job in prange(blocks * groups):
+        b0 = (job // groups) * LANES
+        g = job % groups
+        m = min(LANES, n - b0)
+        buf = np.empty((c_g, size * LANES), dtype=out.dtype)
+        for c in range(c_g):
+            _fill_lanes(buf[c], x, b0, m, g * c_g + c, seg_dst, seg_src, seg_len, step)
+        acc = np.empty(runs.shape[0] * run_width, dtype=out.dtype)
+        for kk in range(k_g):
+            k = g * k_g + kk
+            acc[:] = 0
+            for c in range(c_g):
+                _taps_forward(acc, buf[c], w[k, c], bases, runs, run_width)
+            _rows_out_lanes(out, b0, m, k, acc, pos, width)
+
+
+def _grad_input_lanes(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
+                      complete, out):  # pragma: no cover - compiled
+    """:func:`_grad_input` on ``LANES`` interleaved images at once (see :func:`_forward_lanes`)."""
+    n = gy.shape[0]
+    k_total, c_g, n_taps = w.shape
+    k_g = k_total // groups
+    blocks = (n + LANES - 1) // LANES
+    for job in prange(blocks * groups):
+        b0 = (job // groups) * LANES
+        g = job % groups
+        m = min(LANES, n - b0)
+        acc = np.zeros((c_g, size * LANES), dtype=out.dtype)
+        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # other positions and lanes stay zero
+        for kk in range(k_g):
+            k = g * k_g + kk
+            _rows_in_lanes(grad, gy, b0, m, k, pos, width)
+            for c in range(c_g):
+                _taps_grad_input(acc[c], grad, w[k, c], bases, runs, run_width)
+        for c in range(c_g):
+            _unfill_lanes(out, b0, m, g * c_g + c, acc[c], seg_dst, seg_src, seg_len, step, complete)
+
+
+def _grad_weight_lanes(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
+                       out):  # pragma: no cover - compiled
+    """:func:`_grad_weight` on ``LANES`` interleaved images at once: ``out (blocks, K, C_g, T)`` holds each
+    block's share (see :func:`_forward_lanes`); the caller sums over blocks."""
+    n = gy.shape[0]
+    k_total, c_g = out.shape[1], out.shape[2]
+    k_g = k_total // groups
+    blocks = out.shape[0]
+    for job in prange(blocks * groups):
+        blk = job // groups
+        b0 = blk * LANES
+        g = job % groups
+        m = min(LANES, n - b0)
+        buf = np.empty((c_g, size * LANES), dtype=out.dtype)
+        for c in range(c_g):
+            _fill_lanes(buf[c], x, b0, m, g * c_g + c, seg_dst, seg_src, seg_len, step)
+        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # other positions and lanes stay zero
+        for kk in range(k_g):
+            k = g * k_g + kk
+            _rows_in_lanes(grad, gy, b0, m, k, pos, width)
+            for c in range(c_g):
+                _taps_grad_weight(out[blk, k, c], grad, buf[c], bases, runs, run_width)
 
 
 @njit(**_FLAGS)
@@ -273,13 +420,22 @@ def _compile(fn, parallel: bool):
 
 _KERNELS = {
     name: (_compile(fn, False), _compile(fn, True))
-    for name, fn in (("forward", _forward), ("grad_input", _grad_input), ("grad_weight", _grad_weight))
+    for name, fn in (("forward", _forward), ("grad_input", _grad_input), ("grad_weight", _grad_weight),
+                     ("forward_lanes", _forward_lanes), ("grad_input_lanes", _grad_input_lanes),
+                     ("grad_weight_lanes", _grad_weight_lanes))
 }
 
 
 def kernel(name: str, work: int):
     """The serial or parallel compiled kernel ``name`` for ``work`` multiply-adds."""
     return _KERNELS[name][work >= PARALLEL_MIN_WORK]
+
+
+def lanes_run_arrays(plan, whole: bool):
+    """:func:`run_arrays` for the lanes kernels: ``bases``, ``runs`` and ``run_width`` scaled by ``LANES``
+    (``pos`` and ``width`` count positions and stay as they are)."""
+    bases, runs, run_width, pos, width = run_arrays(plan, whole)
+    return bases * LANES, runs * LANES, run_width * LANES, pos, width
 
 
 @lru_cache(maxsize=256)
@@ -443,6 +599,41 @@ def _scatter(cols, bases, seg_dst, seg_src, seg_len, step, size, complete, out):
 
 
 _SCATTER = (_compile(_scatter, False), _compile(_scatter, True))
+
+
+def _scatter_outputs(cols, bases, rows, width, seg_dst, seg_src, seg_len, step, size, complete,
+                     out):  # pragma: no cover - compiled
+    """Adjoint of :func:`_gather_outputs`, unpadded on the way: ``cols (n, C, T, P)`` to ``out (n, C, S)``
+    (as :func:`_scatter`, over the real output positions only)."""
+    n, c_total, n_taps, count = cols.shape
+    for job in prange(n * c_total):
+        b = job // c_total
+        c = job % c_total
+        acc = np.zeros(size, dtype=out.dtype)
+        for t in range(n_taps):
+            o = bases[t]
+            src = cols[b, c, t]
+            for r in range(rows.shape[0]):
+                piece = src[r * width:(r + 1) * width]
+                start = o + rows[r]
+                dst = acc[start:start + width]
+                for i in range(width):
+                    dst[i] += piece[i]
+        _unfill(out[b, c], acc, seg_dst, seg_src, seg_len, step, complete)
+
+
+_SCATTER_OUTPUTS = (_compile(_scatter_outputs, False), _compile(_scatter_outputs, True))
+
+
+def scatter_outputs(cols, plan, in_shape, pads, out):
+    """``out (n, C, *S)`` = the adjoint of :func:`gather_outputs` applied to ``cols (n, C, T, P)``, then of the
+    zero padding ``pads``."""
+    bases, _, _, rows, width = run_arrays(plan, True)
+    seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
+    n, c = out.shape[:2]
+    _SCATTER_OUTPUTS[cols.nbytes >= PARALLEL_MIN_WORK](cols, bases, rows, width, seg_dst, seg_src, seg_len, step,
+                                                       size, complete, out.reshape(n, c, -1))
+    return out
 _POOL_BACKWARD = (_compile(_max_pool_backward, False), _compile(_max_pool_backward, True))
 
 

@@ -76,7 +76,11 @@ WINOGRAD_MAX_CHANNELS = 96
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
 PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
-STRATEGIES = ("direct", "taps", "cols", "winograd")
+
+# Images from which the direct kernels' work on small planes goes to their lanes variant (see
+# :mod:`.direct`): a full block of ``direct.LANES`` images side by side.
+LANES_MIN_IMAGES = 16
+STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd")
 _forced: list[str] = []
 
 
@@ -92,9 +96,9 @@ def force_strategy(name: str):
         _forced.pop()
 
 
-def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
+def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> str:
     """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
-    with ``c_g`` inputs and ``k_g`` outputs per group.
+    with ``c_g`` inputs and ``k_g`` outputs per group, on ``n`` images.
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
     times every strategy on every problem; see BENCHMARKS.md): the direct
@@ -115,7 +119,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward") -> str:
         return _forced[-1]
     if c_g * k_g <= DIRECT_MAX_CHANNELS or (
             c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH):
-        return "direct"
+        return "lanes" if n >= LANES_MIN_IMAGES and plan.length <= DIRECT_SMALL_LENGTH else "direct"
     if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
         return "winograd"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
@@ -216,9 +220,14 @@ def _work(n, k, c_g, plan) -> int:
     return n * k * c_g * plan.n_taps * plan.length
 
 
-def _direct_args(d, plan, x_shape, pads, whole):
-    """Kernel arguments of the direct kernels: the runs, then the fill segments minus ``complete``."""
-    return (*d.run_arrays(plan, whole), *d.fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[:-1])
+def _direct_args(d, plan, x_shape, pads, whole, how="direct"):
+    """Kernel arguments of the direct (or lanes) kernels: the runs, then the fill segments minus ``complete``."""
+    runs = d.run_arrays(plan, whole) if how == "direct" else d.lanes_run_arrays(plan, whole)
+    return (*runs, *d.fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[:-1])
+
+
+def _kernel_name(pass_: str, how: str) -> str:
+    return pass_ if how == "direct" else f"{pass_}_lanes"
 
 
 def _zero_pad(x: np.ndarray, pads) -> np.ndarray:
@@ -324,12 +333,12 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
     y = np.empty((n, k, *plan.out), dtype=x.dtype)
     if n == 0:
         return y
-    how = strategy(c_g, k_g, plan)
-    if how == "direct":  # the padding happens plane by plane inside the kernel
+    how = strategy(c_g, k_g, plan, "forward", n)
+    if how in ("direct", "lanes"):  # the padding happens plane by plane inside the kernel
         d = _direct()
-        d.kernel("forward", _work(n, k, c_g, plan))(
+        d.kernel(_kernel_name("forward", how), _work(n, k, c_g, plan))(
             _planes(x), np.ascontiguousarray(wmat.reshape(k, c_g, plan.n_taps)),
-            *_direct_args(d, plan, x.shape, pads, True), groups, y.reshape(n, k, math.prod(plan.out)))
+            *_direct_args(d, plan, x.shape, pads, True, how), groups, y.reshape(n, k, math.prod(plan.out)))
         return y
     if how == "winograd" and _all_finite(w) and _all_finite(x):
         return _winograd_forward(x, w, groups, pads, y)
@@ -377,16 +386,16 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     n, k = gy.shape[:2]
     c = in_shape[1]
     c_g, k_g = c // groups, k // groups
-    how = strategy(c_g, k_g, plan, "grad_input")
-    if how == "direct":
+    how = strategy(c_g, k_g, plan, "grad_input", n)
+    if how in ("direct", "lanes"):
         d = _direct()
         gx = np.empty(in_shape, dtype=gy.dtype)
         if n:
             whole = _all_finite(w)
             complete = d.fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))[-1]
-            d.kernel("grad_input", _work(n, k, c_g, plan))(
+            d.kernel(_kernel_name("grad_input", how), _work(n, k, c_g, plan))(
                 _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
-                *_direct_args(d, plan, in_shape, pads, whole), groups, complete, gx.reshape(n, c, -1))
+                *_direct_args(d, plan, in_shape, pads, whole, how), groups, complete, gx.reshape(n, c, -1))
         return gx
     if how == "winograd" and all(lo <= 2 and hi <= 2 for lo, hi in pads) and _all_finite(w) and _all_finite(gy):
         # Stride 1: the input gradient is the forward convolution of gy, zero-padded by (2 - lo, 2 - hi),
@@ -407,6 +416,8 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
         blas.matmul(wmat_t, _planes(gy).reshape(n, groups, k_g, -1), gx.reshape(n, groups, c_g, -1))
         return gx
+    if how == "cols" and math.prod(plan.out) >= PER_IMAGE_GEMM_MIN_OUTPUTS:
+        return _grad_input_cols_per_image(gy, w, groups, plan, in_shape, pads)
     if how == "cols":
         return _grad_input_cols(gy, w, groups, plan, in_shape, pads)
     return _crop(_grad_input_taps(gy, w, groups, plan, c), pads, in_shape)
@@ -464,15 +475,16 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
-    how = strategy(c_g, k_g, plan, "grad_weight")
-    if how == "direct":
+    how = strategy(c_g, k_g, plan, "grad_weight", n)
+    if how in ("direct", "lanes"):
         d = _direct()
-        per_image = np.zeros((n, k, c_g, plan.n_taps), dtype=x.dtype)
+        # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.
+        parts = np.zeros((n if how == "direct" else -(-n // d.LANES), k, c_g, plan.n_taps), dtype=x.dtype)
         if n:
             whole = _all_finite(x)
-            d.kernel("grad_weight", _work(n, k, c_g, plan))(
-                _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole), groups, per_image)
-        return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
+            d.kernel(_kernel_name("grad_weight", how), _work(n, k, c_g, plan))(
+                _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole, how), groups, parts)
+        return parts.sum(axis=0).reshape(k, c_g, *kernel_shape)
     if how == "winograd" and _all_finite(gy) and _all_finite(x):
         return _winograd_grad_weight(gy, x, groups, pads)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
@@ -487,6 +499,9 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),
                     per_image)
         return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
+    count = math.prod(plan.out)
+    if how == "cols" and count >= PER_IMAGE_GEMM_MIN_OUTPUTS:
+        return _grad_weight_cols_per_image(gy, x, groups, plan, kernel_shape, pads)
     # Where x holds inf or NaN, 0 * inf in the dropped columns must not leak into the sums.
     mask = None if _all_finite(x) else lattice_mask(plan)
     if how == "taps":
@@ -507,6 +522,46 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
             cols = np.where(np.tile(mask, m), cols, 0)
         gw += blas.matmul(_embed(gy[sl], plan, groups), cols.transpose(0, 2, 1), np.empty_like(gw))  # (g, K_g, C_g*T)
     return gw.reshape(k, c_g, *kernel_shape)
+
+
+def _grad_weight_cols_per_image(gy, x, groups, plan, kernel_shape, pads):
+    """Weight gradient by the patch matrix of the real outputs only (large images): ``sum_b gy[b] @ cols[b]^T``
+    per group, ``gy`` used as it is. No dropped columns: nothing to embed, nothing to mask."""
+    n, c = x.shape[:2]
+    k = gy.shape[1]
+    c_g, k_g = c // groups, k // groups
+    count = math.prod(plan.out)
+    d = _direct()
+    gyp = _planes(gy)
+    gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
+    for sl in _chunks(n, _workspace_per_item(c, k, plan, x.itemsize)):
+        m = x[sl].shape[0]
+        cols = d.gather_outputs(np.ascontiguousarray(x[sl]), plan, pads,
+                                workspace((m, c, plan.n_taps, count), x.dtype))  # (n, C, T, P)
+        parts = blas.matmul(gyp[sl].reshape(m, groups, k_g, count),
+                            cols.reshape(m, groups, c_g * plan.n_taps, count).swapaxes(-1, -2),
+                            np.empty((m, groups, k_g, c_g * plan.n_taps), dtype=x.dtype))  # (n, g, K_g, C_g*T)
+        gw += parts.sum(axis=0)
+    return gw.reshape(k, c_g, *kernel_shape)
+
+
+def _grad_input_cols_per_image(gy, w, groups, plan, in_shape, pads):
+    """Input gradient by the patch matrix of the real outputs only (large images): ``W^T @ gy[b]`` per image
+    and group, ``gy`` used as it is, then the compiled scatter of those patches into the unpadded gradient."""
+    n, k = gy.shape[:2]
+    c = in_shape[1]
+    c_g, k_g = c // groups, k // groups
+    count = math.prod(plan.out)
+    d = _direct()
+    gyp = _planes(gy)
+    gx = np.empty(in_shape, dtype=gy.dtype)
+    wmat_t = w.reshape(groups, k_g, c_g * plan.n_taps).transpose(0, 2, 1)  # (g, C_g*T, K_g)
+    for sl in _chunks(n, _workspace_per_item(c, k, plan, gy.itemsize)):
+        m = gy[sl].shape[0]
+        gcols = blas.matmul(wmat_t, gyp[sl].reshape(m, groups, k_g, count),
+                            workspace((m, groups, c_g * plan.n_taps, count), gy.dtype))  # (n, g, C_g*T, P)
+        d.scatter_outputs(gcols.reshape(m, c, plan.n_taps, count), plan, in_shape, pads, gx[sl])
+    return gx
 
 
 def table_conv_forward(xp: np.ndarray, weight: np.ndarray, outputs, by_input, plan: WindowPlan) -> np.ndarray:

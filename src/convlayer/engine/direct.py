@@ -15,6 +15,12 @@ copies of the input. These kernels instead work one input plane at a time:
    per output row, and the innermost loop over a row is contiguous, so
    LLVM vectorises it.
 
+**Lanes.** On small planes (LeNet's 10x10 outputs) each tap's run is
+short, and the loops spend most of their time being entered and in their
+scalar remainders. The ``*_lanes`` kernels fill ``LANES`` images' planes
+side by side (position ``p`` of image ``l`` at ``p * LANES + l``), so the
+same loops run ``LANES`` times longer, over whole vectors.
+
 The gradient with respect to the input runs the same steps backwards
 (accumulate into the buffer, then copy the segments back out: each input
 element lies in exactly one segment), and the weight gradient

@@ -6,7 +6,8 @@ every problem of the suite):
 
 ``"direct"`` (few input and output channels per group: depthwise,
 ResNeXt-style groups, a network's first layer, few-channel layers on small
-images): compiled loops, see :mod:`.direct`.
+images): compiled loops, see :mod:`.direct`. ``"lanes"`` is the same on
+small planes of large batches, with 16 images side by side.
 
 ``"winograd"`` (3x3, stride 1, 16-96 channels per group): Winograd
 F(4x4, 3x3) for all three passes, see :mod:`.winograd` for the algorithm and
@@ -22,7 +23,12 @@ whole chunk (``L`` counts a few dropped positions per row, see
 :mod:`.windows`). The input gradient's patch matrix goes back through a
 compiled scatter (col2im).
 
-``"taps"`` (1x1 kernels; weight gradients of wide unit-stride layers): no
+For large images the gradients work on the real outputs only, image by
+image, with ``gy`` as it lies: ``W^T @ gy[b]`` then the scatter, and
+``sum_b gy[b] @ cols[b]^T``; no dropped columns, so nothing is embedded or
+masked.
+
+``"taps"`` (1x1 kernels, and patch matrices too large for the workspace): no
 patch matrix at all; a 1x1 stride-1 layer is one product per image, others
 one batched GEMM per kernel tap on the tap's contiguous slice of the
 phase-split input.
@@ -50,13 +56,11 @@ from . import blas
 from .windows import WindowPlan, lattice_embed, lattice_mask, lattice_view, merge_phases, split_phases
 
 
-# Channels per group from which per-tap GEMMs (inner size C_g) beat
-# building the patch matrix (inner size C_g * taps). Measured on the
-# ResNet 3x3 layer (C=64) and LeNet layers (C=1, 6); see BENCHMARKS.md.
+# Channels per group (inputs and outputs) and positions per image from which a 1x1 layer runs as plain
+# products ("taps") rather than through a patch matrix; below them the products are too thin. (For
+# larger kernels the patch matrix won every pass of the suite, weight gradients included once they used
+# the real outputs only: dilated 3x3 22 vs 26-31 ms, 1-D k=9 79 vs 94 ms; python -m benchmarks.strategies.)
 TAPS_MIN_CHANNELS = 16
-
-
-# Positions per tap slice below which per-tap GEMMs are too thin.
 TAPS_MIN_LENGTH = 256
 # Largest C_g * K_g handled by the direct kernels (depthwise: 1; ResNeXt 4x4: 16; LeNet C1: 6), and on
 # small images (tap runs of at most DIRECT_SMALL_LENGTH positions) the largest C_g * K_g for which they
@@ -77,8 +81,10 @@ WINOGRAD_MAX_CHANNELS = 96
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
 PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
 
-# Images from which the direct kernels' work on small planes goes to their lanes variant (see
-# :mod:`.direct`): a full block of ``direct.LANES`` images side by side.
+# Images from which the direct kernels' work on small planes (runs of at most DIRECT_SMALL_LENGTH
+# positions) goes to their lanes variant, 16 images side by side (see :mod:`.direct`): LeNet C3 at batch
+# 64 and 256 ran 1.4-1.9x faster in each pass; on LeNet C1's 28x28 outputs, whose interleaved runs no
+# longer fit the L1 cache, 1.5x slower.
 LANES_MIN_IMAGES = 16
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd")
 _forced: list[str] = []
@@ -105,11 +111,10 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
     kernels for few channels per group; Winograd F(4x4, 3x3) for 3x3
     stride-1 layers with 16-96 channels per group, in all three passes;
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
-    one large GEMM and wins in general; per-tap GEMMs win where there is
-    nothing to gather (1x1 kernels) and, for the weight gradient, on wide
-    unit-stride layers (for 2-tap kernels the patch matrix is cheaper in the
-    other passes: WaveNet k=2, 21 vs 36 ms forward, 25 vs 40 ms input
-    gradient). A forced strategy that does not apply to the problem
+    one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
+    21 vs 32 ms weight gradient, 21 vs 36 ms forward, 25 vs 40 ms input
+    gradient); per-tap GEMMs win where there is nothing to gather (1x1
+    kernels), and for the lanes kernels see :data:`LANES_MIN_IMAGES`. A forced strategy that does not apply to the problem
     (Winograd on a 5x5 kernel, say) falls back to these rules.
     """
     wg = _winograd()
@@ -126,8 +131,6 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:
-        return "taps"
-    if pass_ == "grad_weight" and wide and plan.unit_stride and plan.n_taps <= 9:
         return "taps"
     return "cols"
 

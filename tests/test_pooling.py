@@ -136,3 +136,41 @@ def test_finite_differences_pools(rng):
     assert abs(num - np.vdot(CF.avg_pool_backward(r, x, **kw), v)) < 1e-7
     num = (np.sum(r * CF.max_pool(x + h * v, **kw)) - np.sum(r * CF.max_pool(x - h * v, **kw))) / (2 * h)
     assert abs(num - np.vdot(CF.max_pool_backward(r, x, **kw), v)) < 1e-7
+
+
+@pytest.mark.parametrize("kernel, size", [(2, (8, 8)), (2, (9, 7)), (3, (9, 10)), ((2, 3), (6, 9)), ((1, 2), (3, 4))])
+def test_max_pool_backward_of_tiling_windows_matches_torch(kernel, size, rng):
+    """Windows that tile the plane (stride = kernel) take their own kernel: ties go to the first maximum,
+    a NaN takes the gradient, rows and columns past the last window get zero, as in PyTorch."""
+    x = rng.integers(-2, 3, size=(3, 4, *size)).astype(np.float64)  # many ties
+    x[0, 0, 0, 1] = np.nan
+    x[1, 2, -1, -1] = np.nan  # possibly outside every window
+    x[2, 3, :3, :3] = -np.inf
+    y = CF.max_pool(x, kernel)
+    gy = rng.standard_normal(y.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.max_pool2d(xt, kernel)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(CF.max_pool_backward(gy, x, kernel), xt.grad.numpy())
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(CF.max_pool_backward(gy.astype(np.float32), x32, kernel),
+                                  xt.grad.numpy().astype(np.float32))
+
+
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (2, 1)])  # tiling windows, and the general kernel
+def test_max_pool_backward_sends_each_gradient_to_the_returned_index(kernel, stride, rng):
+    """With several NaN (or tied maxima) in a window, the gradient goes to the first, the index
+    ``max_pool(..., return_indices=True)`` reports. (PyTorch's backward picks the last NaN, and its
+    forward's index the first.)"""
+    x = rng.integers(-1, 2, size=(2, 3, 6, 7)).astype(np.float64)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[0, 0, 1, 1] = np.nan
+    x[1, 2, 2:4, 2:4] = np.nan
+    y, idx = CF.max_pool(x, kernel, stride, return_indices=True)
+    gy = rng.standard_normal(y.shape)
+    expected = np.zeros(x.shape).reshape(2, 3, -1)
+    for b, c in np.ndindex(2, 3):
+        np.add.at(expected[b, c], idx[b, c].ravel(), gy[b, c].ravel())
+    # Overlapping windows add their gradients in another order: the last bit may differ.
+    np.testing.assert_allclose(CF.max_pool_backward(gy, x, kernel, stride), expected.reshape(x.shape),
+                               rtol=1e-15, atol=1e-15)

@@ -643,12 +643,56 @@ def scatter_outputs(cols, plan, in_shape, pads, out):
 _POOL_BACKWARD = (_compile(_max_pool_backward, False), _compile(_max_pool_backward, True))
 
 
+def _max_pool_backward_tiled(x, gy, kh, kw, out):  # pragma: no cover - compiled
+    """:func:`_max_pool_backward` for 2-D windows that tile the input (stride = kernel, no padding, no
+    dilation: LeNet's and most CNNs' 2x2 pools): one scan per window, in tap order, keeps the first maximum
+    (the first NaN, if any), which then takes the window's gradient; the rest of the plane is zero. 1.3-2.5x
+    faster than the general kernel on LeNet's pools.
+    x, out (n, C, H, W); gy (n, C, OH, OW)."""
+    n, c_total = x.shape[0], x.shape[1]
+    oh_n, ow_n = gy.shape[2], gy.shape[3]
+    zero = out.dtype.type(0)
+    for job in prange(n * c_total):
+        b = job // c_total
+        c = job % c_total
+        plane = x[b, c]
+        grad = out[b, c]
+        for i in range(grad.shape[0]):
+            row = grad[i]
+            for j in range(row.shape[0]):
+                row[j] = zero
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                bi, bj = oh * kh, ow * kw
+                best = plane[bi, bj]
+                if best == best:  # a NaN first in its window wins at once
+                    for i in range(oh * kh, oh * kh + kh):
+                        for j in range(ow * kw, ow * kw + kw):
+                            v = plane[i, j]
+                            if v > best or v != v:
+                                best, bi, bj = v, i, j
+                                if v != v:
+                                    break
+                        if best != best:
+                            break
+                grad[bi, bj] = gy[b, c, oh, ow]
+
+
+_POOL_BACKWARD_TILED = (_compile(_max_pool_backward_tiled, False), _compile(_max_pool_backward_tiled, True))
+
+
 def max_pool_backward(x, gy, plan, pads, out):
     """Gradient ``out (n, C, *S)`` of max pooling ``x (n, C, *S)`` padded with ``-inf`` by ``pads``, for
     ``gy (n, C, *O)`` (see :func:`_max_pool_backward`; 1.3-2.8x faster than NumPy on LeNet's and a ResNet
-    stem's pools). The forward stays in NumPy: its per-tap ``np.maximum`` over strided views is as fast."""
-    bases, _, _, rows, width = run_arrays(plan, True)
+    stem's pools). 2-D windows that tile the input take :func:`_max_pool_backward_tiled`. The forward stays
+    in NumPy: its per-tap ``np.maximum`` over strided views is as fast."""
     n, c = x.shape[:2]
+    if (len(plan.kernel) == 2 and plan.kernel == plan.stride and plan.dilation == (1, 1)
+            and not any(lo or hi for lo, hi in pads)):
+        _POOL_BACKWARD_TILED[x.size * 4 >= PARALLEL_MIN_WORK](
+            np.ascontiguousarray(x), np.ascontiguousarray(gy), plan.kernel[0], plan.kernel[1], out)
+        return out
+    bases, _, _, rows, width = run_arrays(plan, True)
     *segs, complete = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
     _POOL_BACKWARD[n * c * plan.n_taps * plan.length >= PARALLEL_MIN_WORK](
         np.ascontiguousarray(x).reshape(n, c, -1), np.ascontiguousarray(gy).reshape(n, c, -1), bases, rows, width,

@@ -156,10 +156,41 @@ def _taps_grad_input(plane, grad, wk, bases, runs, run_width):  # pragma: no cov
 
 
 @njit(inline="always", **_FLAGS)
+def _taps_grad_input3(plane, g0, g1, g2, w0, w1, w2, bases, runs, run_width):  # pragma: no cover - compiled
+    """:func:`_taps_grad_input` for three outputs at once (``g0``, ``g1``, ``g2`` with their kernels): one
+    pass over ``plane`` per tap instead of three (a third of its loads and stores)."""
+    for t in range(w0.shape[0]):
+        a0, a1, a2 = w0[t], w1[t], w2[t]
+        for r in range(runs.shape[0]):
+            dst = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s0 = g0[r * run_width:(r + 1) * run_width]
+            s1 = g1[r * run_width:(r + 1) * run_width]
+            s2 = g2[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                dst[i] += a0 * s0[i] + a1 * s1[i] + a2 * s2[i]
+
+
+@njit(inline="always", **_FLAGS)
 def _taps_grad_weight(out, grad, plane, bases, runs, run_width):  # pragma: no cover - compiled
     """Adjoint of :func:`_taps_forward` in ``wk``: ``out[t] = sum_{r,i} grad[r*run_width + i] *
-    plane[bases[t] + runs[r] + i]`` (a vectorised reduction)."""
-    for t in range(out.shape[0]):
+    plane[bases[t] + runs[r] + i]`` (vectorised reductions, three taps per pass over ``grad``)."""
+    n_taps = out.shape[0]
+    t = 0
+    while t + 3 <= n_taps:
+        t0 = t1 = t2 = out.dtype.type(0)
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            gr = grad[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                g = gr[i]
+                t0 += g * s0[i]
+                t1 += g * s1[i]
+                t2 += g * s2[i]
+        out[t], out[t + 1], out[t + 2] = t0, t1, t2
+        t += 3
+    for t in range(t, n_taps):
         total = out.dtype.type(0)
         for r in range(runs.shape[0]):
             src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
@@ -205,12 +236,21 @@ def _grad_input(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg
         b = job // groups
         g = job % groups
         acc = np.zeros((c_g, size), dtype=out.dtype)
-        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # positions outside ``pos`` stay zero
-        for kk in range(k_g):
+        grad = np.zeros((3, runs.shape[0] * run_width), dtype=out.dtype)  # positions outside ``pos`` stay zero
+        kk = 0
+        while kk + 3 <= k_g:  # three outputs per pass over the planes
             k = g * k_g + kk
-            _rows_in(grad, gy[b, k], pos, width)
+            for j in range(3):
+                _rows_in(grad[j], gy[b, k + j], pos, width)
             for c in range(c_g):
-                _taps_grad_input(acc[c], grad, w[k, c], bases, runs, run_width)
+                _taps_grad_input3(acc[c], grad[0], grad[1], grad[2], w[k, c], w[k + 1, c], w[k + 2, c], bases, runs,
+                                  run_width)
+            kk += 3
+        for kk in range(kk, k_g):
+            k = g * k_g + kk
+            _rows_in(grad[0], gy[b, k], pos, width)
+            for c in range(c_g):
+                _taps_grad_input(acc[c], grad[0], w[k, c], bases, runs, run_width)
         for c in range(c_g):
             _unfill(out[b, g * c_g + c], acc[c], seg_dst, seg_src, seg_len, step, complete)
 
@@ -337,12 +377,21 @@ def _grad_input_lanes(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_sr
         g = job % groups
         m = min(LANES, n - b0)
         acc = np.zeros((c_g, size * LANES), dtype=out.dtype)
-        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # other positions and lanes stay zero
-        for kk in range(k_g):
+        grad = np.zeros((3, runs.shape[0] * run_width), dtype=out.dtype)  # other positions and lanes stay zero
+        kk = 0
+        while kk + 3 <= k_g:  # three outputs per pass over the planes
             k = g * k_g + kk
-            _rows_in_lanes(grad, gy, b0, m, k, pos, width)
+            for j in range(3):
+                _rows_in_lanes(grad[j], gy, b0, m, k + j, pos, width)
             for c in range(c_g):
-                _taps_grad_input(acc[c], grad, w[k, c], bases, runs, run_width)
+                _taps_grad_input3(acc[c], grad[0], grad[1], grad[2], w[k, c], w[k + 1, c], w[k + 2, c], bases, runs,
+                                  run_width)
+            kk += 3
+        for kk in range(kk, k_g):
+            k = g * k_g + kk
+            _rows_in_lanes(grad[0], gy, b0, m, k, pos, width)
+            for c in range(c_g):
+                _taps_grad_input(acc[c], grad[0], w[k, c], bases, runs, run_width)
         for c in range(c_g):
             _unfill_lanes(out, b0, m, g * c_g + c, acc[c], seg_dst, seg_src, seg_len, step, complete)
 

@@ -551,3 +551,22 @@ def test_patch_matrix_per_image_and_batch_folded_paths_agree_with_torch(per_imag
         with np.errstate(invalid="ignore"):
             _check_nan_inf(rng)
     assert bool(calls) == per_image
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", ["small", "large"])  # NumPy's sum, and the compiled threaded probe
+def test_finiteness_check_finds_one_bad_element_anywhere(dtype, size):
+    """The engine's choice of an exact path rests on this check: one inf or NaN anywhere, first, last or in
+    between, must be seen; finite data must pass (on the compiled path even when its sum would overflow)."""
+    from convlayer.engine import gemm
+
+    n = 1000 if size == "small" else gemm.FINITE_CHECK_MIN_SIZE * 3 + 7
+    a = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    if size == "large":
+        a *= np.finfo(dtype).max / 8
+    assert gemm._all_finite(a)
+    for i in (0, n // 2, n - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[i] = bad
+            assert not gemm._all_finite(b)

@@ -7,7 +7,9 @@ weight gradient of each framework (best of ``--repeats`` after one
 warm-up, threads set equal), and prints time, GFLOP/s and the ratio
 ``PyTorch time / convlayer time`` (above 1: convlayer is faster), then the
 geometric mean of the ratios per category and over the suite; with JAX
-installed, the same for ``JAX time / convlayer time``.
+installed, the same for ``JAX time / convlayer time``. Freed memory stays
+in the process (:func:`benchmarks.steady_allocator`; ``--os-allocator``
+keeps glibc's defaults), so no timing includes the OS's page faults.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from . import steady_allocator
 
 
 @dataclass(frozen=True)
@@ -272,13 +276,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--json", default=None, help="write all timings here")
     parser.add_argument("--markdown", default=None, help="write the table and geometric means as Markdown here")
+    parser.add_argument("--os-allocator", action="store_true",
+                        help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")
     args = parser.parse_args(argv)
+    steady = False if args.os_allocator else steady_allocator()
     problems = SUITE
     if args.filter:
         keys = args.filter.split(",")
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
     print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
-          f"best of {args.repeats}")
+          f"best of {args.repeats}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")
     peak = gemm_peak(args.threads)
     print(f"machine float32 GEMM (NumPy/OpenBLAS, 2048^3): {peak:.1f} GFLOP/s")
     rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax)
@@ -299,7 +306,7 @@ def main(argv=None) -> int:
 
         meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
                     numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                    gemm_peak_gflops=peak)
+                    gemm_peak_gflops=peak, steady_allocator=steady)
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=rows, summary=table), fh, indent=1)
     return 0

@@ -13,6 +13,7 @@ import statistics
 
 import numpy as np
 
+from . import steady_allocator
 from .__main__ import _best
 
 
@@ -20,7 +21,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--os-allocator", action="store_true",
+                        help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")
     args = parser.parse_args(argv)
+    if not args.os_allocator:
+        steady_allocator()
 
     import torch
     import torch.nn.functional as TF

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from . import steady_allocator
+
 
 def _torch_lenet(kind: str):
     import torch
@@ -105,7 +107,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--os-allocator", action="store_true",
+                        help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")
     args = parser.parse_args(argv)
+    if not args.os_allocator:
+        steady_allocator()
 
     import torch
     from threadpoolctl import threadpool_limits

@@ -55,3 +55,30 @@ def test_jax_ratios_are_summarised_where_jax_ran():
     text = suite.markdown(rows, suite.summary(rows))
     assert "JAX time / convlayer time" in text and "| all | 2.00 | 2.00 | 3.00 |" in text
     assert "JAX" not in suite.markdown(rows[2:], suite.summary(rows[2:]))
+
+
+def test_steady_allocator_keeps_freed_memory_in_the_process():
+    """On glibc the runners raise malloc's mmap and trim thresholds: a large block freed and allocated
+    again is then served from the heap, without fresh pages (timings without page faults)."""
+    import ctypes
+    import platform
+
+    import benchmarks
+    import numpy as np
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert benchmarks.steady_allocator() is True
+    class Mallinfo2(ctypes.Structure):  # glibc >= 2.33
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc older than 2.33")
+    libc.mallinfo2.restype = Mallinfo2
+    before = libc.mallinfo2().hblkhd  # bytes in mmapped blocks
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MB: above any default mmap threshold
+    assert libc.mallinfo2().hblkhd - before < block.nbytes  # served from the heap, not mmapped
+    del block

@@ -30,3 +30,27 @@ def test_matmul_restores_the_blas_thread_count(rng):
     blas.matmul(a, a.T, np.empty((300, 300)))
     blas.matmul(a[:2, :2], a[:2, :2], np.empty((2, 2)))  # the small, unsplit path
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_engine_products_all_go_through_blas_matmul():
+    """A product computed with a plain ``@``/``np.matmul``/``np.dot`` may run on OpenBLAS's own threads,
+    which then keep spinning and halve the speed of the compiled kernel after it (the Winograd kernel
+    transform did, and the ResNet gate went from 1.4x to 2.0x PyTorch's time). Only blas.py calls BLAS."""
+    import ast
+    import pathlib
+
+    import convlayer.engine
+
+    offenders = []
+    for path in pathlib.Path(convlayer.engine.__file__).parent.glob("*.py"):
+        if path.name == "blas.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+                offenders.append(f"{path.name}:{node.lineno} @")
+            if isinstance(node, ast.Attribute) and node.attr in ("matmul", "dot", "tensordot", "einsum") and (
+                    isinstance(node.value, ast.Name) and node.value.id == "np"):
+                offenders.append(f"{path.name}:{node.lineno} np.{node.attr}")
+    # Module-level constants computed once at import are fine.
+    allowed = {"winograd.py np.einsum"}
+    assert [o for o in offenders if " ".join((o.split(":")[0], o.split(" ")[1])) not in allowed] == []

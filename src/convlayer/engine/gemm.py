@@ -369,7 +369,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
             acc = np.zeros((m, groups, k_g, plan.length), dtype=xp.dtype)
             tmp = np.empty_like(acc)
             for t, view in _tap_views(_phases(xp[sl], plan), m, groups, plan):
-                np.matmul(wtaps[t], view, out=tmp)  # (n, g, K_g, L)
+                blas.matmul(wtaps[t], view, tmp)  # (n, g, K_g, L)
                 acc += tmp
             y[sl] = lattice_view(acc.reshape(m, k, plan.length), plan)
         return y
@@ -469,11 +469,11 @@ def _grad_input_taps(gy, w, groups, plan, c):
         gph = np.zeros((m, groups, c_g, plan.phases, plan.q_size), dtype=gy.dtype)
         if plan.n_taps == 1 and mask is None:  # 1x1: the product is the gradient, written in place
             (r, off), = plan.taps
-            np.matmul(wtaps[0], gflat, out=gph[:, :, :, r, off:off + L])
+            blas.matmul(wtaps[0], gflat, gph[:, :, :, r, off:off + L])
         else:
             tmp = np.empty((m, groups, c_g, L), dtype=gy.dtype)
             for t, (r, off) in enumerate(plan.taps):
-                np.matmul(wtaps[t], gflat, out=tmp)  # (n, g, C_g, L)
+                blas.matmul(wtaps[t], gflat, tmp)  # (n, g, C_g, L)
                 gph[:, :, :, r, off:off + L] += tmp if mask is None else np.where(mask, tmp, 0)
         gxp[sl] = merge_phases(gph.reshape(m * c, plan.phases, plan.q_size), plan).reshape(m, c, *plan.full)
     return gxp
@@ -521,7 +521,8 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
             gflat = lattice_embed(gy[sl], plan).reshape(m, groups, k_g, plan.length)  # (n, g, K_g, L)
             for t, view in _tap_views(_phases(xp[sl], plan), m, groups, plan):  # view (n, g, C_g, L)
                 v = view if mask is None else np.where(mask, view, 0)
-                gw[t] += np.matmul(gflat, v.transpose(0, 1, 3, 2)).sum(axis=0)  # (g, K_g, C_g)
+                gw[t] += blas.matmul(gflat, v.transpose(0, 1, 3, 2),
+                                     np.empty((m, groups, k_g, c_g), dtype=xp.dtype)).sum(axis=0)  # (g, K_g, C_g)
         return np.moveaxis(gw, 0, -1).reshape(k, c_g, *kernel_shape)  # (K, C_g, *k)
     gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
     for sl in _chunks(n, _workspace_per_item(c, k, plan, x.itemsize)):
@@ -588,7 +589,8 @@ def table_conv_forward(xp: np.ndarray, weight: np.ndarray, outputs, by_input, pl
         cols = _cols(xp[sl], plan, c, ((0, 0),) * len(plan.full))  # (C, T, n*L)
         acc = np.zeros((outputs, m * plan.length), dtype=xp.dtype)
         for i, (rows, outs) in enumerate(by_input):
-            acc[outs] += weight[rows] @ cols[i]  # outs are distinct: a map lists an input once
+            # outs are distinct: a map lists an input once
+            acc[outs] += blas.matmul(weight[rows], cols[i], np.empty((len(rows), cols.shape[2]), dtype=xp.dtype))
         y[sl] = np.swapaxes(lattice_view(acc.reshape(outputs, m, plan.length), plan), 0, 1)
     return y
 
@@ -606,8 +608,8 @@ def table_conv_backward(gy: np.ndarray, xp: np.ndarray, weight: np.ndarray, by_i
         gcols = np.empty_like(cols)
         for i, (rows, outs) in enumerate(by_input):
             g_out = gflat[outs]  # (deg_i, n*L)
-            gw[rows] += g_out @ cols[i].T
-            gcols[i] = weight[rows].T @ g_out  # (T, n*L)
+            gw[rows] += blas.matmul(g_out, cols[i].T, np.empty((len(rows), cols.shape[1]), dtype=xp.dtype))
+            blas.matmul(weight[rows].T, g_out, gcols[i])  # (T, n*L)
         _direct().scatter(gcols.reshape(c, plan.n_taps, m, plan.length), plan, (m, c, *plan.full),
                           ((0, 0),) * len(plan.full), gxp[sl])
     return gxp, gw

@@ -161,8 +161,8 @@ def test_max_pool_backward_of_tiling_windows_matches_torch(kernel, size, rng):
 @pytest.mark.parametrize("kernel, stride", [(2, 2), (2, 1)])  # tiling windows, and the general kernel
 def test_max_pool_backward_sends_each_gradient_to_the_returned_index(kernel, stride, rng):
     """With several NaN (or tied maxima) in a window, the gradient goes to the first, the index
-    ``max_pool(..., return_indices=True)`` reports. (PyTorch's backward picks the last NaN, and its
-    forward's index the first.)"""
+    ``max_pool(..., return_indices=True)`` reports. (PyTorch picks the last NaN, in its index and its
+    backward alike: with NaN in a window the two libraries differ by design, each consistent with itself.)"""
     x = rng.integers(-1, 2, size=(2, 3, 6, 7)).astype(np.float64)
     x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[0, 0, 1, 1] = np.nan
     x[1, 2, 2:4, 2:4] = np.nan

@@ -167,7 +167,10 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     return_indices : bool
         Also return, per output, the flat index of the maximum within its
         ``(n, c)`` plane of the input (PyTorch's convention); ``-1`` for a
-        window that lies wholly in the padding.
+        window that lies wholly in the padding. Among tied maxima the first
+        in the window wins, and a NaN beats any number; among several NaN
+        the first wins too (PyTorch takes the last). The backward sends each
+        gradient to this same element.
 
     Returns
     -------

@@ -570,3 +570,34 @@ def test_finiteness_check_finds_one_bad_element_anywhere(dtype, size):
             b = a.copy()
             b[i] = bad
             assert not gemm._all_finite(b)
+
+
+@pytest.mark.parametrize("how", STRATEGIES)
+@pytest.mark.parametrize("width, padding", [(8, 0), (8, 1), (10, (0, 1)), (9, 1)])
+def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rng):
+    """Stride 2 along rows of even width: the fills read the plane split into its even and odd columns,
+    and the gradients go back through the inverse split; the last column may lie beyond every window
+    (width 8, no padding). Odd widths keep the plain strided copy."""
+    from convlayer.engine import direct
+    from convlayer.engine.windows import make_plan
+
+    x = rng.standard_normal((17, 4, 6, width))
+    w = rng.standard_normal((6, 2, 3, 3))
+    kw = dict(stride=2, padding=padding, groups=2)
+    pads = G.resolve_padding(padding, (6, width), (3, 3), (2, 2), (1, 1))
+    with force_strategy(how):
+        y = CF.conv(x, w, **kw)
+        gy = rng.standard_normal(y.shape)
+        gx, gw, _ = CF.conv_backward(gy, x, w, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = F.conv2d(F.pad(xt, torch_pad_arg(pads)), wt, stride=2, groups=2)
+    yt.backward(torch.tensor(gy))
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+    full = (6 + pads[0][0] + pads[0][1], width + pads[1][0] + pads[1][1])
+    plan = make_plan(full, (3, 3), (2, 2), (1, 1), y.shape[2:])
+    step = direct.fill_arrays(plan, (6, width), pads)[3]
+    assert (step == direct.SPLIT2) == (width % 2 == 0)
+    assert direct.fill_arrays(plan, (6, width), pads, True)[3] == 2  # the lanes kernels' plain layout

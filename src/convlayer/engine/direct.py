@@ -63,10 +63,43 @@ _FLAGS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 PARALLEL_MIN_WORK = 20_000_000
 
 
+# ``step`` of the fill segments when the plane is first split into its even and odd columns (see
+# :func:`fill_arrays`): a stride-2 copy element by element ran at 3 cycles per element.
+SPLIT2 = -2
+
+
+@njit(**_FLAGS)
+def _split_columns(plane):  # pragma: no cover - compiled
+    """``plane`` (rows of even width, flat) as its even columns, then its odd columns: both loads of a pair
+    in one loop, so LLVM vectorises them (8x faster than reading every other element on its own)."""
+    half = plane.shape[0] // 2
+    out = np.empty(plane.shape[0], dtype=plane.dtype)
+    even = out[:half]
+    odd = out[half:]
+    for j in range(half):
+        even[j] = plane[2 * j]
+        odd[j] = plane[2 * j + 1]
+    return out
+
+
+@njit(**_FLAGS)
+def _merge_columns(plane, split):  # pragma: no cover - compiled
+    """Adjoint (and inverse) of :func:`_split_columns`: ``plane`` from its even and odd columns."""
+    half = plane.shape[0] // 2
+    even = split[:half]
+    odd = split[half:]
+    for j in range(half):
+        plane[2 * j] = even[j]
+        plane[2 * j + 1] = odd[j]
+
+
 @njit(**_FLAGS)
 def _fill(buf, plane, seg_dst, seg_src, seg_len, step, value=0.0):  # pragma: no cover - compiled
     """Phase-split copy of one unpadded ``plane`` into ``buf``, padded with ``value`` (see :func:`fill_arrays`)."""
     buf[:] = value
+    if step == SPLIT2:
+        plane = _split_columns(plane)
+        step = 1
     for s in range(seg_dst.shape[0]):
         dst = buf[seg_dst[s]:seg_dst[s] + seg_len[s]]
         if step == 1:  # a contiguous source vectorises; a strided view would not
@@ -85,17 +118,22 @@ def _fill(buf, plane, seg_dst, seg_src, seg_len, step, value=0.0):  # pragma: no
 @njit(**_FLAGS)
 def _unfill(plane, buf, seg_dst, seg_src, seg_len, step, complete):  # pragma: no cover - compiled
     """Adjoint of :func:`_fill`: the real positions of ``buf`` back into ``plane`` (overwritten)."""
+    target = plane
+    if step == SPLIT2:  # write the even and odd columns apart, then interleave them
+        target = np.empty(plane.shape[0], dtype=plane.dtype)
     if not complete:  # input elements that no window reaches get a zero gradient
-        plane[:] = 0
+        target[:] = 0
     for s in range(seg_dst.shape[0]):
         src = buf[seg_dst[s]:seg_dst[s] + seg_len[s]]
-        if step == 1:
-            dst = plane[seg_src[s]:seg_src[s] + seg_len[s]]
+        if step == 1 or step == SPLIT2:
+            dst = target[seg_src[s]:seg_src[s] + seg_len[s]]
             for i in range(seg_len[s]):
                 dst[i] = src[i]
         else:
             for i in range(seg_len[s]):
                 plane[seg_src[s] + i * step] = src[i]
+    if step == SPLIT2:
+        _merge_columns(plane, target)
 
 
 @njit(**_FLAGS)
@@ -533,7 +571,7 @@ def run_arrays(plan, whole: bool):
 
 
 @lru_cache(maxsize=256)
-def fill_arrays(plan, size: tuple, pads: tuple):
+def fill_arrays(plan, size: tuple, pads: tuple, lanes: bool = False):
     """Kernel arguments for an unpadded input of spatial shape ``size`` zero-padded by ``pads``.
 
     Returns ``(seg_dst, seg_src, seg_len, step, buf_size, complete)``:
@@ -545,6 +583,11 @@ def fill_arrays(plan, size: tuple, pads: tuple):
       a phase;
     * ``complete``: every input element lies in a segment (else the ones
       past the last window get a zero gradient).
+
+    With stride 2 along rows of even width, ``step`` is :data:`SPLIT2` and
+    ``seg_src`` indexes the plane split into its even and odd columns,
+    where each segment is contiguous (:func:`_fill` splits the plane
+    first); ``lanes`` asks for the plain layout, which the lanes kernels read.
     """
     q = plan.q_size
     in_strides = [math.prod(size[i + 1:]) for i in range(len(size))]
@@ -572,7 +615,15 @@ def fill_arrays(plan, size: tuple, pads: tuple):
     cat = lambda parts: np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0, np.int64))  # noqa: E731
     seg_dst, seg_src, seg_len = cat(dst), cat(src), cat(length)
     complete = bool(seg_len.sum() == math.prod(size))
-    return seg_dst, seg_src, seg_len, plan.stride[-1], plan.phases * q, complete
+    step = plan.stride[-1]
+    width = size[-1]
+    if step == 2 and width % 2 == 0 and width and not lanes:
+        # Read from the plane split into its even and odd columns (_split_columns): every segment, one
+        # parity of one row, is then contiguous there.
+        row, col = np.divmod(seg_src, width)
+        seg_src = np.ascontiguousarray((col % 2) * (math.prod(size) // 2) + row * (width // 2) + col // 2)
+        step = SPLIT2
+    return seg_dst, seg_src, seg_len, step, plan.phases * q, complete
 
 
 def _gather(x, bases, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled

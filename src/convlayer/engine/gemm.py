@@ -231,8 +231,9 @@ def _work(n, k, c_g, plan) -> int:
 
 def _direct_args(d, plan, x_shape, pads, whole, how="direct"):
     """Kernel arguments of the direct (or lanes) kernels: the runs, then the fill segments minus ``complete``."""
-    runs = d.run_arrays(plan, whole) if how == "direct" else d.lanes_run_arrays(plan, whole)
-    return (*runs, *d.fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[:-1])
+    lanes = how == "lanes"
+    runs = d.lanes_run_arrays(plan, whole) if lanes else d.run_arrays(plan, whole)
+    return (*runs, *d.fill_arrays(plan, tuple(x_shape[2:]), tuple(pads), lanes)[:-1])
 
 
 def _kernel_name(pass_: str, how: str) -> str:

@@ -508,16 +508,18 @@ def test_lanes_kernels_keep_nan_and_inf_in_their_own_images(rng):
     with force_strategy("lanes"):
         for kw in (dict(stride=1), dict(stride=2), dict(stride=1, padding=2)):
             y = CF.conv(x, w, **kw)
-            np.testing.assert_allclose(y, F.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy(), rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            # float64; atol for the sums that cancel
+            np.testing.assert_allclose(y, F.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy(), rtol=1e-12,
+                                       atol=1e-12)
             gy = rng.standard_normal(y.shape)
             _, gw, _ = CF.conv_backward(gy, x, w, **kw)
-            np.testing.assert_allclose(gw, _torch_grads(gy, x, w, **kw)[1], rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            np.testing.assert_allclose(gw, _torch_grads(gy, x, w, **kw)[1], rtol=1e-12, atol=1e-12)
             w_inf = w.copy()
             w_inf[1, 0, 1, 1] = np.inf
             xf = rng.standard_normal(x.shape)
             gx, _, _ = CF.conv_backward(gy, xf, w_inf, **kw)
             tgx = _torch_grads(gy, xf, w_inf, **kw)[0]
-            np.testing.assert_allclose(gx, tgx, rtol=1e-12, atol=1e-12)  # float64; atol for sums that cancel
+            np.testing.assert_allclose(gx, tgx, rtol=1e-12, atol=1e-12)
             assert np.isfinite(gx).sum() == np.isfinite(tgx).sum()
 
 

@@ -114,8 +114,9 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
     21 vs 32 ms weight gradient, 21 vs 36 ms forward, 25 vs 40 ms input
     gradient); per-tap GEMMs win where there is nothing to gather (1x1
-    kernels), and for the lanes kernels see :data:`LANES_MIN_IMAGES`. A forced strategy that does not apply to the problem
-    (Winograd on a 5x5 kernel, say) falls back to these rules.
+    kernels); for the lanes kernels see :data:`LANES_MIN_IMAGES`. A forced
+    strategy that does not apply to the problem (Winograd on a 5x5 kernel,
+    say) falls back to these rules.
     """
     wg = _winograd()
     # One image's transformed input and products must fit the workspace limit (chunks are whole images).

@@ -105,19 +105,33 @@ def _best(fn, repeats):
     return min(times)
 
 
-def bench_convlayer(p: Problem, x, w, gy, repeats):
+def problem_data(p: Problem, rng):
+    """Random float32 input, weight and output gradient ``(x, w, gy)`` of problem ``p``."""
+    import convlayer.functional as F
+
+    x = rng.standard_normal((p.n, p.c, *p.size)).astype(np.float32)
+    w = rng.standard_normal(p.weight_shape()).astype(np.float32)
+    kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
+    y = F.conv_transpose(x, w, **kw) if p.transposed else F.conv(x, w, **kw)
+    return x, w, rng.standard_normal(y.shape).astype(np.float32)
+
+
+def convlayer_passes(p: Problem, x, w, gy) -> dict:
+    """convlayer's forward, input gradient and weight gradient of problem ``p``, as calls to time."""
     import convlayer.functional as F
 
     kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
     if p.transposed:
-        fwd = lambda: F.conv_transpose(x, w, **kw)  # noqa: E731
-        gin = lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("input",))  # noqa: E731
-        gwt = lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
-    else:
-        fwd = lambda: F.conv(x, w, **kw)  # noqa: E731
-        gin = lambda: F.conv_backward(gy, x, w, **kw, grads=("input",))  # noqa: E731
-        gwt = lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
-    return [_best(f, repeats) for f in (fwd, gin, gwt)]
+        return {"fwd": lambda: F.conv_transpose(x, w, **kw),
+                "dgrad": lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("input",)),
+                "wgrad": lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("weight",))}
+    return {"fwd": lambda: F.conv(x, w, **kw),
+            "dgrad": lambda: F.conv_backward(gy, x, w, **kw, grads=("input",)),
+            "wgrad": lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))}
+
+
+def bench_convlayer(p: Problem, x, w, gy, repeats):
+    return [_best(f, repeats) for f in convlayer_passes(p, x, w, gy).values()]
 
 
 def bench_torch(p: Problem, x, w, gy, repeats):
@@ -177,22 +191,16 @@ def run(problems, repeats, threads, with_jax=True):
     import torch
     from threadpoolctl import threadpool_limits
 
-    import convlayer.functional as F
-
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
     with threadpool_limits(limits=threads):
         for p in problems:
-            x = rng.standard_normal((p.n, p.c, *p.size)).astype(np.float32)
-            w = rng.standard_normal(p.weight_shape()).astype(np.float32)
-            kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
-            y = F.conv_transpose(x, w, **kw) if p.transposed else F.conv(x, w, **kw)
-            gy = rng.standard_normal(y.shape).astype(np.float32)
+            x, w, gy = problem_data(p, rng)
             ours = bench_convlayer(p, x, w, gy, repeats)
             theirs = bench_torch(p, x, w, gy, repeats)
             jx = bench_jax(p, x, w, gy, repeats) if with_jax else None
-            gf = flops(p, y.shape) / 1e9
+            gf = flops(p, gy.shape) / 1e9  # gy has the output's shape
             row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
                        ratio=[t / o for t, o in zip(theirs, ours)],
                        jax_ratio=None if jx is None else [j / o for j, o in zip(jx, ours)])

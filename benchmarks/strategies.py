@@ -16,20 +16,7 @@ import numpy as np
 
 from convlayer.engine import gemm
 
-from .__main__ import SUITE, _best, _pairs
-
-
-def _passes(p, x, w, gy):
-    import convlayer.functional as F
-
-    kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
-    if p.transposed:
-        return {"fwd": lambda: F.conv_transpose(x, w, **kw),
-                "dgrad": lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("input",)),
-                "wgrad": lambda: F.conv_transpose_backward(gy, x, w, **kw, grads=("weight",))}
-    return {"fwd": lambda: F.conv(x, w, **kw),
-            "dgrad": lambda: F.conv_backward(gy, x, w, **kw, grads=("input",)),
-            "wgrad": lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))}
+from .__main__ import SUITE, _best, convlayer_passes, problem_data
 
 
 def main(argv=None):
@@ -37,18 +24,12 @@ def main(argv=None):
     ap.add_argument("--filter", default="", help="only problems whose category or name contains this")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    import convlayer.functional as F
-
     rng = np.random.default_rng(0)
     for p in SUITE:
         if args.filter and args.filter not in p.category and args.filter not in p.name:
             continue
-        x = rng.standard_normal((p.n, p.c, *p.size)).astype(np.float32)
-        w = rng.standard_normal(p.weight_shape()).astype(np.float32)
-        kw = dict(stride=p.stride, padding=_pairs(p), dilation=p.dilation, groups=p.groups)
-        y = F.conv_transpose(x, w, **kw) if p.transposed else F.conv(x, w, **kw)
-        gy = rng.standard_normal(y.shape).astype(np.float32)
-        for name, fn in _passes(p, x, w, gy).items():
+        x, w, gy = problem_data(p, rng)
+        for name, fn in convlayer_passes(p, x, w, gy).items():
             cells = [f"{_best(fn, args.repeats) * 1e3:7.1f}*"]
             for how in gemm.STRATEGIES:
                 with gemm.force_strategy(how):

@@ -22,6 +22,17 @@ def test_suite_runner_writes_json_and_markdown(tmp_path, capsys):
     assert "geometric mean" in capsys.readouterr().out
 
 
+def test_strategies_runner_times_every_strategy(capsys):
+    from benchmarks import strategies
+
+    from convlayer.engine.gemm import STRATEGIES
+
+    strategies.main(["--filter", "C1 5x5 1->6 b64", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[5] for line in lines] == ["fwd", "dgrad", "wgrad"]
+    assert all(f" {how} " in line for line in lines for how in STRATEGIES)
+
+
 def test_flop_count_matches_definition():
     p = suite.Problem("t", "t", 2, 4, 6, (8, 8), (3, 3), 1, 1)
     assert suite.flops(p, (2, 6, 8, 8)) == 2 * 2 * 6 * 64 * 4 * 9

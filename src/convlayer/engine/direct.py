@@ -539,6 +539,7 @@ def kernel(name: str, work: int):
     return _KERNELS[name][work >= PARALLEL_MIN_WORK]
 
 
+@lru_cache(maxsize=256)
 def lanes_run_arrays(plan, whole: bool):
     """:func:`run_arrays` for the lanes kernels: ``bases``, ``runs`` and ``run_width`` scaled by ``LANES``
     (``pos`` and ``width`` count positions and stay as they are)."""

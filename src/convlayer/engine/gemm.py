@@ -142,6 +142,15 @@ def _winograd():
     return winograd
 
 
+def _winograd_scratch(c_g, k_g, tiles, dtype):
+    """Views of the thread's workspace: the transformed input ``(36, C_g, tiles)`` and the products (or the
+    transformed gradient) ``(36, K_g, tiles)``."""
+    patch = _winograd().PATCH ** 2
+    buf = workspace((patch * (c_g + k_g) * tiles,), dtype)
+    v = buf[:patch * c_g * tiles].reshape(patch, c_g, tiles)
+    return v, buf[v.size:].reshape(patch, k_g, tiles)
+
+
 def _winograd_grad_weight(gy, x, groups, pads):
     """Weight gradient of a 3x3 stride-1 convolution by Winograd (see :func:`.winograd.grad_weight`)."""
     wg = _winograd()
@@ -158,9 +167,7 @@ def _winograd_grad_weight(gy, x, groups, pads):
         acc = np.zeros((wg.PATCH ** 2, k_g, c_g), dtype=x.dtype)
         for start in range(0, n, step):
             m = min(n, start + step) - start
-            buf = workspace((wg.PATCH ** 2 * (c_g + k_g) * m * per_image,), x.dtype)
-            v = buf[:wg.PATCH ** 2 * c_g * m * per_image].reshape(wg.PATCH ** 2, c_g, m * per_image)
-            ug = buf[v.size:].reshape(wg.PATCH ** 2, k_g, m * per_image)
+            v, ug = _winograd_scratch(c_g, k_g, m * per_image, x.dtype)
             wg.grad_weight(xg[start:start + m], gyg[start:start + m], pads, acc, v, ug)
         gw[g * k_g:(g + 1) * k_g] = wg.weight_from_products(acc, x.dtype)
     return gw
@@ -180,9 +187,7 @@ def _winograd_forward(x, w, groups, pads, y):
         u = wg.transform_weight(w[g * k_g:(g + 1) * k_g])
         for start in range(0, n, step):
             m = min(n, start + step) - start
-            buf = workspace((wg.PATCH ** 2 * (c_g + k_g) * m * per_image,), x.dtype)
-            v = buf[:wg.PATCH ** 2 * c_g * m * per_image].reshape(wg.PATCH ** 2, c_g, m * per_image)
-            prod = buf[v.size:].reshape(wg.PATCH ** 2, k_g, m * per_image)
+            v, prod = _winograd_scratch(c_g, k_g, m * per_image, x.dtype)
             out = y[start:start + m, g * k_g:(g + 1) * k_g] if groups > 1 else y[start:start + m]
             if out.flags.c_contiguous:
                 wg.forward(xg[start:start + m], u, pads, out, v, prod)

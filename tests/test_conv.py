@@ -24,7 +24,7 @@ def conv_case(draw, max_rank=3, modes=("zeros", "reflect", "replicate", "circula
     rank = draw(st.integers(1, max_rank))
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     cg = draw(st.integers(1, 3))
-    kg = draw(st.integers(1, 3))
+    kg = draw(st.integers(1, 5))  # 4 and 5: the direct forward's block of four outputs, with and without a rest
     n = draw(st.integers(1, 2))
     kernel = tuple(draw(st.integers(1, 3)) for _ in range(rank))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
@@ -492,6 +492,30 @@ def test_lanes_kernels_cover_full_and_partial_blocks(size, kernel, groups, strid
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
     yt = TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), wt, stride=st_, dilation=di, groups=groups)
+    yt.backward(torch.tensor(gy))
+    assert max_rel_err(y, yt.detach().numpy()) < 1e-12
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
+    assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("how", ["direct", "lanes"])
+@pytest.mark.parametrize("kernel, k_g", [((5, 5), 4), ((5, 5), 9), ((7, 7), 6), ((3, 3), 5), ((2, 2, 2), 7), ((4,), 8)])
+def test_direct_kernels_block_outputs_and_taps(how, kernel, k_g, rng):
+    """The direct forward does four outputs per pass (then the rest one by one), the weight gradient two; both
+    take five taps per pass when the taps do not divide into threes (25, 49, 8), else three (9), then single
+    taps (4, 49, 8). Every combination against PyTorch, in both kernels (17 images: one full lanes block
+    and one of 1)."""
+    rank = len(kernel)
+    size = tuple(k + 3 for k in kernel)
+    x = rng.standard_normal((17, 2 * 2, *size))
+    w = rng.standard_normal((2 * k_g, 2, *kernel))
+    with force_strategy(how):
+        y = CF.conv(x, w, padding=1, groups=2)
+        gy = rng.standard_normal(y.shape)
+        gx, gw, _ = CF.conv_backward(gy, x, w, padding=1, groups=2)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = TORCH_CONV[rank](xt, wt, padding=1, groups=2)
     yt.backward(torch.tensor(gy))
     assert max_rel_err(y, yt.detach().numpy()) < 1e-12
     assert max_rel_err(gx, xt.grad.numpy()) < 1e-12

@@ -158,10 +158,23 @@ def _rows_in(acc, row, pos, width):  # pragma: no cover - compiled
 
 @njit(inline="always", **_FLAGS)
 def _taps_forward(acc, plane, wk, bases, runs, run_width):  # pragma: no cover - compiled
-    """``acc[r*run_width + i] += sum_t wk[t] * plane[bases[t] + runs[r] + i]``, three taps per pass over ``acc``
-    (a third of its loads and stores)."""
+    """``acc[r*run_width + i] += sum_t wk[t] * plane[bases[t] + runs[r] + i]``, five taps per pass over ``acc``
+    while five remain (5x5 and 7x7 kernels), then three (3x3), then one: a fifth or a third of its loads and
+    stores. (Five taps per pass ran LeNet C1 and C3 1.06-1.20x faster than three; BENCHMARKS.md.)"""
     n_taps = wk.shape[0]
     t = 0
+    while t + 5 <= n_taps and n_taps % 3:
+        w0, w1, w2, w3, w4 = wk[t], wk[t + 1], wk[t + 2], wk[t + 3], wk[t + 4]
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            s3 = plane[bases[t + 3] + runs[r]:bases[t + 3] + runs[r] + run_width]
+            s4 = plane[bases[t + 4] + runs[r]:bases[t + 4] + runs[r] + run_width]
+            dst = acc[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                dst[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
+        t += 5
     while t + 3 <= n_taps:
         w0, w1, w2 = wk[t], wk[t + 1], wk[t + 2]
         for r in range(runs.shape[0]):
@@ -179,6 +192,91 @@ def _taps_forward(acc, plane, wk, bases, runs, run_width):  # pragma: no cover -
             dst = acc[r * run_width:(r + 1) * run_width]
             for i in range(run_width):
                 dst[i] += wv * src[i]
+
+
+@njit(inline="always", **_FLAGS)
+def _taps_forward4(acc, plane, wk, bases, runs, run_width):  # pragma: no cover - compiled
+    """:func:`_taps_forward` for four outputs at once: ``acc (4, R*run_width)`` with kernels ``wk (4, T)``.
+
+    Each vector loaded from ``plane`` serves all four outputs, so a pass of
+    five taps makes 20 multiply-adds for 13 loads and stores where
+    :func:`_taps_forward` makes five for seven: LeNet C3's forward ran
+    1.33-1.36x faster (four outputs of five taps gave more than two or eight
+    outputs, or three taps; 3x3 kernels keep three taps per pass, 1.32x).
+    The twenty weights and the five inputs still fit in the 32 vector
+    registers.
+    """
+    n_taps = wk.shape[1]
+    t = 0
+    while t + 5 <= n_taps and n_taps % 3:
+        a0, a1, a2, a3, a4 = wk[0, t], wk[0, t + 1], wk[0, t + 2], wk[0, t + 3], wk[0, t + 4]
+        b0, b1, b2, b3, b4 = wk[1, t], wk[1, t + 1], wk[1, t + 2], wk[1, t + 3], wk[1, t + 4]
+        c0, c1, c2, c3, c4 = wk[2, t], wk[2, t + 1], wk[2, t + 2], wk[2, t + 3], wk[2, t + 4]
+        e0, e1, e2, e3, e4 = wk[3, t], wk[3, t + 1], wk[3, t + 2], wk[3, t + 3], wk[3, t + 4]
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            s3 = plane[bases[t + 3] + runs[r]:bases[t + 3] + runs[r] + run_width]
+            s4 = plane[bases[t + 4] + runs[r]:bases[t + 4] + runs[r] + run_width]
+            d0 = acc[0, r * run_width:(r + 1) * run_width]
+            d1 = acc[1, r * run_width:(r + 1) * run_width]
+            d2 = acc[2, r * run_width:(r + 1) * run_width]
+            d3 = acc[3, r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                v0, v1, v2, v3, v4 = s0[i], s1[i], s2[i], s3[i], s4[i]
+                d0[i] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
+                d1[i] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
+                d2[i] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4
+                d3[i] += e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3 + e4 * v4
+        t += 5
+    while t + 3 <= n_taps:
+        a0, a1, a2 = wk[0, t], wk[0, t + 1], wk[0, t + 2]
+        b0, b1, b2 = wk[1, t], wk[1, t + 1], wk[1, t + 2]
+        c0, c1, c2 = wk[2, t], wk[2, t + 1], wk[2, t + 2]
+        e0, e1, e2 = wk[3, t], wk[3, t + 1], wk[3, t + 2]
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            d0 = acc[0, r * run_width:(r + 1) * run_width]
+            d1 = acc[1, r * run_width:(r + 1) * run_width]
+            d2 = acc[2, r * run_width:(r + 1) * run_width]
+            d3 = acc[3, r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                v0, v1, v2 = s0[i], s1[i], s2[i]
+                d0[i] += a0 * v0 + a1 * v1 + a2 * v2
+                d1[i] += b0 * v0 + b1 * v1 + b2 * v2
+                d2[i] += c0 * v0 + c1 * v1 + c2 * v2
+                d3[i] += e0 * v0 + e1 * v1 + e2 * v2
+        t += 3
+    for t in range(t, n_taps):
+        a0, b0, c0, e0 = wk[0, t], wk[1, t], wk[2, t], wk[3, t]
+        for r in range(runs.shape[0]):
+            src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            d0 = acc[0, r * run_width:(r + 1) * run_width]
+            d1 = acc[1, r * run_width:(r + 1) * run_width]
+            d2 = acc[2, r * run_width:(r + 1) * run_width]
+            d3 = acc[3, r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                v = src[i]
+                d0[i] += a0 * v
+                d1[i] += b0 * v
+                d2[i] += c0 * v
+                d3[i] += e0 * v
+
+
+@njit(inline="always", **_FLAGS)
+def _taps_forward_block(acc, planes, wk, bases, runs, run_width):  # pragma: no cover - compiled
+    """``acc[j]`` (zeroed here) += the taps of every plane ``planes[c]`` with kernel ``wk[j, c]``, for the
+    ``acc.shape[0] <= 4`` outputs of ``wk (outputs, C_g, T)``: four at once, fewer one by one."""
+    acc[:] = 0
+    for c in range(planes.shape[0]):
+        if acc.shape[0] == 4:
+            _taps_forward4(acc, planes[c], wk[:, c], bases, runs, run_width)
+        else:
+            for j in range(acc.shape[0]):
+                _taps_forward(acc[j], planes[c], wk[j, c], bases, runs, run_width)
 
 
 @njit(inline="always", **_FLAGS)
@@ -211,9 +309,28 @@ def _taps_grad_input3(plane, g0, g1, g2, w0, w1, w2, bases, runs, run_width):  #
 @njit(inline="always", **_FLAGS)
 def _taps_grad_weight(out, grad, plane, bases, runs, run_width):  # pragma: no cover - compiled
     """Adjoint of :func:`_taps_forward` in ``wk``: ``out[t] = sum_{r,i} grad[r*run_width + i] *
-    plane[bases[t] + runs[r] + i]`` (vectorised reductions, three taps per pass over ``grad``)."""
+    plane[bases[t] + runs[r] + i]`` (vectorised reductions, five or three taps per pass over ``grad`` as in
+    :func:`_taps_forward`)."""
     n_taps = out.shape[0]
     t = 0
+    while t + 5 <= n_taps and n_taps % 3:
+        t0 = t1 = t2 = t3 = t4 = out.dtype.type(0)
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            s3 = plane[bases[t + 3] + runs[r]:bases[t + 3] + runs[r] + run_width]
+            s4 = plane[bases[t + 4] + runs[r]:bases[t + 4] + runs[r] + run_width]
+            gr = grad[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                g = gr[i]
+                t0 += g * s0[i]
+                t1 += g * s1[i]
+                t2 += g * s2[i]
+                t3 += g * s3[i]
+                t4 += g * s4[i]
+        out[t], out[t + 1], out[t + 2], out[t + 3], out[t + 4] = t0, t1, t2, t3, t4
+        t += 5
     while t + 3 <= n_taps:
         t0 = t1 = t2 = out.dtype.type(0)
         for r in range(runs.shape[0]):
@@ -238,6 +355,72 @@ def _taps_grad_weight(out, grad, plane, bases, runs, run_width):  # pragma: no c
         out[t] = total
 
 
+@njit(inline="always", **_FLAGS)
+def _taps_grad_weight2(out0, out1, grad0, grad1, plane, bases, runs, run_width):  # pragma: no cover - compiled
+    """:func:`_taps_grad_weight` for two outputs at once (``out0`` from ``grad0``, ``out1`` from ``grad1``): each
+    vector loaded from ``plane`` serves both, five or three taps per pass as in :func:`_taps_forward`."""
+    n_taps = out0.shape[0]
+    t = 0
+    while t + 5 <= n_taps and n_taps % 3:
+        a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = out0.dtype.type(0)
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            s3 = plane[bases[t + 3] + runs[r]:bases[t + 3] + runs[r] + run_width]
+            s4 = plane[bases[t + 4] + runs[r]:bases[t + 4] + runs[r] + run_width]
+            g0 = grad0[r * run_width:(r + 1) * run_width]
+            g1 = grad1[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                v0, v1, v2, v3, v4 = s0[i], s1[i], s2[i], s3[i], s4[i]
+                u = g0[i]
+                a0 += u * v0
+                a1 += u * v1
+                a2 += u * v2
+                a3 += u * v3
+                a4 += u * v4
+                u = g1[i]
+                b0 += u * v0
+                b1 += u * v1
+                b2 += u * v2
+                b3 += u * v3
+                b4 += u * v4
+        out0[t], out0[t + 1], out0[t + 2], out0[t + 3], out0[t + 4] = a0, a1, a2, a3, a4
+        out1[t], out1[t + 1], out1[t + 2], out1[t + 3], out1[t + 4] = b0, b1, b2, b3, b4
+        t += 5
+    while t + 3 <= n_taps:
+        a0 = a1 = a2 = b0 = b1 = b2 = out0.dtype.type(0)
+        for r in range(runs.shape[0]):
+            s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            s1 = plane[bases[t + 1] + runs[r]:bases[t + 1] + runs[r] + run_width]
+            s2 = plane[bases[t + 2] + runs[r]:bases[t + 2] + runs[r] + run_width]
+            g0 = grad0[r * run_width:(r + 1) * run_width]
+            g1 = grad1[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                v0, v1, v2 = s0[i], s1[i], s2[i]
+                u = g0[i]
+                a0 += u * v0
+                a1 += u * v1
+                a2 += u * v2
+                u = g1[i]
+                b0 += u * v0
+                b1 += u * v1
+                b2 += u * v2
+        out0[t], out0[t + 1], out0[t + 2] = a0, a1, a2
+        out1[t], out1[t + 1], out1[t + 2] = b0, b1, b2
+        t += 3
+    for t in range(t, n_taps):
+        a0 = b0 = out0.dtype.type(0)
+        for r in range(runs.shape[0]):
+            src = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
+            g0 = grad0[r * run_width:(r + 1) * run_width]
+            g1 = grad1[r * run_width:(r + 1) * run_width]
+            for i in range(run_width):
+                a0 += g0[i] * src[i]
+                b0 += g1[i] * src[i]
+        out0[t], out1[t] = a0, b0
+
+
 def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
              out):  # pragma: no cover - compiled
     """``out[b, k]`` from the taps of the group's filled planes ``buf_c`` (see :func:`run_arrays`).
@@ -256,12 +439,13 @@ def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len
         buf = np.empty((c_g, size), dtype=out.dtype)
         for c in range(c_g):
             _fill(buf[c], x[b, g * c_g + c], seg_dst, seg_src, seg_len, step)
-        for kk in range(k_g):
+        acc = np.empty((4, runs.shape[0] * run_width), dtype=out.dtype)
+        for kk in range(0, k_g, 4):  # four outputs per pass over the planes
             k = g * k_g + kk
-            acc = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)
-            for c in range(c_g):
-                _taps_forward(acc, buf[c], w[k, c], bases, runs, run_width)
-            _rows_out(out[b, k], acc, pos, width)
+            block = min(4, k_g - kk)
+            _taps_forward_block(acc[:block], buf, w[k:k + block], bases, runs, run_width)
+            for j in range(block):
+                _rows_out(out[b, k + j], acc[j], pos, width)
 
 
 def _grad_input(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups, complete,
@@ -311,12 +495,18 @@ def _grad_weight(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, se
         buf = np.empty((c_g, size), dtype=out.dtype)
         for c in range(c_g):
             _fill(buf[c], x[b, g * c_g + c], seg_dst, seg_src, seg_len, step)
-        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # positions outside ``pos`` stay zero
-        for kk in range(k_g):
+        grad = np.zeros((min(2, k_g), runs.shape[0] * run_width), dtype=out.dtype)  # positions outside ``pos`` stay zero
+        for kk in range(0, k_g, 2):  # two outputs per pass over the planes
             k = g * k_g + kk
-            _rows_in(grad, gy[b, k], pos, width)
+            block = min(2, k_g - kk)
+            for j in range(block):
+                _rows_in(grad[j], gy[b, k + j], pos, width)
             for c in range(c_g):
-                _taps_grad_weight(out[b, k, c], grad, buf[c], bases, runs, run_width)
+                if block == 2:
+                    _taps_grad_weight2(out[b, k, c], out[b, k + 1, c], grad[0], grad[1], buf[c], bases, runs,
+                                       run_width)
+                else:
+                    _taps_grad_weight(out[b, k, c], grad[0], buf[c], bases, runs, run_width)
 
 
 # Images side by side in the lanes kernels: a multiple of the widest vector (16 float32 in AVX-512).
@@ -394,13 +584,13 @@ def _forward_lanes(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, s
         buf = np.empty((c_g, size * LANES), dtype=out.dtype)
         for c in range(c_g):
             _fill_lanes(buf[c], x, b0, m, g * c_g + c, seg_dst, seg_src, seg_len, step)
-        acc = np.empty(runs.shape[0] * run_width, dtype=out.dtype)
-        for kk in range(k_g):
+        acc = np.empty((4, runs.shape[0] * run_width), dtype=out.dtype)
+        for kk in range(0, k_g, 4):
             k = g * k_g + kk
-            acc[:] = 0
-            for c in range(c_g):
-                _taps_forward(acc, buf[c], w[k, c], bases, runs, run_width)
-            _rows_out_lanes(out, b0, m, k, acc, pos, width)
+            block = min(4, k_g - kk)
+            _taps_forward_block(acc[:block], buf, w[k:k + block], bases, runs, run_width)
+            for j in range(block):
+                _rows_out_lanes(out, b0, m, k + j, acc[j], pos, width)
 
 
 def _grad_input_lanes(gy, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
@@ -450,12 +640,18 @@ def _grad_weight_lanes(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_s
         buf = np.empty((c_g, size * LANES), dtype=out.dtype)
         for c in range(c_g):
             _fill_lanes(buf[c], x, b0, m, g * c_g + c, seg_dst, seg_src, seg_len, step)
-        grad = np.zeros(runs.shape[0] * run_width, dtype=out.dtype)  # other positions and lanes stay zero
-        for kk in range(k_g):
+        grad = np.zeros((min(2, k_g), runs.shape[0] * run_width), dtype=out.dtype)  # other positions and lanes stay zero
+        for kk in range(0, k_g, 2):
             k = g * k_g + kk
-            _rows_in_lanes(grad, gy, b0, m, k, pos, width)
+            block = min(2, k_g - kk)
+            for j in range(block):
+                _rows_in_lanes(grad[j], gy, b0, m, k + j, pos, width)
             for c in range(c_g):
-                _taps_grad_weight(out[blk, k, c], grad, buf[c], bases, runs, run_width)
+                if block == 2:
+                    _taps_grad_weight2(out[blk, k, c], out[blk, k + 1, c], grad[0], grad[1], buf[c], bases, runs,
+                                       run_width)
+                else:
+                    _taps_grad_weight(out[blk, k, c], grad[0], buf[c], bases, runs, run_width)
 
 
 @njit(**_FLAGS)

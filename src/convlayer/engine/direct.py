@@ -156,17 +156,24 @@ def _rows_in(acc, row, pos, width):  # pragma: no cover - compiled
             dst[i] = src[i]
 
 
-# The tap loops below are compiled as functions of their own, not inlined into every kernel that calls
-# them: the same speed (interleaved A/B), and the first call of the direct and lanes kernels compiles in
-# 30 s instead of 54 (23 s before the four-output and two-output blocks).
+@njit(inline="always", **_FLAGS)
+def _by_fives(n_taps):  # pragma: no cover - compiled
+    """Whether the tap loops take five taps per pass (while five remain) before threes: unless the taps divide
+    into threes (3x3, 3x3x3), which three taps per pass cover with no single-tap rest."""
+    return n_taps % 3 != 0
+
+
+# The forward and weight-gradient tap loops are compiled as functions of their own, not inlined into every
+# kernel that calls them: the same speed (interleaved A/B), and the first call of the direct and lanes
+# kernels compiles in 30 s instead of 54 (23 s before the four-output and two-output blocks).
 @njit(**_FLAGS)
 def _taps_forward(acc, plane, wk, bases, runs, run_width):  # pragma: no cover - compiled
     """``acc[r*run_width + i] += sum_t wk[t] * plane[bases[t] + runs[r] + i]``, five taps per pass over ``acc``
-    while five remain (5x5 and 7x7 kernels), then three (3x3), then one: a fifth or a third of its loads and
-    stores. (Five taps per pass ran LeNet C1 and C3 1.06-1.20x faster than three; BENCHMARKS.md.)"""
+    (see :func:`_by_fives`: 5x5 and 7x7 kernels), then three, then one: a fifth or a third of its loads and
+    stores."""
     n_taps = wk.shape[0]
     t = 0
-    while t + 5 <= n_taps and n_taps % 3:
+    while t + 5 <= n_taps and _by_fives(n_taps):
         w0, w1, w2, w3, w4 = wk[t], wk[t + 1], wk[t + 2], wk[t + 3], wk[t + 4]
         for r in range(runs.shape[0]):
             s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
@@ -211,7 +218,7 @@ def _taps_forward4(acc, plane, wk, bases, runs, run_width):  # pragma: no cover 
     """
     n_taps = wk.shape[1]
     t = 0
-    while t + 5 <= n_taps and n_taps % 3:
+    while t + 5 <= n_taps and _by_fives(n_taps):
         a0, a1, a2, a3, a4 = wk[0, t], wk[0, t + 1], wk[0, t + 2], wk[0, t + 3], wk[0, t + 4]
         b0, b1, b2, b3, b4 = wk[1, t], wk[1, t + 1], wk[1, t + 2], wk[1, t + 3], wk[1, t + 4]
         c0, c1, c2, c3, c4 = wk[2, t], wk[2, t + 1], wk[2, t + 2], wk[2, t + 3], wk[2, t + 4]
@@ -312,11 +319,11 @@ def _taps_grad_input3(plane, g0, g1, g2, w0, w1, w2, bases, runs, run_width):  #
 @njit(**_FLAGS)
 def _taps_grad_weight(out, grad, plane, bases, runs, run_width):  # pragma: no cover - compiled
     """Adjoint of :func:`_taps_forward` in ``wk``: ``out[t] = sum_{r,i} grad[r*run_width + i] *
-    plane[bases[t] + runs[r] + i]`` (vectorised reductions, five or three taps per pass over ``grad`` as in
-    :func:`_taps_forward`)."""
+    plane[bases[t] + runs[r] + i]`` (vectorised reductions, five or three taps per pass over ``grad``, see
+    :func:`_by_fives`)."""
     n_taps = out.shape[0]
     t = 0
-    while t + 5 <= n_taps and n_taps % 3:
+    while t + 5 <= n_taps and _by_fives(n_taps):
         t0 = t1 = t2 = t3 = t4 = out.dtype.type(0)
         for r in range(runs.shape[0]):
             s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
@@ -364,7 +371,7 @@ def _taps_grad_weight2(out0, out1, grad0, grad1, plane, bases, runs, run_width):
     vector loaded from ``plane`` serves both, five or three taps per pass as in :func:`_taps_forward`."""
     n_taps = out0.shape[0]
     t = 0
-    while t + 5 <= n_taps and n_taps % 3:
+    while t + 5 <= n_taps and _by_fives(n_taps):
         a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = out0.dtype.type(0)
         for r in range(runs.shape[0]):
             s0 = plane[bases[t] + runs[r]:bases[t] + runs[r] + run_width]
@@ -422,6 +429,17 @@ def _taps_grad_weight2(out0, out1, grad0, grad1, plane, bases, runs, run_width):
                 a0 += g0[i] * src[i]
                 b0 += g1[i] * src[i]
         out0[t], out1[t] = a0, b0
+
+
+@njit(inline="always", **_FLAGS)
+def _taps_grad_weight_block(out, grad, planes, bases, runs, run_width):  # pragma: no cover - compiled
+    """``out[j, c]`` = the tap sums of ``grad[j]`` with every plane ``planes[c]``, for the ``out.shape[0] <= 2``
+    outputs of ``out (outputs, C_g, T)``: two at once, one alone."""
+    for c in range(planes.shape[0]):
+        if out.shape[0] == 2:
+            _taps_grad_weight2(out[0, c], out[1, c], grad[0], grad[1], planes[c], bases, runs, run_width)
+        else:
+            _taps_grad_weight(out[0, c], grad[0], planes[c], bases, runs, run_width)
 
 
 def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len, step, size, groups,
@@ -504,12 +522,7 @@ def _grad_weight(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_src, se
             block = min(2, k_g - kk)
             for j in range(block):
                 _rows_in(grad[j], gy[b, k + j], pos, width)
-            for c in range(c_g):
-                if block == 2:
-                    _taps_grad_weight2(out[b, k, c], out[b, k + 1, c], grad[0], grad[1], buf[c], bases, runs,
-                                       run_width)
-                else:
-                    _taps_grad_weight(out[b, k, c], grad[0], buf[c], bases, runs, run_width)
+            _taps_grad_weight_block(out[b, k:k + block], grad, buf, bases, runs, run_width)
 
 
 # Images side by side in the lanes kernels: a multiple of the widest vector (16 float32 in AVX-512).
@@ -649,12 +662,7 @@ def _grad_weight_lanes(gy, x, bases, runs, run_width, pos, width, seg_dst, seg_s
             block = min(2, k_g - kk)
             for j in range(block):
                 _rows_in_lanes(grad[j], gy, b0, m, k + j, pos, width)
-            for c in range(c_g):
-                if block == 2:
-                    _taps_grad_weight2(out[blk, k, c], out[blk, k + 1, c], grad[0], grad[1], buf[c], bases, runs,
-                                       run_width)
-                else:
-                    _taps_grad_weight(out[blk, k, c], grad[0], buf[c], bases, runs, run_width)
+            _taps_grad_weight_block(out[blk, k:k + block], grad, buf, bases, runs, run_width)
 
 
 @njit(**_FLAGS)

@@ -409,18 +409,21 @@ def test_workspace_limit_bounds_memory_and_keeps_results(rng):
     old = convlayer.get_workspace_limit()
     try:
         convlayer.set_workspace_limit(20_000)
-        with force_strategy("cols"):
-            np.testing.assert_allclose(CF.conv(x, w, **kw), y, rtol=1e-12, atol=1e-12)
-            gx, gw, gb = CF.conv_backward(gy, x, w, **kw)
-            assert gb is None
-            np.testing.assert_allclose(gx, grads[0], rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(gw, grads[1], rtol=1e-12, atol=1e-12)
+        for how in ("cols", "implicit"):
+            with force_strategy(how):
+                np.testing.assert_allclose(CF.conv(x, w, **kw), y, rtol=1e-12, atol=1e-12)
+                gx, gw, gb = CF.conv_backward(gy, x, w, **kw)
+                assert gb is None
+                np.testing.assert_allclose(gx, grads[0], rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(gw, grads[1], rtol=1e-12, atol=1e-12)
     finally:
         convlayer.set_workspace_limit(old)
     big = make_plan((130, 130, 130), (3, 3, 3), (1, 1, 1), (1, 1, 1), (128, 128, 128))
     small = make_plan((12, 12), (5, 5), (1, 1), (1, 1), (8, 8))
-    assert strategy(32, 32, small) == "cols"
-    assert strategy(8, 8, big) == "taps"
+    assert strategy(32, 32, small, "grad_input") == "cols"
+    assert strategy(16, 8, big, "grad_input") == "taps"
+    # The implicit GEMM never builds a patch matrix: its work array is the padded input, chunked per image.
+    assert strategy(8, 8, big) == "implicit"
 
 
 def test_connection_conv_equals_dense_conv_with_zeroed_weights(rng):
@@ -557,7 +560,8 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     from convlayer.engine.windows import make_plan
 
     c3 = make_plan((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))  # LeNet's C3
-    assert gemm.strategy(6, 16, c3, "forward", n=64) == "lanes"
+    assert gemm.strategy(6, 16, c3, "grad_weight", n=64) == "lanes"
+    assert gemm.strategy(6, 16, c3, "forward", n=64) == "implicit"  # more channels than the direct kernels'
     assert gemm.strategy(6, 16, c3, "grad_weight", n=gemm.LANES_MIN_IMAGES - 1) == "direct"
     large = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))  # depthwise, 56x56: planes too long
     assert gemm.strategy(1, 1, large, "forward", n=64) == "direct"
@@ -632,3 +636,71 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
     step = direct.fill_arrays(plan, (6, width), pads)[3]
     assert (step == direct.SPLIT2) == (width % 2 == 0)
     assert direct.fill_arrays(plan, (6, width), pads, True)[3] == 2  # the lanes kernels' plain layout
+
+
+@pytest.mark.parametrize(
+    "size, kernel, c, k, groups, stride, dilation, padding",
+    [
+        ((300,), (9,), 40, 20, 1, 1, 1, 4),  # 360 patch rows: two calls of BLOCK_ROWS; 300 positions: 3 blocks
+        ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: a block of 8 and one of 1
+        ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest
+        ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding, dtype, rng):
+    """The implicit GEMM's blocks of rows, outputs and positions, full and partial, in all three passes."""
+    x = rng.standard_normal((3, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    with force_strategy("implicit"):
+        y = CF.conv(x, w, **kw)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx, gw, _ = CF.conv_backward(gy, x, w, **kw)
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    yt = TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), wt, stride=stride, dilation=dilation, groups=groups)
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert y.dtype == gx.dtype == gw.dtype == dtype
+    assert max_rel_err(y, yt.detach().numpy()) < tol
+    assert max_rel_err(gx, xt.grad.numpy()) < tol
+    assert max_rel_err(gw, wt.grad.numpy()) < tol
+
+
+@pytest.mark.parametrize("vector_bytes, mr", [(32, 4), (64, 8), (64, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_microkernel_tile_for_every_register_width(vector_bytes, mr, dtype, rng):
+    """The LLVM tile of the implicit GEMM, as built for AVX-512 and for 256-bit machines, on tables of rows
+    at arbitrary offsets, overwriting and accumulating."""
+    from numba import njit
+
+    from convlayer.engine.implicit import make_microkernel
+
+    nv = 2
+    width = vector_bytes // np.dtype(dtype).itemsize * nv
+    mk = make_microkernel(mr, nv, vector_bytes)
+
+    @njit
+    def tile(a, arows, astride, b, brows, c, crows, kc, beta):
+        mk(a, 1, arows, astride, b, 2, brows, 1, c, 3, crows, kc, beta)
+
+    kc = 13
+    a = rng.standard_normal(400).astype(dtype)
+    b = rng.standard_normal(2000).astype(dtype)
+    arows = rng.permutation(100)[:mr].astype(np.int64)
+    brows = rng.permutation(1000)[:kc + 1].astype(np.int64)  # step s reads brows[1 + s]
+    crows = (rng.permutation(8)[:mr] * width).astype(np.int64)
+    c = rng.standard_normal(3 + 8 * width).astype(dtype)
+    for astride, beta in ((1, False), (7, True)):
+        expected = c.copy()
+        amat = np.array([[a[1 + arows[i] + s * astride] for s in range(kc)] for i in range(mr)])
+        bmat = np.array([b[2 + brows[1 + s]:2 + brows[1 + s] + width] for s in range(kc)])
+        for i in range(mr):
+            row = expected[3 + crows[i]:3 + crows[i] + width]
+            row[...] = (row if beta else 0) + amat[i] @ bmat
+        tile(a, arows, astride, b, brows, c, crows, kc, beta)
+        assert max_rel_err(c, expected) < (1e-6 if dtype == np.float32 else 1e-14)

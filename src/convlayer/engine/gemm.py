@@ -86,7 +86,23 @@ PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
 # 64 and 256 ran 1.4-1.9x faster in each pass; on LeNet C1's 28x28 outputs, whose interleaved runs no
 # longer fit the L1 cache, 1.5x slower.
 LANES_MIN_IMAGES = 16
-STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd")
+
+# Where the implicit GEMM (:mod:`.implicit`) takes over (python -m benchmarks.strategies; BENCHMARKS.md).
+# Forward: wherever the patch matrix was used, on small planes with more than DIRECT_MAX_CHANNELS
+# channel pairs (LeNet C3 at batch 256: 1.6 vs 2.0 ms lanes) and before Winograd (DeepBench C32 at
+# 112x112: 14.8 vs 17.0 ms), with at least IMPLICIT_MIN_ROWS patch rows C_g * T per group (the 1-D stem's
+# 10 rows: 1.7 vs 1.2 ms for the patch matrix). Input gradient: few input channels per group and many
+# rows (speech, C=1 and 451 taps: 5.8 vs 10.9 ms; C3: 2.8 vs 3.8 ms; with 64-128 channels the patch
+# matrix's product and scatter were as fast or faster). Weight gradient: many rows and at most
+# IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS outputs per group (speech 5.6 vs 12.5 ms, 3-D 3x3x3 22.9 vs 28.7 ms;
+# WaveNet's 128 rows 23.7 vs 14.4 ms, DCGAN's 128 outputs 13.4 vs 11.2 ms); Winograd keeps the gradients
+# of the 3x3 layers it takes (ResNet 3x3 weight gradient 13.6 vs 16.9 ms).
+IMPLICIT_MIN_ROWS = 32
+IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
+IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
+IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 256
+IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 64
+STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit")
 _forced: list[str] = []
 
 
@@ -123,17 +139,38 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
     winograd_ok = wg.supported(plan) and wg.bytes_per_image(c_g, k_g, plan.out, 8) <= _config.get_workspace_limit()
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
-    if c_g * k_g <= DIRECT_MAX_CHANNELS or (
-            c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH):
+    if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "lanes" if n >= LANES_MIN_IMAGES and plan.length <= DIRECT_SMALL_LENGTH else "direct"
-    if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
-        return "winograd"
-    if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
-        return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
+    if c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH:
+        if _implicit_wins(c_g, k_g, plan, pass_, "direct"):
+            return "implicit"
+        return "lanes" if n >= LANES_MIN_IMAGES else "direct"
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:
         return "taps"
+    if pass_ == "forward" and _implicit_wins(c_g, k_g, plan, pass_, "cols"):
+        return "implicit"
+    if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
+        return "winograd"
+    if _implicit_wins(c_g, k_g, plan, pass_, "cols"):
+        return "implicit"
+    if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
+        return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     return "cols"
+
+
+def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> bool:
+    """Whether the implicit GEMM beats ``instead_of`` on this pass (see :data:`IMPLICIT_GRAD_INPUT_MAX_CHANNELS`).
+    Never for one output per image (LeNet's C5): the input as it lies is the patch matrix there."""
+    rows = c_g * plan.n_taps
+    if all(o == 1 for o in plan.out) or rows < IMPLICIT_MIN_ROWS:
+        return False
+    if pass_ == "forward":
+        return True
+    if pass_ == "grad_input":
+        return c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS and rows >= IMPLICIT_GRAD_INPUT_MIN_ROWS
+    return (instead_of == "cols" and rows >= IMPLICIT_GRAD_WEIGHT_MIN_ROWS
+            and k_g <= IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS)
 
 
 def _winograd():
@@ -196,6 +233,17 @@ def _winograd_forward(x, w, groups, pads, y):
                 wg.forward(xg[start:start + m], u, pads, part, v, prod)
                 out[...] = part
     return y
+
+
+def _implicit():
+    from . import implicit  # compiled on first use, like the direct kernels
+
+    return implicit
+
+
+def _scratch(dtype):
+    """The thread's workspace as a function of the shape, for :mod:`.implicit`."""
+    return lambda shape: workspace(shape, dtype)
 
 
 def _direct():
@@ -360,6 +408,13 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         return _winograd_forward(x, w, groups, pads, y)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
+    if how == "implicit" and not _dense(plan, pads):
+        im = _implicit()
+        for sl in _chunks(n, c * im.plane_stride(plan, x.shape, pads, x.dtype) * x.itemsize):
+            im.forward(x[sl], w, groups, plan, pads, y[sl], _scratch(x.dtype))
+        return y
+    if how == "implicit":
+        how = "cols"
     if how == "cols" and _dense(plan, pads):  # the kernel covers the input: a fully connected layer
         xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
         out = blas.matmul(xg, wmat.swapaxes(1, 2), np.empty((groups, n, k_g), dtype=x.dtype))  # (g, n, K_g)
@@ -421,6 +476,14 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         _winograd_forward(gy, wt.reshape(c, k_g, 3, 3), groups, tuple((2 - lo, 2 - hi) for lo, hi in pads), gx)
         return gx
     if how == "winograd":  # padding wider than the kernel, or inf/NaN in the data: the exact path
+        how = "cols"
+    if how == "implicit" and not _dense(plan, pads) and _all_finite(w):  # 0 * w at the dropped positions
+        im = _implicit()
+        gx = np.empty(in_shape, dtype=gy.dtype)
+        for sl in _chunks(n, k * im.lattice_stride(plan, gy.dtype) * gy.itemsize):
+            im.grad_input(gy[sl], w, groups, plan, in_shape, pads, gx[sl], _scratch(gy.dtype))
+        return gx
+    if how == "implicit":
         how = "cols"
     if how == "cols" and _dense(plan, pads):
         gyg = _planes(gy).reshape(n, groups, k_g).swapaxes(0, 1)  # (g, n, K_g)
@@ -504,6 +567,14 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     if how == "winograd" and _all_finite(gy) and _all_finite(x):
         return _winograd_grad_weight(gy, x, groups, pads)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
+        how = "cols"
+    if how == "implicit" and not _dense(plan, pads) and _all_finite(x):  # x * 0 at the dropped positions
+        im = _implicit()
+        gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
+        for sl in _chunks(n, im.grad_weight_bytes(c, k, groups, plan, x.shape, pads, x.dtype)):
+            gw += im.grad_weight(gy[sl], x[sl], groups, plan, pads, _scratch(x.dtype))
+        return gw.reshape(k, c_g, *kernel_shape)
+    if how == "implicit":
         how = "cols"
     if how == "cols" and _dense(plan, pads):  # gy^T @ x per group, the batch as the inner dimension
         gyg = _planes(gy).reshape(n, groups, k_g).transpose(1, 2, 0)  # (g, K_g, n)

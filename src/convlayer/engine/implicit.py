@@ -1,0 +1,488 @@
+"""Implicit GEMM: convolution products read straight from the padded planes, no patch matrix.
+
+The patch-matrix strategy (``"cols"`` in :mod:`.gemm`) copies every input
+element ``taps`` times into memory and hands the copy to BLAS; on the
+suite's layers that copy, and BLAS's own packing of it, cost as much as
+the arithmetic, and OpenBLAS runs products with 16-64 rows at half its
+square-matrix speed. Here the products are formed by one small compiled
+kernel instead, which reads its operands where they lie:
+
+1. **Planes.** Each input plane is padded and phase-split once, in cache,
+   into a buffer of the layout of :mod:`.windows` (``_fill`` of
+   :mod:`.direct`; the padded input is never written out whole). Kernel
+   tap ``t`` of channel ``c`` then reads the contiguous run
+   ``plane_c[bases[t] + p]`` over the lattice positions ``p`` of the
+   output. Row ``r = c * T + t`` of the patch matrix is that run: it is
+   never copied, only addressed (``row_offsets``).
+2. **Microkernel.** :func:`make_microkernel` emits, as LLVM IR with
+   explicit vector types, the register tile of a GEMM: ``MR`` rows times
+   ``NV`` vectors of columns, accumulated over ``kc`` steps with fused
+   multiply-adds, each step one broadcast per row and one load per
+   vector. The rows of both operands and of the result are given by
+   offset tables, so one kernel serves the three passes:
+
+   * forward ``y[k, p] += W[k, r] * plane[r][p]``: packed weights
+     broadcast, plane runs loaded as vectors over positions ``p``;
+   * input gradient ``plane_grad[r][p] += W[k, r] * gy[k, p]``: the
+     transposed weights broadcast, ``gy`` loaded, and the tile added
+     straight into the gradient's padded planes (col2im without the
+     matrix);
+   * weight gradient ``gW[r, k] += plane[r][p] * gy[p, k]``: plane
+     elements broadcast, ``gy`` transposed once so its channels lie along
+     the vectors, the positions ``p`` as the steps.
+
+   Vector width comes from the CPU (512-bit registers with AVX-512, else
+   256): ``MR x NV`` accumulators fill most of the register file, and on
+   the development machine the tile runs at 220-250 GFLOP/s on two cores
+   with its data in cache, the machine's GEMM peak.
+
+Dropped lattice columns (the few positions per row that wrap around) are
+computed and thrown away by the forward; the gradients see zeros there,
+so ``0 * w`` must be zero: :mod:`.gemm` uses this strategy for the input
+gradient only when the weights are finite and for the weight gradient
+only when the input is. Kernels assume valid, contiguous, same-dtype
+input and never check arguments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import binding as _llvm
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .direct import _fill, _unfill, fill_arrays, run_arrays
+
+
+# Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
+VECTOR_BYTES = 64 if _llvm.get_host_cpu_features().get("avx512f", False) else 32
+# Rows of the register tile and vectors per row: 8 x 2 zmm accumulators (16 of 32 registers) ran at
+# 239 GFLOP/s on two cores in cache, 12 x 2 at 253 but wastes a third of a block on 16- and 32-row
+# products; with 16 ymm registers, 4 x 2.
+MR = 8 if VECTOR_BYTES == 64 else 4
+NV = 2
+# Forward: lattice positions per job and steps (patch rows) per microkernel call; on the suite's layers
+# 64-512 and 64-512 were within noise of each other.
+BLOCK_POSITIONS = 128
+BLOCK_ROWS = 256
+# Input gradient: lattice positions per pass over the row blocks.
+GRAD_INPUT_POSITIONS = 32
+# Weight gradient: lattice positions per job (the steps of each microkernel call).
+GRAD_WEIGHT_POSITIONS = 512
+
+
+def lanes(dtype) -> int:
+    """Elements per vector register for ``dtype``."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def make_microkernel(mr: int, nv: int, vector_bytes: int):
+    """A Numba intrinsic ``mk(a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta)``.
+
+    Computes the ``mr x (nv * lanes)`` tile ``C += A @ B`` (or ``C = A @ B``
+    when ``beta`` is False) over ``kc`` steps ``s``, where
+
+    * ``A[i, s] = a[aoff + arows[i] + s * astride]`` (broadcast),
+    * ``B[s, j] = b[boff + brows[bstart + s] + j]`` (a vector load per
+      ``lanes`` columns),
+    * ``C[i, j] = c[coff + crows[i] + j]``.
+
+    ``a``, ``b`` and ``c`` are 1-D arrays of one float dtype, the row tables
+    1-D int64 arrays; nothing is bounds-checked. The accumulators are
+    vector values, kept in registers; each step is one fused multiply-add
+    per accumulator.
+    """
+
+    @intrinsic
+    def mk(typingctx, a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta):
+        sig = types.void(a, types.intp, arows, types.intp, b, types.intp, brows, types.intp, c, types.intp, crows,
+                         types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            a_arr, aoff, arows_arr, astride, b_arr, boff, brows_arr, bstart, c_arr, coff, crows_arr, kc, beta = args
+            dtype = signature.args[0].dtype
+            fty = context.get_value_type(dtype)
+            width = vector_bytes // (4 if dtype == types.float32 else 8)
+            vt = ir.VectorType(fty, width)
+            i64 = ir.IntType(64)
+            align = 4 if dtype == types.float32 else 8
+
+            def data(k, value):
+                return context.make_array(signature.args[k])(context, builder, value).data
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            def at(ptr, offset):
+                return builder.gep(ptr, [offset])
+
+            def table(ptr, i):
+                return builder.load(at(ptr, i))
+
+            a_ptr, b_ptr, c_ptr = data(0, a_arr), data(4, b_arr), data(8, c_arr)
+            ar, br, cr = data(2, arows_arr), data(6, brows_arr), data(10, crows_arr)
+            a_rows = [at(a_ptr, builder.add(aoff, table(ar, const(i)))) for i in range(mr)]
+            b_base = at(b_ptr, boff)
+            b_rows = at(br, bstart)
+            zero = ir.Constant(vt, None)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
+            name = f"llvm.fma.v{width}{'f32' if dtype == types.float32 else 'f64'}"
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
+            undef = ir.Constant(vt, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            lane0 = ir.Constant(ir.IntType(32), 0)
+            with cgutils.for_range(builder, kc) as loop:
+                s = loop.index
+                row = at(b_base, table(b_rows, s))
+                bv = [builder.load(builder.bitcast(at(row, const(width * j)), vt.as_pointer()), align=align)
+                      for j in range(nv)]
+                step = builder.mul(s, astride)
+                for i in range(mr):
+                    av = builder.load(at(a_rows[i], step))
+                    av = builder.shuffle_vector(builder.insert_element(undef, av, lane0), undef, splat)
+                    for j in range(nv):
+                        builder.store(builder.call(fma, [av, bv[j], builder.load(acc[i][j])]), acc[i][j])
+            for i in range(mr):
+                row = at(c_ptr, builder.add(coff, table(cr, const(i))))
+                for j in range(nv):
+                    p = builder.bitcast(at(row, const(width * j)), vt.as_pointer())
+                    value = builder.load(acc[i][j])
+                    with builder.if_else(beta) as (add, store):
+                        with add:
+                            builder.store(builder.fadd(builder.load(p, align=align), value), p, align=align)
+                        with store:
+                            builder.store(value, p, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return mk
+
+
+_mk = make_microkernel(MR, NV, VECTOR_BYTES)
+
+
+def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
+    """``out[b, c, :size]``: plane ``x[b, c]`` padded and phase-split (see :func:`.direct.fill_arrays`); the
+    slack after it zeroed (blocks read up to a block past the last position)."""
+    n, c = x.shape[:2]
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        _fill(out[b, ch, :size], x[b, ch], seg_dst, seg_src, seg_len, step)
+        tail = out[b, ch, size:]
+        for i in range(tail.shape[0]):
+            tail[i] = 0
+
+
+def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pragma: no cover - compiled
+    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``.
+
+    ``wpack (groups, kbs * CT * MR)``: each group's weights in blocks of
+    ``MR`` output channels, ``(kbs, CT, MR)``, rows past ``K_g`` zero;
+    ``rowoff (groups, CT)``: where patch row ``r`` starts in ``xph[b]``.
+    One job per (image, group, block of ``block`` lattice positions): the
+    tiles go to a local ``(kbs * MR, block)`` array, then its real
+    positions (output rows start at lattice positions ``rows``) to ``out``.
+    """
+    n = xph.shape[0]
+    groups, ct = rowoff.shape
+    mr = MR
+    kbs = wpack.shape[1] // (ct * mr)
+    nr = NV * (VECTOR_BYTES // out.itemsize)
+    k_g = out.shape[1] // groups
+    nblocks = -(-length // block)
+    arows = np.arange(mr)
+    crows = np.arange(mr) * block
+    for job in prange(n * groups * nblocks):
+        b = job // (groups * nblocks)
+        g = (job // nblocks) % groups
+        p0 = (job % nblocks) * block
+        nc = min(block, length - p0)
+        tile = np.empty(kbs * mr * block, dtype=out.dtype)
+        for r0 in range(0, ct, steps):
+            kc = min(steps, ct - r0)
+            for kb in range(kbs):
+                for j in range(0, nc, nr):
+                    _mk(wpack[g], (kb * ct + r0) * mr, arows, mr, xph[b], p0 + j, rowoff[g], r0,
+                        tile, kb * mr * block + j, crows, kc, r0 > 0)
+        q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
+        while q < rows.shape[0] and rows[q] < p0 + nc:
+            lo = max(rows[q], p0)
+            hi = min(rows[q] + width, p0 + nc)
+            if hi > lo:
+                o = q * width + lo - rows[q]
+                for k in range(k_g):
+                    dst = out[b, g * k_g + k, o:o + hi - lo]
+                    src = tile[k * block + lo - p0:k * block + hi - p0]
+                    for i in range(hi - lo):
+                        dst[i] = src[i]
+            q += 1
+
+
+def _embed_rows(gy, rows, width, margin, out):  # pragma: no cover - compiled
+    """``out (n, K, stride)``: ``gy (n, K, P)`` on the lattice from position ``margin`` on, zeros before it, at
+    the dropped positions and after."""
+    n, k_total = gy.shape[:2]
+    stride = out.shape[2]
+    for job in prange(n * k_total):
+        b = job // k_total
+        k = job % k_total
+        dst = out[b, k, margin:]
+        src = gy[b, k]
+        for i in range(margin):
+            out[b, k, i] = 0
+        end = 0
+        for q in range(rows.shape[0]):
+            for i in range(end, rows[q]):
+                dst[i] = 0
+            piece = dst[rows[q]:rows[q] + width]
+            run = src[q * width:(q + 1) * width]
+            for i in range(width):
+                piece[i] = run[i]
+            end = rows[q] + width
+        for i in range(end, stride - margin):
+            dst[i] = 0
+
+
+def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst, seg_src, seg_len, step, size,
+                stride, complete, out):  # pragma: no cover - compiled
+    """``out (n, C, S)``, the input gradient, from ``gyl (n, K * lstride)`` (``gy`` on the lattice, zeros at the
+    dropped positions; ``ktable[k] = k * lstride``).
+
+    ``wtpack (groups, rbs * K_g * MR)``: each group's transposed weights in
+    blocks of ``MR`` patch rows, ``(rbs, K_g, MR)``, rows past ``C_g * T``
+    zero. ``crow[r]``: where patch row ``r`` (channel ``r // T``, tap
+    ``r % T``) starts in a buffer of planes ``stride`` apart. One job per
+    (image, group, ``chans`` channels: a whole number of row blocks): it
+    adds its tiles into a local buffer of padded planes, which then goes
+    back to the unpadded planes (:func:`.direct._unfill`).
+    """
+    n, c_total = out.shape[:2]
+    groups = wtpack.shape[0]
+    c_g = c_total // groups
+    k_g = ktable.shape[0] // groups
+    mr = MR
+    nr = NV * (VECTOR_BYTES // out.itemsize)
+    jobs_per_group = -(-c_g // chans)
+    arows = np.arange(mr)
+    for job in prange(n * groups * jobs_per_group):
+        b = job // (groups * jobs_per_group)
+        g = (job // jobs_per_group) % groups
+        c0 = (job % jobs_per_group) * chans
+        c1 = min(c_g, c0 + chans)
+        local = np.zeros((chans + mr) * stride, dtype=out.dtype)  # padded rows of the last block land past chans
+        for p0 in range(0, length, block):
+            for rb in range(c0 * n_taps // mr, -(-(c1 * n_taps) // mr)):
+                for j in range(p0, min(p0 + block, length), nr):
+                    _mk(wtpack[g], rb * k_g * mr, arows, mr, gyl[b], j, ktable, g * k_g,
+                        local, j - c0 * stride, crow[rb * mr:(rb + 1) * mr], k_g, True)
+        for c in range(c0, c1):
+            _unfill(out[b, g * c_g + c], local[(c - c0) * stride:(c - c0) * stride + size], seg_dst, seg_src, seg_len,
+                    step, complete)
+
+
+def _transpose_rows(gy, rows, width, groups, kgp, out):  # pragma: no cover - compiled
+    """``out (n, L, groups * kgp)``: ``gy (n, K, P)`` on the lattice with its channels along the last axis,
+    zeros at the dropped positions and in the ``kgp - K_g`` padding channels of each group."""
+    n, k_total = gy.shape[:2]
+    k_g = k_total // groups
+    length = out.shape[1]
+    n_rows = rows.shape[0]
+    for job in prange(n * n_rows):
+        b = job // n_rows
+        q = job % n_rows
+        end = rows[q + 1] if q + 1 < n_rows else length
+        for p in range(rows[q] + width, end):  # dropped positions after this output row
+            line = out[b, p]
+            for i in range(line.shape[0]):
+                line[i] = 0
+        for g in range(groups):
+            for k in range(k_g, kgp):
+                for i in range(width):
+                    out[b, rows[q] + i, g * kgp + k] = 0
+            for k in range(k_g):
+                src = gy[b, g * k_g + k, q * width:(q + 1) * width]
+                for i in range(width):
+                    out[b, rows[q] + i, g * kgp + k] = src[i]
+
+
+def _grad_weight(xph, gyt, rowoff, ptable, crow, length, block, n_threads, parts):  # pragma: no cover - compiled
+    """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``.
+
+    ``xph (n, C * stride)`` filled planes, ``gyt (n, L * groups * kgp)``
+    (:func:`_transpose_rows`), ``rowoff (groups, CTp)`` where patch row
+    ``r`` starts in ``xph[b]`` (rows past ``C_g * T`` repeat row 0),
+    ``ptable[s] = s * groups * kgp``, ``crow[r] = r * kgp``. Jobs are
+    (image, group, ``block`` positions), dealt to the threads in turn; each
+    thread adds into its own part, so no two write one entry.
+    """
+    n = xph.shape[0]
+    groups, ctp = rowoff.shape
+    kgp = parts.shape[2] // ctp
+    mr = MR
+    nr = NV * (VECTOR_BYTES // parts.itemsize)
+    nblocks = -(-length // block)
+    jobs = n * groups * nblocks
+    for tid in prange(n_threads):
+        for job in range(tid, jobs, n_threads):
+            b = job // (groups * nblocks)
+            g = (job // nblocks) % groups
+            p0 = (job % nblocks) * block
+            kc = min(block, length - p0)
+            for rb in range(ctp // mr):
+                for kb in range(0, kgp, nr):
+                    _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb, ptable,
+                        0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+
+
+def _variants(fn):
+    from .direct import _compile
+
+    return _compile(fn, False), _compile(fn, True)
+
+
+_FILL = _variants(_fill_planes)
+_FORWARD = _variants(_forward)
+_EMBED = _variants(_embed_rows)
+_GRAD_INPUT = _variants(_grad_input)
+_TRANSPOSE = _variants(_transpose_rows)
+_GRAD_WEIGHT = _variants(_grad_weight)
+
+
+def _parallel(work: int) -> int:
+    from .direct import PARALLEL_MIN_WORK
+
+    return int(work >= PARALLEL_MIN_WORK)
+
+
+def _round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def plane_stride(plan, x_shape, pads, dtype) -> int:
+    """Elements per filled plane in :func:`forward`'s work array (the plane, then a block of slack)."""
+    return fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4] + BLOCK_POSITIONS
+
+
+def lattice_stride(plan, dtype) -> int:
+    """Elements per output channel of :func:`grad_input`'s work array (``gy`` on the lattice)."""
+    return _round_up(plan.length, NV * lanes(dtype))
+
+
+def grad_weight_bytes(c, k, groups, plan, x_shape, pads, dtype) -> int:
+    """Bytes of :func:`grad_weight`'s work array per image."""
+    kgp = _round_up(k // groups, NV * lanes(dtype))
+    size = fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4]
+    return (c * size + plan.length * groups * kgp) * np.dtype(dtype).itemsize
+
+
+def _planes(x, plan, pads, stride, out, par):
+    """``out (n, C, stride)``: the planes of ``x`` padded and phase-split (:func:`_fill_planes`)."""
+    n, c = x.shape[:2]
+    seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
+    _FILL[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, out)
+    return out
+
+
+def _row_offsets(groups, c_g, plan, stride, rows_padded):
+    """``(groups, rows_padded)``: where patch row ``r = c * T + t`` of each group starts among the planes of one
+    image (``stride`` apart); rows past ``c_g * T`` repeat the group's first."""
+    n_taps = plan.n_taps
+    bases = run_arrays(plan, True)[0]
+    r = np.arange(rows_padded)
+    r = np.where(r < c_g * n_taps, r, 0)
+    off = (np.arange(groups)[:, None] * c_g + r[None, :] // n_taps) * stride + bases[r % n_taps][None, :]
+    return np.ascontiguousarray(off, dtype=np.int64)
+
+
+def _blocks_of_rows(mat, rows_padded):
+    """``mat (groups, R, S)`` as ``(groups, rows_padded // MR, S, MR)`` flattened per group: blocks of ``MR``
+    rows, each stored step by step (what the microkernel broadcasts), zero rows past ``R``."""
+    groups, r, s = mat.shape
+    out = np.zeros((groups, rows_padded, s), dtype=mat.dtype)
+    out[:, :r] = mat
+    return np.ascontiguousarray(out.reshape(groups, rows_padded // MR, MR, s).swapaxes(2, 3)).reshape(groups, -1)
+
+
+def forward(x, w, groups, plan, pads, y, scratch):
+    """``y (n, K, *out)`` = the valid cross-correlation of ``x`` zero-padded by ``pads`` with ``w``.
+
+    ``scratch(shape)`` gives a work array for the filled planes of ``n``
+    images (the caller's reusable workspace); the batch is chunked by the
+    caller.
+    """
+    n, c = x.shape[:2]
+    k = w.shape[0]
+    c_g, k_g = c // groups, k // groups
+    ct = c_g * plan.n_taps
+    stride = plane_stride(plan, x.shape, pads, x.dtype)  # a block reads up to BLOCK_POSITIONS past the lattice
+    par = _parallel(n * k * ct * plan.length)
+    xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
+    wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), _round_up(k_g, MR))  # (g, kbs * CT * MR)
+    rowoff = _row_offsets(groups, c_g, plan, stride, ct)
+    _, _, _, rows, width = run_arrays(plan, True)
+    _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS,
+                  y.reshape(n, k, -1))
+    return y
+
+
+def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
+    """``gx (n, C, *S)``, the gradient of :func:`forward` with respect to ``x``. ``w`` must be finite."""
+    n, k = gy.shape[:2]
+    c = in_shape[1]
+    c_g, k_g = c // groups, k // groups
+    n_taps = plan.n_taps
+    ct = c_g * n_taps
+    nr = NV * lanes(gy.dtype)
+    lstride = lattice_stride(plan, gy.dtype)
+    par = _parallel(n * k * ct * plan.length)
+    _, _, _, rows, width = run_arrays(plan, True)
+    gyl = scratch((n, k, lstride))
+    _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, 0, gyl)
+    rows_padded = _round_up(ct, MR)
+    wt = np.ascontiguousarray(w.reshape(groups, k_g, ct).swapaxes(1, 2))  # (g, CT, K_g)
+    wtpack = _blocks_of_rows(wt, rows_padded)
+    seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
+    stride = size + nr
+    bases = run_arrays(plan, True)[0]
+    r = np.arange(rows_padded)
+    crow = np.ascontiguousarray((r // n_taps) * stride + bases[r % n_taps], dtype=np.int64)
+    chans = MR // math.gcd(n_taps, MR)
+    ktable = np.arange(k, dtype=np.int64) * lstride
+    _GRAD_INPUT[par](gyl.reshape(n, -1), ktable, wtpack, crow, plan.length, GRAD_INPUT_POSITIONS, chans, n_taps,
+                     seg_dst, seg_src, seg_len, step, size, stride, complete, gx.reshape(n, c, -1))
+    return gx
+
+
+def grad_weight(gy, x, groups, plan, pads, scratch):
+    """``(groups, K_g, C_g * T)``: the gradient of :func:`forward` with respect to ``w``, summed over the
+    batch. ``x`` must be finite."""
+    from numba import get_num_threads
+
+    n, c = x.shape[:2]
+    k = gy.shape[1]
+    c_g, k_g = c // groups, k // groups
+    ct = c_g * plan.n_taps
+    nr = NV * lanes(x.dtype)
+    kgp = _round_up(k_g, nr)
+    ctp = _round_up(ct, MR)
+    stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+    par = _parallel(n * k * ct * plan.length)
+    buf = scratch((n * (c * stride + plan.length * groups * kgp),))
+    xph = _planes(x, plan, pads, stride, buf[:n * c * stride].reshape(n, c, stride), par)
+    gyt = buf[n * c * stride:].reshape(n, plan.length, groups * kgp)
+    _, _, _, rows, width = run_arrays(plan, True)
+    _TRANSPOSE[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, groups, kgp, gyt)
+    n_threads = get_num_threads() if par else 1
+    parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
+    ptable = np.arange(GRAD_WEIGHT_POSITIONS, dtype=np.int64) * (groups * kgp)
+    crow = np.arange(ctp, dtype=np.int64) * kgp
+    _GRAD_WEIGHT[par](xph.reshape(n, -1), gyt.reshape(n, -1), _row_offsets(groups, c_g, plan, stride, ctp), ptable,
+                      crow, plan.length, GRAD_WEIGHT_POSITIONS, n_threads, parts)
+    total = parts.sum(axis=0).reshape(groups, ctp, kgp)[:, :ct, :k_g]  # (g, CT, K_g)
+    return np.ascontiguousarray(total.swapaxes(1, 2))  # (g, K_g, CT)

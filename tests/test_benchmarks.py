@@ -93,3 +93,11 @@ def test_steady_allocator_keeps_freed_memory_in_the_process():
     block = np.ones(64 << 20, dtype=np.uint8)  # 64 MB: above any default mmap threshold
     assert libc.mallinfo2().hblkhd - before < block.nbytes  # served from the heap, not mmapped
     del block
+
+
+def test_microkernel_runner(capsys):
+    from benchmarks import microkernel
+
+    assert microkernel.main(["--steps", "16", "--calls", "10", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and float(out.split()[-2]) > 0

@@ -1,4 +1,4 @@
-"""Convolution on the CPU: four strategies behind one interface, chosen per problem and pass.
+"""Convolution on the CPU: six strategies behind one interface, chosen per problem and pass.
 
 :func:`strategy` picks (rules and their measurements in its docstring and
 BENCHMARKS.md; ``python -m benchmarks.strategies`` times every strategy on
@@ -9,11 +9,16 @@ ResNeXt-style groups, a network's first layer, few-channel layers on small
 images): compiled loops, see :mod:`.direct`. ``"lanes"`` is the same on
 small planes of large batches, with 16 images side by side.
 
-``"winograd"`` (3x3, stride 1, 16-96 channels per group): Winograd
-F(4x4, 3x3) for all three passes, see :mod:`.winograd` for the algorithm and
-its documented error bound.
+``"implicit"`` (every forward with enough patch rows, and the gradients
+where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
+matrix; a vector register tile multiplies straight from the padded planes,
+see :mod:`.implicit`.
 
-``"cols"`` (the general case): a patch matrix, gathered by a compiled
+``"winograd"`` (3x3, stride 1, 16-96 channels per group): Winograd
+F(4x4, 3x3) for the two gradients (the forward, when forced), see
+:mod:`.winograd` for the algorithm and its documented error bound.
+
+``"cols"`` (the other gradients): a patch matrix, gathered by a compiled
 threaded copy into a per-thread workspace, feeds BLAS. Forward, for images
 with many outputs: ``(groups, K_g, C_g*T) @ (n, groups, C_g*T, P)`` over
 the real output positions only, written straight into the
@@ -34,8 +39,8 @@ one batched GEMM per kernel tap on the tap's contiguous slice of the
 phase-split input.
 
 The engine takes the input unpadded, with the zero padding to apply
-(``pads``): the direct kernels, the gathers and the Winograd transforms pad
-each plane in cache, so a padded copy of the input never reaches memory
+(``pads``): the direct kernels, the implicit GEMM, the gathers and the Winograd
+transforms pad each plane in cache, so a padded copy of the input never reaches memory
 (other padding modes are applied by :mod:`convlayer.functional` before).
 Products go through :func:`.blas.matmul`, which leaves no BLAS threads
 spinning. Batches are processed in chunks so the workspace stays under
@@ -124,12 +129,13 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
     times every strategy on every problem; see BENCHMARKS.md): the direct
-    kernels for few channels per group; Winograd F(4x4, 3x3) for 3x3
-    stride-1 layers with 16-96 channels per group, in all three passes;
+    kernels for few channels per group; the implicit GEMM for forwards and
+    some gradients (see :data:`IMPLICIT_MIN_ROWS`); Winograd F(4x4, 3x3) for
+    the gradients of 3x3 stride-1 layers with 16-96 channels per group;
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
-    21 vs 32 ms weight gradient, 21 vs 36 ms forward, 25 vs 40 ms input
-    gradient); per-tap GEMMs win where there is nothing to gather (1x1
+    21 vs 32 ms weight gradient, 25 vs 40 ms input gradient against per-tap
+    GEMMs); per-tap GEMMs win where there is nothing to gather (1x1
     kernels); for the lanes kernels see :data:`LANES_MIN_IMAGES`. A forced
     strategy that does not apply to the problem (Winograd on a 5x5 kernel,
     say) falls back to these rules.
@@ -160,7 +166,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
 
 
 def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> bool:
-    """Whether the implicit GEMM beats ``instead_of`` on this pass (see :data:`IMPLICIT_GRAD_INPUT_MAX_CHANNELS`).
+    """Whether the implicit GEMM beats ``instead_of`` on this pass (see :data:`IMPLICIT_MIN_ROWS`).
     Never for one output per image (LeNet's C5): the input as it lies is the patch matrix there."""
     rows = c_g * plan.n_taps
     if all(o == 1 for o in plan.out) or rows < IMPLICIT_MIN_ROWS:
@@ -410,7 +416,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         how = "cols"
     if how == "implicit" and not _dense(plan, pads):
         im = _implicit()
-        for sl in _chunks(n, c * im.plane_stride(plan, x.shape, pads, x.dtype) * x.itemsize):
+        for sl in _chunks(n, c * im.plane_stride(plan, x.shape, pads) * x.itemsize):
             im.forward(x[sl], w, groups, plan, pads, y[sl], _scratch(x.dtype))
         return y
     if how == "implicit":

@@ -33,8 +33,9 @@ kernel instead, which reads its operands where they lie:
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
    256): ``MR x NV`` accumulators fill most of the register file, and on
-   the development machine the tile runs at 220-250 GFLOP/s on two cores
-   with its data in cache, the machine's GEMM peak.
+   the development machine the tile runs at 206-243 GFLOP/s on two cores
+   with its data in cache, near the machine's GEMM peak
+   (``python -m benchmarks.microkernel --steps 128``).
 
 Dropped lattice columns (the few positions per row that wrap around) are
 computed and thrown away by the forward; the gradients see zeros there,
@@ -60,16 +61,16 @@ from .direct import _fill, _unfill, fill_arrays, run_arrays
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
 VECTOR_BYTES = 64 if _llvm.get_host_cpu_features().get("avx512f", False) else 32
-# Rows of the register tile and vectors per row: 8 x 2 zmm accumulators (16 of 32 registers) ran at
-# 239 GFLOP/s on two cores in cache, 12 x 2 at 253 but wastes a third of a block on 16- and 32-row
-# products; with 16 ymm registers, 4 x 2.
+# Rows of the register tile and vectors per row: 8 x 2 zmm accumulators (16 of 32 registers); 12 x 2
+# ran 5% faster in cache (a one-off script) but wastes a third of a block on 16- and 32-row products;
+# with 16 ymm registers, 4 x 2.
 MR = 8 if VECTOR_BYTES == 64 else 4
 NV = 2
 # Forward: lattice positions per job and steps (patch rows) per microkernel call; on the suite's layers
 # 64-512 and 64-512 were within noise of each other.
 BLOCK_POSITIONS = 128
 BLOCK_ROWS = 256
-# Input gradient: lattice positions per pass over the row blocks.
+# Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
 # Weight gradient: lattice positions per job (the steps of each microkernel call).
 GRAD_WEIGHT_POSITIONS = 512
@@ -224,18 +225,16 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
             q += 1
 
 
-def _embed_rows(gy, rows, width, margin, out):  # pragma: no cover - compiled
-    """``out (n, K, stride)``: ``gy (n, K, P)`` on the lattice from position ``margin`` on, zeros before it, at
-    the dropped positions and after."""
+def _embed_rows(gy, rows, width, out):  # pragma: no cover - compiled
+    """``out (n, K, stride)``: ``gy (n, K, P)`` on the lattice (as :func:`.windows.lattice_embed`, compiled and
+    threaded), zeros at the dropped positions and after."""
     n, k_total = gy.shape[:2]
     stride = out.shape[2]
     for job in prange(n * k_total):
         b = job // k_total
         k = job % k_total
-        dst = out[b, k, margin:]
+        dst = out[b, k]
         src = gy[b, k]
-        for i in range(margin):
-            out[b, k, i] = 0
         end = 0
         for q in range(rows.shape[0]):
             for i in range(end, rows[q]):
@@ -245,7 +244,7 @@ def _embed_rows(gy, rows, width, margin, out):  # pragma: no cover - compiled
             for i in range(width):
                 piece[i] = run[i]
             end = rows[q] + width
-        for i in range(end, stride - margin):
+        for i in range(end, stride):
             dst[i] = 0
 
 
@@ -364,7 +363,7 @@ def _round_up(a: int, b: int) -> int:
     return -(-a // b) * b
 
 
-def plane_stride(plan, x_shape, pads, dtype) -> int:
+def plane_stride(plan, x_shape, pads) -> int:
     """Elements per filled plane in :func:`forward`'s work array (the plane, then a block of slack)."""
     return fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4] + BLOCK_POSITIONS
 
@@ -420,7 +419,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
     k = w.shape[0]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
-    stride = plane_stride(plan, x.shape, pads, x.dtype)  # a block reads up to BLOCK_POSITIONS past the lattice
+    stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     par = _parallel(n * k * ct * plan.length)
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), _round_up(k_g, MR))  # (g, kbs * CT * MR)
@@ -441,15 +440,14 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     nr = NV * lanes(gy.dtype)
     lstride = lattice_stride(plan, gy.dtype)
     par = _parallel(n * k * ct * plan.length)
-    _, _, _, rows, width = run_arrays(plan, True)
+    bases, _, _, rows, width = run_arrays(plan, True)
     gyl = scratch((n, k, lstride))
-    _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, 0, gyl)
+    _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     rows_padded = _round_up(ct, MR)
     wt = np.ascontiguousarray(w.reshape(groups, k_g, ct).swapaxes(1, 2))  # (g, CT, K_g)
     wtpack = _blocks_of_rows(wt, rows_padded)
     seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
     stride = size + nr
-    bases = run_arrays(plan, True)[0]
     r = np.arange(rows_padded)
     crow = np.ascontiguousarray((r // n_taps) * stride + bases[r % n_taps], dtype=np.int64)
     chans = MR // math.gcd(n_taps, MR)

@@ -33,9 +33,9 @@ kernel instead, which reads its operands where they lie:
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
    256): ``MR x NV`` accumulators fill most of the register file, and on
-   the development machine the tile runs at 206-243 GFLOP/s on two cores
-   with its data in cache, near the machine's GEMM peak
-   (``python -m benchmarks.microkernel --steps 128``).
+   the development machine the tile ran at up to 243 GFLOP/s on two cores
+   with its data in cache, the machine's GEMM peak
+   (``python -m benchmarks.microkernel --steps 128``; runs vary by up to 2x).
 
 Dropped lattice columns (the few positions per row that wrap around) are
 computed and thrown away by the forward; the gradients see zeros there,

@@ -671,6 +671,54 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
+@pytest.mark.parametrize(
+    "size, kernel, c, k, groups, stride, dilation, padding, flips",
+    [
+        ((40,), (9,), 8, 6, 1, 1, 1, ((0, 8),), True),  # padding = the kernel's reach: flipped padding 0 after
+        ((12, 13), (3, 3), 8, 12, 2, 1, 2, ((2, 4), (0, 1)), True),  # groups, dilation, asymmetric padding
+        ((5, 6, 7), (3, 3, 3), 6, 5, 1, 1, 1, 0, True),  # 3-D, no padding: the flipped padding is the reach
+        ((12, 13), (3, 3), 16, 16, 4, 1, 1, ((1, 1), (1, 1)), True),  # 4 channels per group: direct forward
+        ((6, 7), (3, 3), 8, 8, 1, 1, 1, ((3, 0), (1, 1)), False),  # padding beyond the kernel's reach
+        ((3, 9), (3, 3), 8, 8, 1, (2, 1), 1, ((0, 1), (1, 1)), False),  # one output row, stride 2: a tail unread
+        ((12, 13), (3, 3), 3, 8, 1, 1, 1, 1, False),  # 3 input channels: below FLIPPED_MIN_OUTPUTS
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stride_one_input_gradient_as_the_flipped_forward(size, kernel, c, k, groups, stride, dilation, padding,
+                                                          flips, dtype, rng, monkeypatch):
+    """The planner's input gradient of stride-1 layers: the forward convolution of ``gy`` with the flipped
+    kernel, exactly where it applies, and the same gradient as PyTorch's everywhere; infinite weights take
+    the exact path."""
+    from convlayer.engine import gemm
+
+    calls = []
+    flipped_weights = gemm._flipped_weights
+    monkeypatch.setattr(gemm, "_flipped_weights", lambda *a: calls.append(1) or flipped_weights(*a))
+    x = rng.standard_normal((2, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    kw = dict(stride=stride, dilation=dilation, groups=groups)
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    y = CF.conv(x, w, padding=padding, **kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for inf in (False, True):
+        if inf:
+            w[0, 0, (0,) * rank] = np.inf
+        calls.clear()
+        with np.errstate(invalid="ignore"):  # inf * 0 in a product is expected with the infinite weight
+            gx, _, _ = CF.conv_backward(gy, x, w, padding=padding, **kw)
+        assert bool(calls) == (flips and not inf)
+        xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+        yt = TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)), **kw)
+        yt.backward(torch.tensor(gy.astype(np.float64)))
+        expected = xt.grad.numpy()
+        assert np.array_equal(np.isfinite(gx), np.isfinite(expected))
+        finite = np.isfinite(expected)
+        assert max_rel_err(gx[finite], expected[finite]) < tol
+
+
 @pytest.mark.parametrize("vector_bytes, mr", [(32, 4), (64, 8), (64, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_tile_for_every_register_width(vector_bytes, mr, dtype, rng):

@@ -100,5 +100,6 @@ def test_microkernel_runner(capsys):
 
     # 131 MFLOP per run: enough that the GFLOP/s printed with one decimal is not rounded to zero
     assert microkernel.main(["--steps", "64", "--calls", "2000", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "GFLOP/s" in out and float(out.split()[-2]) > 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["forward", "gradients"]
+    assert all(line.endswith("GFLOP/s") and float(line.split()[-2]) > 0 for line in lines)

@@ -420,8 +420,8 @@ def test_workspace_limit_bounds_memory_and_keeps_results(rng):
         convlayer.set_workspace_limit(old)
     big = make_plan((130, 130, 130), (3, 3, 3), (1, 1, 1), (1, 1, 1), (128, 128, 128))
     small = make_plan((12, 12), (5, 5), (1, 1), (1, 1), (8, 8))
-    assert strategy(32, 32, small, "grad_input") == "cols"
-    assert strategy(16, 8, big, "grad_input") == "taps"
+    assert strategy(32, 32, small, "grad_input", flip=False) == "cols"
+    assert strategy(16, 8, big, "grad_input", flip=False) == "taps"
     # The implicit GEMM never builds a patch matrix: its work array is the padded input, chunked per image.
     assert strategy(8, 8, big) == "implicit"
 
@@ -645,6 +645,7 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
         ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: a block of 8 and one of 1
         ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest
         ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
+        ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -719,7 +720,7 @@ def test_stride_one_input_gradient_as_the_flipped_forward(size, kernel, c, k, gr
         assert max_rel_err(gx[finite], expected[finite]) < tol
 
 
-@pytest.mark.parametrize("vector_bytes, mr, nv", [(32, 4, 2), (64, 8, 2), (64, 3, 2), (32, 4, 3), (64, 8, 3)])
+@pytest.mark.parametrize("vector_bytes, mr, nv", [(32, 4, 2), (64, 8, 2), (64, 3, 2), (32, 4, 3), (64, 8, 3), (64, 6, 4)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, dtype, rng):
     """The LLVM tile of the implicit GEMM, as built for AVX-512 and for 256-bit machines, on tables of rows

@@ -90,8 +90,11 @@ def test_winograd_float32_within_documented_bound(n, c, k, size, pads, rng):
 def test_winograd_is_what_the_planner_picks_for_wide_3x3_layers_only():
     plan = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
     assert strategy(64, 64, plan, "forward") == "implicit"  # the implicit GEMM is faster there, and exact
-    assert strategy(64, 64, plan, "grad_input") == "winograd"
+    assert strategy(64, 64, plan, "grad_input") == "flipped"  # the forward of the flipped problem
+    assert strategy(64, 64, plan, "grad_input", flip=False) == "winograd"
     assert strategy(64, 64, plan, "grad_weight") == "winograd"
+    assert strategy(128, 128, plan, "grad_weight") == "winograd"
+    assert strategy(32, 32, plan, "grad_weight") == "implicit"
     assert strategy(4, 4, plan, "forward") == "direct"  # grouped/depthwise: the direct kernels
     strided = make_plan((57, 57), (3, 3), (2, 2), (1, 1), (28, 28))
     dilated = make_plan((60, 60), (3, 3), (1, 1), (2, 2), (56, 56))
@@ -109,12 +112,12 @@ def test_winograd_never_exceeds_the_workspace_limit():
     old = convlayer.get_workspace_limit()
     try:
         convlayer.set_workspace_limit(winograd.bytes_per_image(64, 64, (56, 56), 8) - 1)
-        assert strategy(64, 64, plan, "grad_input") != "winograd"
+        assert strategy(64, 64, plan, "grad_weight") != "winograd"
         with force_strategy("winograd"):
             assert strategy(64, 64, plan, "grad_input") != "winograd"
     finally:
         convlayer.set_workspace_limit(old)
-    assert strategy(64, 64, plan, "grad_input") == "winograd"
+    assert strategy(64, 64, plan, "grad_weight") == "winograd"
 
 
 def test_winograd_workspace_chunks_give_the_same_result(rng):

@@ -14,9 +14,15 @@ where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
 matrix; a vector register tile multiplies straight from the padded planes,
 see :mod:`.implicit`.
 
-``"winograd"`` (3x3, stride 1, 16-96 channels per group): Winograd
-F(4x4, 3x3) for the two gradients (the forward, when forced), see
-:mod:`.winograd` for the algorithm and its documented error bound.
+``"flipped"`` (the input gradient of most stride-1 layers): the forward
+convolution of ``gy`` with the flipped kernel, by whichever forward
+strategy the rules pick for it (:func:`_flipped_pads`). Not a strategy of
+its own: it cannot be forced.
+
+``"winograd"`` (3x3, stride 1, 64-128 channels per group): Winograd
+F(4x4, 3x3) for the weight gradient (the forward and the input gradient,
+when forced), see :mod:`.winograd` for the algorithm and its documented
+error bound.
 
 ``"cols"`` (the other gradients): a patch matrix, gathered by a compiled
 threaded copy into a per-thread workspace, feeds BLAS. Forward, for images
@@ -75,12 +81,12 @@ DIRECT_MAX_CHANNELS = 16
 DIRECT_SMALL_MAX_CHANNELS = 128
 DIRECT_SMALL_LENGTH = 512
 
-# Channels per group (input and output) for which Winograd F(4x4, 3x3) beats the patch matrix on 3x3
-# stride-1 layers (python -m benchmarks.strategies): ResNet C=64 at 56x56 and DeepBench C=32 at 112x112,
-# 22-31 vs 30-50 ms in all three passes. At C=128 (28x28) the patch matrix's GEMM, with its inner size
-# 9*C, runs fast enough to be even or better, and Winograd's 36 GEMMs of inner size C do not.
-WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MAX_CHANNELS = 96
+# Channels per group (input and output) for which Winograd F(4x4, 3x3) takes the weight gradient of 3x3
+# stride-1 layers (python -m benchmarks.strategies; a one-process A/B for the last two): DeepBench C=128 at
+# 28x28 22.9-23.5 vs 29.1-31.0 ms for the implicit GEMM, ResNet C=64 at 56x56 13.4-13.5 vs 13.8; but
+# DeepBench C=32 at 112x112 19.9-20.1 vs 17.8. The forward and the input gradient run as implicit GEMMs.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MAX_CHANNELS = 128
 
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
@@ -98,10 +104,12 @@ LANES_MIN_IMAGES = 16
 # 112x112: 14.8 vs 17.0 ms), with at least IMPLICIT_MIN_ROWS patch rows C_g * T per group (the 1-D stem's
 # 10 rows: 1.7 vs 1.2 ms for the patch matrix). Input gradient: few input channels per group and many
 # rows (speech, C=1 and 451 taps: 5.8 vs 10.9 ms; C3: 2.8 vs 3.8 ms; with 64-128 channels the patch
-# matrix's product and scatter were as fast or faster). Weight gradient: many rows and at most
-# IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS outputs per group (speech 5.6 vs 12.5 ms, 3-D 3x3x3 22.9 vs 28.7 ms;
-# WaveNet's 128 rows 23.7 vs 14.4 ms, DCGAN's 128 outputs 13.4 vs 11.2 ms); Winograd keeps the gradients
-# of the 3x3 layers it takes (ResNet 3x3 weight gradient 13.6 vs 16.9 ms).
+# matrix's product and scatter were as fast or faster; stride-1 layers mostly run theirs flipped, see
+# FLIPPED_MIN_OUTPUTS). Weight gradient: at least IMPLICIT_GRAD_WEIGHT_MIN_ROWS rows and at most
+# IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS outputs per group, where Winograd does not take it (speech 6.0 vs 16.8 ms
+# for the patch matrix, 3-D 3x3x3 18.1 vs 28.5, 1-D k=9 32.4 vs 51.3, DCGAN's 128 outputs 9.2 vs 16.0, the
+# ResNet stem's 147 rows 10.7 vs 12.8, DeepBench C32 17.8 vs 19.9 for Winograd; but WaveNet's 128 rows
+# 19.0 vs 13.8 and DCGAN's 256 outputs 12.8 vs 10.6 for the patch matrix).
 IMPLICIT_MIN_ROWS = 32
 # The input gradient of a stride-1 layer is a forward convolution (:func:`_flipped_pads`), which the planner
 # runs as one (with its own choice of forward strategy) wherever the flipped problem has at least
@@ -112,8 +120,8 @@ IMPLICIT_MIN_ROWS = 32
 FLIPPED_MIN_OUTPUTS = 4
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
-IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 256
-IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 64
+IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 144
+IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 128
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit")
 _forced: list[str] = []
 
@@ -130,15 +138,19 @@ def force_strategy(name: str):
         _forced.pop()
 
 
-def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> str:
+def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip: bool = True) -> str:
     """The algorithm for one pass (``"forward"``, ``"grad_input"``, ``"grad_weight"``) of a convolution
     with ``c_g`` inputs and ``k_g`` outputs per group, on ``n`` images.
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
-    times every strategy on every problem; see BENCHMARKS.md): the direct
-    kernels for few channels per group; the implicit GEMM for forwards and
-    some gradients (see :data:`IMPLICIT_MIN_ROWS`); Winograd F(4x4, 3x3) for
-    the gradients of 3x3 stride-1 layers with 16-96 channels per group;
+    times every strategy on every problem; see BENCHMARKS.md): for the input
+    gradient of stride-1 layers, ``"flipped"``, the forward convolution of
+    the flipped problem with its own choice of strategy (see
+    :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
+    for where it does not apply); the direct kernels for few channels per
+    group; the implicit GEMM for forwards and most weight gradients (see
+    :data:`IMPLICIT_MIN_ROWS`); Winograd F(4x4, 3x3) for the weight gradient
+    of 3x3 stride-1 layers with 64-128 channels per group;
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
     21 vs 32 ms weight gradient, 25 vs 40 ms input gradient against per-tap
@@ -152,6 +164,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1) -> st
     winograd_ok = wg.supported(plan) and wg.bytes_per_image(c_g, k_g, plan.out, 8) <= _config.get_workspace_limit()
     if _forced and (_forced[-1] != "winograd" or winograd_ok):
         return _forced[-1]
+    if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
+        return "flipped"
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "lanes" if n >= LANES_MIN_IMAGES and plan.length <= DIRECT_SMALL_LENGTH else "direct"
     if c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH:
@@ -187,9 +201,9 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
 
 
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
-    """Whether the input gradient runs as the forward of the flipped problem where it is one
-    (:func:`_flipped_pads`; see :data:`FLIPPED_MIN_OUTPUTS`). Forced strategies run their own gradient."""
-    return (plan.n_taps > 1 and not all(o == 1 for o in plan.out) and c_g >= FLIPPED_MIN_OUTPUTS
+    """Whether the input gradient runs as the forward of the flipped problem (see :data:`FLIPPED_MIN_OUTPUTS`)
+    where the padding lets it (:func:`_flipped_pads`). Forced strategies run their own gradient."""
+    return (plan.unit_stride and plan.padded == plan.full and plan.n_taps > 1 and not all(o == 1 for o in plan.out) and c_g >= FLIPPED_MIN_OUTPUTS
             and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS)
 
 
@@ -477,12 +491,14 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     n, k = gy.shape[:2]
     c = in_shape[1]
     c_g, k_g = c // groups, k // groups
+    how = strategy(c_g, k_g, plan, "grad_input", n)
     flipped = _flipped_pads(plan, pads)
-    if not _forced and flipped is not None and _flipped_wins(c_g, k_g, plan) and _all_finite(w):
+    if how == "flipped" and flipped is not None and _all_finite(w):  # the padded zeros meet every weight
         fplan = make_plan(tuple(o + lo + hi for o, (lo, hi) in zip(plan.out, flipped)), plan.kernel, plan.stride,
                          plan.dilation, tuple(in_shape[2:]))
         return conv_forward(gy, _flipped_weights(w, groups), groups, fplan, flipped)
-    how = strategy(c_g, k_g, plan, "grad_input", n)
+    if how == "flipped":
+        how = strategy(c_g, k_g, plan, "grad_input", n, flip=False)
     if how in ("direct", "lanes"):
         d = _direct()
         gx = np.empty(in_shape, dtype=gy.dtype)

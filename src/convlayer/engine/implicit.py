@@ -73,6 +73,11 @@ NV = 2
 # keep 8 x 2: the weight gradient's vectors run over output channels, which 48-wide vectors would pad
 # by up to half.
 FORWARD_NV = 3
+# The weight gradient's wide tile, 6 x 4 zmm (24 registers), one row of 64 output channels in float32,
+# where K_g is a multiple of that row (K_g = 64 in the suite): ResNet 3x3 3.8-4.9 vs 4.7-6.2 ms for
+# 8 x 2, 3-D 3x3x3 12.5-12.7 vs 13.4-20.0, 1-D k=9 18.7-24.7 vs 30.0-31.4 (the kernel alone); at
+# K_g = 96 and 32 its padding makes it slower, at 128 it is even. Without AVX-512, 8 x 2's ymm version.
+WIDE_MR, WIDE_NV = (6, 4) if VECTOR_BYTES == 64 else (MR, NV)
 # Forward: lattice positions per job (a multiple of the tile's width in every dtype and register width)
 # and steps (patch rows) per microkernel call; on the suite's layers 64-512 positions and 64-512 rows
 # were within noise of each other with the 8 x 2 tile.
@@ -80,8 +85,10 @@ BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
-# Weight gradient: lattice positions per job (the steps of each microkernel call).
+# Weight gradient: lattice positions per job (the steps of each microkernel call), and per job of the
+# transpose of gy that precedes it (64 positions of 64 channels: 16 KiB of float32, in L1).
 GRAD_WEIGHT_POSITIONS = 512
+TRANSPOSE_POSITIONS = 64
 
 
 def lanes(dtype) -> int:
@@ -174,6 +181,7 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int):
 
 _mk = make_microkernel(MR, NV, VECTOR_BYTES)
 _mk_forward = make_microkernel(MR, FORWARD_NV, VECTOR_BYTES)
+_mk_wide = make_microkernel(WIDE_MR, WIDE_NV, VECTOR_BYTES)
 
 
 def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
@@ -294,46 +302,55 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
                     step, complete)
 
 
-def _transpose_rows(gy, rows, width, groups, kgp, out):  # pragma: no cover - compiled
+def _transpose_rows(gy, rows, width, groups, kgp, block, out):  # pragma: no cover - compiled
     """``out (n, L, groups * kgp)``: ``gy (n, K, P)`` on the lattice with its channels along the last axis,
-    zeros at the dropped positions and in the ``kgp - K_g`` padding channels of each group."""
+    zeros at the dropped positions and in the ``kgp - K_g`` padding channels of each group.
+
+    One job per image and ``block`` lattice positions, whose rows of ``out``
+    (``block * groups * kgp`` elements) stay in cache while every channel is
+    written into them: a 1-D layer's single output row is cut into many jobs.
+    """
     n, k_total = gy.shape[:2]
     k_g = k_total // groups
     length = out.shape[1]
-    n_rows = rows.shape[0]
-    for job in prange(n * n_rows):
-        b = job // n_rows
-        q = job % n_rows
-        end = rows[q + 1] if q + 1 < n_rows else length
-        for p in range(rows[q] + width, end):  # dropped positions after this output row
-            line = out[b, p]
+    nblocks = -(-length // block)
+    for job in prange(n * nblocks):
+        b = job // nblocks
+        p0 = (job % nblocks) * block
+        p1 = min(length, p0 + block)
+        lines = out[b, p0:p1]
+        for p in range(p1 - p0):
+            line = lines[p]
             for i in range(line.shape[0]):
                 line[i] = 0
-        for g in range(groups):
-            for k in range(k_g, kgp):
-                for i in range(width):
-                    out[b, rows[q] + i, g * kgp + k] = 0
-            for k in range(k_g):
-                src = gy[b, g * k_g + k, q * width:(q + 1) * width]
-                for i in range(width):
-                    out[b, rows[q] + i, g * kgp + k] = src[i]
+        q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
+        while q < rows.shape[0] and rows[q] < p1:
+            lo = max(rows[q], p0)
+            hi = min(rows[q] + width, p1)
+            for g in range(groups):
+                for k in range(k_g):
+                    src = gy[b, g * k_g + k, q * width + lo - rows[q]:q * width + hi - rows[q]]
+                    for i in range(hi - lo):
+                        out[b, lo + i, g * kgp + k] = src[i]
+            q += 1
 
 
-def _grad_weight(xph, gyt, rowoff, ptable, crow, length, block, n_threads, parts):  # pragma: no cover - compiled
+def _grad_weight(xph, gyt, rowoff, ptable, crow, length, block, n_threads, wide, parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``.
 
     ``xph (n, C * stride)`` filled planes, ``gyt (n, L * groups * kgp)``
     (:func:`_transpose_rows`), ``rowoff (groups, CTp)`` where patch row
     ``r`` starts in ``xph[b]`` (rows past ``C_g * T`` repeat row 0),
-    ``ptable[s] = s * groups * kgp``, ``crow[r] = r * kgp``. Jobs are
-    (image, group, ``block`` positions), dealt to the threads in turn; each
-    thread adds into its own part, so no two write one entry.
+    ``ptable[s] = s * groups * kgp``, ``crow[r] = r * kgp``; the tile is
+    the wide one (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group,
+    ``block`` positions), dealt to the threads in turn; each thread adds
+    into its own part, so no two write one entry.
     """
     n = xph.shape[0]
     groups, ctp = rowoff.shape
     kgp = parts.shape[2] // ctp
-    mr = MR
-    nr = NV * (VECTOR_BYTES // parts.itemsize)
+    mr = WIDE_MR if wide else MR
+    nr = (WIDE_NV if wide else NV) * (VECTOR_BYTES // parts.itemsize)
     nblocks = -(-length // block)
     jobs = n * groups * nblocks
     for tid in prange(n_threads):
@@ -344,8 +361,12 @@ def _grad_weight(xph, gyt, rowoff, ptable, crow, length, block, n_threads, parts
             kc = min(block, length - p0)
             for rb in range(ctp // mr):
                 for kb in range(0, kgp, nr):
-                    _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb, ptable,
-                        0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+                    if wide:
+                        _mk_wide(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb,
+                                 ptable, 0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+                    else:
+                        _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb,
+                            ptable, 0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
 
 
 def _variants(fn):
@@ -382,9 +403,17 @@ def lattice_stride(plan, dtype) -> int:
     return _round_up(plan.length, NV * lanes(dtype))
 
 
+def _grad_weight_tile(k_g: int, dtype):
+    """``(rows, vectors, wide)`` of the weight gradient's tile: the wide one where ``K_g`` fills its rows."""
+    if k_g % (WIDE_NV * lanes(dtype)) == 0:
+        return WIDE_MR, WIDE_NV, True
+    return MR, NV, False
+
+
 def grad_weight_bytes(c, k, groups, plan, x_shape, pads, dtype) -> int:
     """Bytes of :func:`grad_weight`'s work array per image."""
-    kgp = _round_up(k // groups, NV * lanes(dtype))
+    nv = _grad_weight_tile(k // groups, dtype)[1]
+    kgp = _round_up(k // groups, nv * lanes(dtype))
     size = fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4]
     return (c * size + plan.length * groups * kgp) * np.dtype(dtype).itemsize
 
@@ -475,21 +504,21 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
-    nr = NV * lanes(x.dtype)
-    kgp = _round_up(k_g, nr)
-    ctp = _round_up(ct, MR)
+    mr, nv, wide = _grad_weight_tile(k_g, x.dtype)
+    kgp = _round_up(k_g, nv * lanes(x.dtype))
+    ctp = _round_up(ct, mr)
     stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
     par = _parallel(n * k * ct * plan.length)
     buf = scratch((n * (c * stride + plan.length * groups * kgp),))
     xph = _planes(x, plan, pads, stride, buf[:n * c * stride].reshape(n, c, stride), par)
     gyt = buf[n * c * stride:].reshape(n, plan.length, groups * kgp)
     _, _, _, rows, width = run_arrays(plan, True)
-    _TRANSPOSE[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, groups, kgp, gyt)
+    _TRANSPOSE[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, groups, kgp, TRANSPOSE_POSITIONS, gyt)
     n_threads = get_num_threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     ptable = np.arange(GRAD_WEIGHT_POSITIONS, dtype=np.int64) * (groups * kgp)
     crow = np.arange(ctp, dtype=np.int64) * kgp
     _GRAD_WEIGHT[par](xph.reshape(n, -1), gyt.reshape(n, -1), _row_offsets(groups, c_g, plan, stride, ctp), ptable,
-                      crow, plan.length, GRAD_WEIGHT_POSITIONS, n_threads, parts)
+                      crow, plan.length, GRAD_WEIGHT_POSITIONS, n_threads, wide, parts)
     total = parts.sum(axis=0).reshape(groups, ctp, kgp)[:, :ct, :k_g]  # (g, CT, K_g)
     return np.ascontiguousarray(total.swapaxes(1, 2))  # (g, K_g, CT)

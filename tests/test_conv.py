@@ -720,17 +720,18 @@ def test_stride_one_input_gradient_as_the_flipped_forward(size, kernel, c, k, gr
         assert max_rel_err(gx[finite], expected[finite]) < tol
 
 
-@pytest.mark.parametrize("vector_bytes, mr, nv", [(32, 4, 2), (64, 8, 2), (64, 3, 2), (32, 4, 3), (64, 8, 3), (64, 6, 4)])
+@pytest.mark.parametrize("vector_bytes, mr, nv, prefetch",
+                         [(32, 4, 2, 0), (64, 8, 2, 0), (64, 3, 2, 0), (32, 4, 3, 8), (64, 8, 3, 8), (64, 6, 4, 0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, dtype, rng):
+def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, prefetch, dtype, rng):
     """The LLVM tile of the implicit GEMM, as built for AVX-512 and for 256-bit machines, on tables of rows
-    at arbitrary offsets, overwriting and accumulating."""
+    at arbitrary offsets, overwriting and accumulating; prefetching changes no result."""
     from numba import njit
 
     from convlayer.engine.implicit import make_microkernel
 
     width = vector_bytes // np.dtype(dtype).itemsize * nv
-    mk = make_microkernel(mr, nv, vector_bytes)
+    mk = make_microkernel(mr, nv, vector_bytes, prefetch)
 
     @njit
     def tile(a, arows, astride, b, brows, c, crows, kc, beta):

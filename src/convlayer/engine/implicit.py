@@ -78,6 +78,9 @@ FORWARD_NV = 3
 # 8 x 2, 3-D 3x3x3 12.5-12.7 vs 13.4-20.0, 1-D k=9 18.7-24.7 vs 30.0-31.4 (the kernel alone); at
 # K_g = 96 and 32 its padding makes it slower, at 128 it is even. Without AVX-512, 8 x 2's ymm version.
 WIDE_MR, WIDE_NV = (6, 4) if VECTOR_BYTES == 64 else (MR, NV)
+# Steps ahead for which the forward's tile prefetches the plane run it will read (8 and 16: 3-10% less time
+# than none, in the forward kernel alone on the suite's large layers; 2 too few).
+FORWARD_PREFETCH = 8
 # Forward: lattice positions per job (a multiple of the tile's width in every dtype and register width)
 # and steps (patch rows) per microkernel call; on the suite's layers 64-512 positions and 64-512 rows
 # were within noise of each other with the 8 x 2 tile.
@@ -96,7 +99,7 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def make_microkernel(mr: int, nv: int, vector_bytes: int):
+def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0):
     """A Numba intrinsic ``mk(a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta)``.
 
     Computes the ``mr x (nv * lanes)`` tile ``C += A @ B`` (or ``C = A @ B``
@@ -110,7 +113,9 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int):
     ``a``, ``b`` and ``c`` are 1-D arrays of one float dtype, the row tables
     1-D int64 arrays; nothing is bounds-checked. The accumulators are
     vector values, kept in registers; each step is one fused multiply-add
-    per accumulator.
+    per accumulator. With ``prefetch``, each step also asks the cache for
+    the ``B`` row of step ``s + prefetch`` (the last step's, near the end):
+    rows that lie anywhere, which the hardware prefetcher cannot guess.
     """
 
     @intrinsic
@@ -151,8 +156,20 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int):
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
             lane0 = ir.Constant(ir.IntType(32), 0)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                  "llvm.prefetch.p0i8")
+            run = nv * width  # elements of B per step; one hint per cache line it may touch, and its last element
+            lines = sorted({*range(0, run, 64 // (vector_bytes // width)), run - 1})
             with cgutils.for_range(builder, kc) as loop:
                 s = loop.index
+                if prefetch:
+                    ahead = builder.add(s, const(prefetch))
+                    ahead = builder.select(builder.icmp_signed("<", ahead, kc), ahead, builder.sub(kc, const(1)))
+                    later = at(b_base, table(b_rows, ahead))
+                    for e in lines:  # read, keep in all cache levels, data cache
+                        builder.call(hint, [builder.bitcast(at(later, const(e)), i8p), ir.Constant(i32, 0),
+                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 row = at(b_base, table(b_rows, s))
                 bv = [builder.load(builder.bitcast(at(row, const(width * j)), vt.as_pointer()), align=align)
                       for j in range(nv)]
@@ -180,7 +197,7 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int):
 
 
 _mk = make_microkernel(MR, NV, VECTOR_BYTES)
-_mk_forward = make_microkernel(MR, FORWARD_NV, VECTOR_BYTES)
+_mk_forward = make_microkernel(MR, FORWARD_NV, VECTOR_BYTES, FORWARD_PREFETCH)
 _mk_wide = make_microkernel(WIDE_MR, WIDE_NV, VECTOR_BYTES)
 
 

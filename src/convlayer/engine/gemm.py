@@ -19,10 +19,10 @@ convolution of ``gy`` with the flipped kernel, by whichever forward
 strategy the rules pick for it (:func:`_flipped_pads`). Not a strategy of
 its own: it cannot be forced.
 
-``"winograd"`` (3x3, stride 1, 64-128 channels per group): Winograd
-F(4x4, 3x3) for the weight gradient (the forward and the input gradient,
-when forced), see :mod:`.winograd` for the algorithm and its documented
-error bound.
+``"winograd"`` (3x3, stride 1): Winograd F(4x4, 3x3) in all three
+passes when forced, see :mod:`.winograd` for the algorithm and its
+documented error bound. The rules no longer pick it: on the suite's 3x3
+layers the implicit GEMM is as fast or faster, and exact.
 
 ``"cols"`` (the other gradients): a patch matrix, gathered by a compiled
 threaded copy into a per-thread workspace, feeds BLAS. Forward, for images
@@ -81,12 +81,6 @@ DIRECT_MAX_CHANNELS = 16
 DIRECT_SMALL_MAX_CHANNELS = 128
 DIRECT_SMALL_LENGTH = 512
 
-# Channels per group (input and output) for which Winograd F(4x4, 3x3) takes the weight gradient of 3x3
-# stride-1 layers (python -m benchmarks.strategies; a one-process A/B for the last two): DeepBench C=128 at
-# 28x28 22.9-23.5 vs 29.1-31.0 ms for the implicit GEMM, ResNet C=64 at 56x56 13.4-13.5 vs 13.8; but
-# DeepBench C=32 at 112x112 19.9-20.1 vs 17.8. The forward and the input gradient run as implicit GEMMs.
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MAX_CHANNELS = 128
 
 # Output positions per image from which the forward GEMM runs image by image, straight into the output
 # (below it, per-image GEMMs are too small and the batch is folded into one GEMM instead).
@@ -106,10 +100,10 @@ LANES_MIN_IMAGES = 16
 # rows (speech, C=1 and 451 taps: 5.8 vs 10.9 ms; C3: 2.8 vs 3.8 ms; with 64-128 channels the patch
 # matrix's product and scatter were as fast or faster; stride-1 layers mostly run theirs flipped, see
 # FLIPPED_MIN_OUTPUTS). Weight gradient: at least IMPLICIT_GRAD_WEIGHT_MIN_ROWS rows and at most
-# IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS outputs per group, where Winograd does not take it (speech 6.0 vs 16.8 ms
-# for the patch matrix, 3-D 3x3x3 18.1 vs 28.5, 1-D k=9 32.4 vs 51.3, DCGAN's 128 outputs 9.2 vs 16.0, the
-# ResNet stem's 147 rows 10.7 vs 12.8, DeepBench C32 17.8 vs 19.9 for Winograd; but WaveNet's 128 rows
-# 19.0 vs 13.8 and DCGAN's 256 outputs 12.8 vs 10.6 for the patch matrix).
+# IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS outputs per group (against the patch matrix: speech 4.4 vs 14.7 ms, 3-D
+# 3x3x3 14.5 vs 27.9, 1-D k=9 26.9 vs 46.9, ResNet 3x3/2's 256 outputs 7.2 vs 8.8, the 3-D stem's 81 rows
+# 12.5 vs 15.9; against Winograd, ResNet 3x3 11.0 vs 13.3, DeepBench C32 14.2 vs 19.7 and C128 21.8 vs
+# 21.9; even with DCGAN's 256 outputs, 10.7 vs 10.2; the 1-D stem's 10 rows 6.2 vs 1.4).
 IMPLICIT_MIN_ROWS = 32
 # The input gradient of a stride-1 layer is a forward convolution (:func:`_flipped_pads`), which the planner
 # runs as one (with its own choice of forward strategy) wherever the flipped problem has at least
@@ -120,8 +114,8 @@ IMPLICIT_MIN_ROWS = 32
 FLIPPED_MIN_OUTPUTS = 4
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
-IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 144
-IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 128
+IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
+IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit")
 _forced: list[str] = []
 
@@ -149,8 +143,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
     for where it does not apply); the direct kernels for few channels per
     group; the implicit GEMM for forwards and most weight gradients (see
-    :data:`IMPLICIT_MIN_ROWS`); Winograd F(4x4, 3x3) for the weight gradient
-    of 3x3 stride-1 layers with 64-128 channels per group;
+    :data:`IMPLICIT_MIN_ROWS`; Winograd F(4x4, 3x3) runs only when forced);
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
     21 vs 32 ms weight gradient, 25 vs 40 ms input gradient against per-tap
@@ -177,8 +170,6 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
         return "taps"
     if pass_ == "forward" and _implicit_wins(c_g, k_g, plan, pass_, "cols"):
         return "implicit"
-    if not _forced and winograd_ok and WINOGRAD_MIN_CHANNELS <= min(c_g, k_g) and max(c_g, k_g) <= WINOGRAD_MAX_CHANNELS:
-        return "winograd"
     if _implicit_wins(c_g, k_g, plan, pass_, "cols"):
         return "implicit"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
@@ -370,6 +361,8 @@ def _phases(xp_chunk: np.ndarray, plan: WindowPlan) -> np.ndarray:
 
 
 _workspace = threading.local()
+# Bytes to which the workspace is aligned: a cache line, and a 512-bit vector.
+ALIGNMENT = 64
 
 
 def workspace(shape, dtype) -> np.ndarray:
@@ -378,12 +371,16 @@ def workspace(shape, dtype) -> np.ndarray:
     Memory written for the first time after allocation is slow on virtual
     machines (page faults, ~1 GB/s): reusing one buffer for the patch
     matrix halves the time of a GEMM-strategy convolution. The buffer is at
-    most the workspace limit plus one image's patch matrix.
+    most the workspace limit plus one image's patch matrix. It starts on a
+    cache line (:data:`ALIGNMENT`), so vector loads at multiples of 64 bytes
+    from its start never straddle two lines.
     """
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     buf = getattr(_workspace, "buf", None)
     if buf is None or buf.nbytes < nbytes:
-        buf = _workspace.buf = np.empty(nbytes, dtype=np.uint8)
+        raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+        skip = -raw.ctypes.data % ALIGNMENT
+        buf = _workspace.buf = raw[skip:skip + nbytes]
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
@@ -636,7 +633,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     if how == "implicit" and not _dense(plan, pads) and _all_finite(x):  # x * 0 at the dropped positions
         im = _implicit()
         gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
-        for sl in _chunks(n, im.grad_weight_bytes(c, k, groups, plan, x.shape, pads, x.dtype)):
+        for sl in _chunks(n, im.grad_weight_bytes(c, plan, x.shape, pads, x.dtype)):
             gw += im.grad_weight(gy[sl], x[sl], groups, plan, pads, _scratch(x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
     if how == "implicit":

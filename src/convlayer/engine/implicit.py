@@ -52,11 +52,11 @@ import math
 import numpy as np
 from llvmlite import binding as _llvm
 from llvmlite import ir
-from numba import prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .direct import _fill, _unfill, fill_arrays, run_arrays
+from .direct import _FLAGS, _fill, _unfill, fill_arrays, run_arrays
 
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
@@ -88,10 +88,9 @@ BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
-# Weight gradient: lattice positions per job (the steps of each microkernel call), and per job of the
-# transpose of gy that precedes it (64 positions of 64 channels: 16 KiB of float32, in L1).
+# Weight gradient: lattice positions per job (the steps of each microkernel call; the job's block of gy,
+# transposed, is 512 x 64 channels, 128 KiB of float32, in L2).
 GRAD_WEIGHT_POSITIONS = 512
-TRANSPOSE_POSITIONS = 64
 
 
 def lanes(dtype) -> int:
@@ -319,71 +318,65 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
                     step, complete)
 
 
-def _transpose_rows(gy, rows, width, groups, kgp, block, out):  # pragma: no cover - compiled
-    """``out (n, L, groups * kgp)``: ``gy (n, K, P)`` on the lattice with its channels along the last axis,
-    zeros at the dropped positions and in the ``kgp - K_g`` padding channels of each group.
-
-    One job per image and ``block`` lattice positions, whose rows of ``out``
-    (``block * groups * kgp`` elements) stay in cache while every channel is
-    written into them: a 1-D layer's single output row is cut into many jobs.
-    """
-    n, k_total = gy.shape[:2]
-    k_g = k_total // groups
-    length = out.shape[1]
-    nblocks = -(-length // block)
-    for job in prange(n * nblocks):
-        b = job // nblocks
-        p0 = (job % nblocks) * block
-        p1 = min(length, p0 + block)
-        lines = out[b, p0:p1]
-        for p in range(p1 - p0):
-            line = lines[p]
-            for i in range(line.shape[0]):
-                line[i] = 0
-        q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
-        while q < rows.shape[0] and rows[q] < p1:
-            lo = max(rows[q], p0)
-            hi = min(rows[q] + width, p1)
-            for g in range(groups):
-                for k in range(k_g):
-                    src = gy[b, g * k_g + k, q * width + lo - rows[q]:q * width + hi - rows[q]]
-                    for i in range(hi - lo):
-                        out[b, lo + i, g * kgp + k] = src[i]
-            q += 1
+@njit(**_FLAGS)
+def _transpose_block(gy, k0, k_g, rows, width, p0, p1, kgp, out):  # pragma: no cover - compiled
+    """``out[(p - p0) * kgp + k]`` for the lattice positions ``p0 <= p < p1``: channel ``k0 + k`` of one image's
+    ``gy (K, P)`` with its channels along the vectors, zeros at the dropped positions and in the
+    ``kgp - k_g`` padding channels."""
+    for i in range((p1 - p0) * kgp):
+        out[i] = 0
+    q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
+    while q < rows.shape[0] and rows[q] < p1:
+        lo = max(rows[q], p0)
+        hi = min(rows[q] + width, p1)
+        for k in range(k_g):
+            src = gy[k0 + k, q * width + lo - rows[q]:q * width + hi - rows[q]]
+            for i in range(hi - lo):
+                out[(lo - p0 + i) * kgp + k] = src[i]
+        q += 1
 
 
-def _grad_weight(xph, gyt, rowoff, ptable, crow, length, block, n_threads, wide, parts):  # pragma: no cover - compiled
+def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wide, parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``.
 
-    ``xph (n, C * stride)`` filled planes, ``gyt (n, L * groups * kgp)``
-    (:func:`_transpose_rows`), ``rowoff (groups, CTp)`` where patch row
-    ``r`` starts in ``xph[b]`` (rows past ``C_g * T`` repeat row 0),
-    ``ptable[s] = s * groups * kgp``, ``crow[r] = r * kgp``; the tile is
-    the wide one (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group,
-    ``block`` positions), dealt to the threads in turn; each thread adds
-    into its own part, so no two write one entry.
+    ``xph (n, C * stride)`` filled planes, ``gy (n, K, P)`` as given,
+    ``rowoff (groups, CTp)`` where patch row ``r`` starts in ``xph[b]``
+    (rows past ``C_g * T`` repeat row 0); the tile is the wide one
+    (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group, ``block``
+    positions), dealt to the threads in turn. Each job first lays its
+    block of ``gy`` out with the channels along the vectors, ``kgp`` apart
+    (:func:`_transpose_block`), in a buffer of its thread that stays in
+    cache, then adds its products into the thread's own part, so no two
+    threads write one entry.
     """
     n = xph.shape[0]
     groups, ctp = rowoff.shape
-    kgp = parts.shape[2] // ctp
+    k_g = gy.shape[1] // groups
     mr = WIDE_MR if wide else MR
     nr = (WIDE_NV if wide else NV) * (VECTOR_BYTES // parts.itemsize)
     nblocks = -(-length // block)
     jobs = n * groups * nblocks
+    ptable = np.arange(block) * kgp  # step s (position p0 + s) of the buffer
+    crow = np.arange(ctp) * kgp
+    align = VECTOR_BYTES // parts.itemsize
     for tid in prange(n_threads):
+        raw = np.empty(block * kgp + align, dtype=parts.dtype)
+        skip = (-raw.ctypes.data % VECTOR_BYTES) // parts.itemsize  # vector loads that never split a line
+        gyt = raw[skip:skip + block * kgp]
         for job in range(tid, jobs, n_threads):
             b = job // (groups * nblocks)
             g = (job // nblocks) % groups
             p0 = (job % nblocks) * block
             kc = min(block, length - p0)
+            _transpose_block(gy[b], g * k_g, k_g, rows, width, p0, p0 + kc, kgp, gyt)
             for rb in range(ctp // mr):
                 for kb in range(0, kgp, nr):
                     if wide:
-                        _mk_wide(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb,
-                                 ptable, 0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+                        _mk_wide(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
+                                 crow[rb * mr:(rb + 1) * mr], kc, True)
                     else:
-                        _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt[b], p0 * groups * kgp + g * kgp + kb,
-                            ptable, 0, parts[tid, g], kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+                        _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
+                            crow[rb * mr:(rb + 1) * mr], kc, True)
 
 
 def _variants(fn):
@@ -396,7 +389,6 @@ _FILL = _variants(_fill_planes)
 _FORWARD = _variants(_forward)
 _EMBED = _variants(_embed_rows)
 _GRAD_INPUT = _variants(_grad_input)
-_TRANSPOSE = _variants(_transpose_rows)
 _GRAD_WEIGHT = _variants(_grad_weight)
 
 
@@ -427,12 +419,10 @@ def _grad_weight_tile(k_g: int, dtype):
     return MR, NV, False
 
 
-def grad_weight_bytes(c, k, groups, plan, x_shape, pads, dtype) -> int:
+def grad_weight_bytes(c, plan, x_shape, pads, dtype) -> int:
     """Bytes of :func:`grad_weight`'s work array per image."""
-    nv = _grad_weight_tile(k // groups, dtype)[1]
-    kgp = _round_up(k // groups, nv * lanes(dtype))
     size = fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4]
-    return (c * size + plan.length * groups * kgp) * np.dtype(dtype).itemsize
+    return c * size * np.dtype(dtype).itemsize
 
 
 def _planes(x, plan, pads, stride, out, par):
@@ -526,16 +516,12 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     ctp = _round_up(ct, mr)
     stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
     par = _parallel(n * k * ct * plan.length)
-    buf = scratch((n * (c * stride + plan.length * groups * kgp),))
-    xph = _planes(x, plan, pads, stride, buf[:n * c * stride].reshape(n, c, stride), par)
-    gyt = buf[n * c * stride:].reshape(n, plan.length, groups * kgp)
+    xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     _, _, _, rows, width = run_arrays(plan, True)
-    _TRANSPOSE[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, groups, kgp, TRANSPOSE_POSITIONS, gyt)
     n_threads = get_num_threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
-    ptable = np.arange(GRAD_WEIGHT_POSITIONS, dtype=np.int64) * (groups * kgp)
-    crow = np.arange(ctp, dtype=np.int64) * kgp
-    _GRAD_WEIGHT[par](xph.reshape(n, -1), gyt.reshape(n, -1), _row_offsets(groups, c_g, plan, stride, ctp), ptable,
-                      crow, plan.length, GRAD_WEIGHT_POSITIONS, n_threads, wide, parts)
+    _GRAD_WEIGHT[par](xph.reshape(n, -1), np.ascontiguousarray(gy).reshape(n, k, -1),
+                      _row_offsets(groups, c_g, plan, stride, ctp), rows, width, kgp, plan.length, GRAD_WEIGHT_POSITIONS,
+                      n_threads, wide, parts)
     total = parts.sum(axis=0).reshape(groups, ctp, kgp)[:, :ct, :k_g]  # (g, CT, K_g)
     return np.ascontiguousarray(total.swapaxes(1, 2))  # (g, K_g, CT)

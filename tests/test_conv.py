@@ -679,9 +679,10 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
         ((12, 13), (3, 3), 8, 12, 2, 1, 2, ((2, 4), (0, 1)), True),  # groups, dilation, asymmetric padding
         ((5, 6, 7), (3, 3, 3), 6, 5, 1, 1, 1, 0, True),  # 3-D, no padding: the flipped padding is the reach
         ((12, 13), (3, 3), 16, 16, 4, 1, 1, ((1, 1), (1, 1)), True),  # 4 channels per group: direct forward
-        ((6, 7), (3, 3), 8, 8, 1, 1, 1, ((3, 0), (1, 1)), False),  # padding beyond the kernel's reach
-        ((3, 9), (3, 3), 8, 8, 1, (2, 1), 1, ((0, 1), (1, 1)), False),  # one output row, stride 2: a tail unread
+        ((6, 7), (3, 3), 8, 8, 1, 1, 1, ((3, 0), (1, 1)), True),  # padding beyond the kernel's reach: gy sliced
+        ((3, 9), (3, 3), 8, 8, 1, (2, 1), 1, ((0, 1), (1, 1)), True),  # one output row, stride 2: a tail unread
         ((12, 13), (3, 3), 3, 8, 1, 1, 1, 1, False),  # 3 input channels: below FLIPPED_MIN_OUTPUTS
+        ((12, 13), (3, 3), 8, 8, 1, 2, 1, 1, False),  # a stride: the patch matrix (one forward per phase is slower)
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -718,6 +719,33 @@ def test_stride_one_input_gradient_as_the_flipped_forward(size, kernel, c, k, gr
         assert np.array_equal(np.isfinite(gx), np.isfinite(expected))
         finite = np.isfinite(expected)
         assert max_rel_err(gx[finite], expected[finite]) < tol
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, dilation, pads",
+    [
+        ((9, 10), (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1))),  # ResNet's 3x3/2: 2x2, 2x1, 1x2 and 1x1 sub-kernels
+        ((8,), (4,), (2,), (1,), ((1, 2),)),  # DCGAN's 4/2 transposed: two 2-tap phases
+        ((13,), (3,), (4,), (1,), ((0, 0),)),  # kernel shorter than the stride: a phase no tap reaches
+        ((11, 7), (3, 2), (2, 3), (2, 3), ((4, 0), (0, 5))),  # gcd(s, d) > 1, padding beyond the kernel's reach
+        ((5, 6, 7), (2, 3, 3), (3, 1, 2), (1, 2, 1), ((1, 1), (0, 4), (2, 0))),  # 3-D, mixed strides
+    ],
+)
+def test_input_gradient_by_stride_phases(size, kernel, stride, dilation, pads, rng):
+    """The input gradient as one forward convolution per stride phase equals the patch matrix's, exactly."""
+    from convlayer.engine import gemm
+    from convlayer.engine.windows import make_plan
+
+    full = tuple(n + lo + hi for n, (lo, hi) in zip(size, pads))
+    out = tuple((f - d * (k - 1) - 1) // s + 1 for f, k, s, d in zip(full, kernel, stride, dilation))
+    plan = make_plan(full, kernel, stride, dilation, out)
+    groups, c, k = 2, 6, 4
+    w = rng.standard_normal((k, c // groups, *kernel))
+    gy = rng.standard_normal((2, k, *out))
+    with force_strategy("cols"):
+        expected = gemm.conv_grad_input(gy, w, groups, plan, (2, c, *size), pads)
+    got = gemm._grad_input_flipped(gy, w, groups, plan, (2, c, *size), pads)
+    assert max_rel_err(got, expected) < 1e-12
 
 
 @pytest.mark.parametrize("vector_bytes, mr, nv, prefetch",

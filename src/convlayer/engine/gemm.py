@@ -16,7 +16,7 @@ see :mod:`.implicit`.
 
 ``"flipped"`` (the input gradient of most stride-1 layers): the forward
 convolution of ``gy`` with the flipped kernel, by whichever forward
-strategy the rules pick for it (:func:`_flipped_pads`). Not a strategy of
+strategy the rules pick for it (:func:`_grad_input_flipped`). Not a strategy of
 its own: it cannot be forced.
 
 ``"winograd"`` (3x3, stride 1): Winograd F(4x4, 3x3) in all three
@@ -57,8 +57,10 @@ and of one float dtype; nothing in the engine checks arguments.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -105,12 +107,14 @@ LANES_MIN_IMAGES = 16
 # 12.5 vs 15.9; against Winograd, ResNet 3x3 11.0 vs 13.3, DeepBench C32 14.2 vs 19.7 and C128 21.8 vs
 # 21.9; even with DCGAN's 256 outputs, 10.7 vs 10.2; the 1-D stem's 10 rows 6.2 vs 1.4).
 IMPLICIT_MIN_ROWS = 32
-# The input gradient of a stride-1 layer is a forward convolution (:func:`_flipped_pads`), which the planner
+# The input gradient of a stride-1 layer is a forward convolution (:func:`_grad_input_flipped`), which the planner
 # runs as one (with its own choice of forward strategy) wherever the flipped problem has at least
 # FLIPPED_MIN_OUTPUTS outputs (the layer's C_g), IMPLICIT_MIN_ROWS patch rows (K_g * T) and more than one tap:
 # dilated 3x3 8.2-9.2 vs 13.7-13.9 ms for the patch matrix, 3-D 3x3x3 17.8 vs 25.7, 1-D k=9 29.4 vs 42.8,
 # ResNet 3x3 12.7 vs 13.0 for Winograd, ResNeXt's 4 channels per group 4.6 (direct forward) vs 7.6 (direct
 # input gradient); but the 3-D stem's 3 channels 22.9 vs 14.4 (patch matrix), ResNet 1x1 12.7 vs 5.9 (per-tap).
+# With a stride, one forward per stride phase was slower: ResNet 3x3/2 10.4 vs 7.8-8.1 ms, DCGAN's
+# transposed 256->128 forward 13.3-13.9 vs 9.3-10.9 (a fifth of it in writing the phases into the gradient).
 FLIPPED_MIN_OUTPUTS = 4
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
@@ -192,9 +196,9 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
 
 
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
-    """Whether the input gradient runs as the forward of the flipped problem (see :data:`FLIPPED_MIN_OUTPUTS`)
-    where the padding lets it (:func:`_flipped_pads`). Forced strategies run their own gradient."""
-    return (plan.unit_stride and plan.padded == plan.full and plan.n_taps > 1 and not all(o == 1 for o in plan.out) and c_g >= FLIPPED_MIN_OUTPUTS
+    """Whether the input gradient runs as the forward convolution of the flipped problem (stride 1: one phase
+    of :func:`_grad_input_flipped`; see :data:`FLIPPED_MIN_OUTPUTS`). Forced strategies run their own gradient."""
+    return (plan.unit_stride and plan.n_taps > 1 and not all(o == 1 for o in plan.out) and c_g >= FLIPPED_MIN_OUTPUTS
             and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS)
 
 
@@ -489,11 +493,8 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     c = in_shape[1]
     c_g, k_g = c // groups, k // groups
     how = strategy(c_g, k_g, plan, "grad_input", n)
-    flipped = _flipped_pads(plan, pads)
-    if how == "flipped" and flipped is not None and _all_finite(w):  # the padded zeros meet every weight
-        fplan = make_plan(tuple(o + lo + hi for o, (lo, hi) in zip(plan.out, flipped)), plan.kernel, plan.stride,
-                         plan.dilation, tuple(in_shape[2:]))
-        return conv_forward(gy, _flipped_weights(w, groups), groups, fplan, flipped)
+    if how == "flipped" and _all_finite(w):  # the padded zeros meet every weight
+        return _grad_input_flipped(gy, w, groups, plan, in_shape, pads)
     if how == "flipped":
         how = strategy(c_g, k_g, plan, "grad_input", n, flip=False)
     if how in ("direct", "lanes"):
@@ -506,6 +507,7 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
                 _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
                 *_direct_args(d, plan, in_shape, pads, whole, how), groups, complete, gx.reshape(n, c, -1))
         return gx
+    flipped = _flipped_pads(plan, pads)
     if how == "winograd" and flipped is not None and _all_finite(w) and _all_finite(gy):
         gx = np.empty(in_shape, dtype=gy.dtype)
         _winograd_forward(gy, _flipped_weights(w, groups), groups, flipped, gx)
@@ -554,6 +556,66 @@ def _flipped_pads(plan: WindowPlan, pads):
     if any(lo > r or hi > r for (lo, hi), r in zip(pads, reach)):
         return None
     return tuple((r - lo, r - hi) for (lo, hi), r in zip(pads, reach))
+
+
+class _Phase(NamedTuple):
+    """One stride phase of one axis of :func:`_grad_input_flipped`: input positions ``m * s + phi - lo`` for
+    ``m0 <= m < m0 + count``, fed by ``taps`` (a ``step`` apart in ``gy``) from ``gy[start:end]``."""
+
+    phi: int
+    taps: list
+    m0: int
+    count: int
+    start: int
+    end: int
+    step: int
+
+
+def _phases_of(plan: WindowPlan, pads, size) -> list[list[_Phase]]:
+    """Per axis, its stride phases (see :func:`_grad_input_flipped`)."""
+    axes = []
+    for s, d, k, (lo, _), n in zip(plan.stride, plan.dilation, plan.kernel, pads, size):
+        phases = []
+        for phi in range(s):
+            taps = [t for t in range(k) if (t * d) % s == phi]  # t * d = u * s + phi
+            m0 = -((phi - lo) // s)
+            count = max(0, (n - 1 + lo - phi) // s - m0 + 1)
+            step = d // math.gcd(s, d)  # u of consecutive taps of the phase
+            u0 = (taps[0] * d - phi) // s if taps else 0
+            phases.append(_Phase(phi, taps, m0, count, m0 - u0 - (len(taps) - 1) * step, m0 + count - u0, step))
+        axes.append(phases)
+    return axes
+
+
+def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
+    """Input gradient as forward convolutions of ``gy``, one per stride phase of the input.
+
+    Input position ``i = m * s + phi - lo`` receives ``gy[o] * w[t]`` from
+    the taps with ``t * d = u * s + phi``, at ``o = m - u``. So on each
+    phase ``phi`` the gradient is the cross-correlation of ``gy`` with the
+    phase's taps (``u`` a stride ``d / gcd(s, d)`` apart), flipped and with
+    their channel axes swapped per group (:func:`_flipped_weights`); ``gy``
+    is zero-padded where the correlation reads past it and sliced where it
+    would read entries that no position of the phase receives. Stride 1 has
+    one phase (the "full" correlation); stride ``s`` has ``s ** rank``, each
+    a stride-1 problem on the planner's own forward strategy (for a
+    transposed convolution's forward: its sub-kernels). Phases that no tap
+    reaches keep a zero gradient.
+    """
+    gx = np.zeros(in_shape, dtype=gy.dtype)
+    for phase in itertools.product(*_phases_of(plan, pads, in_shape[2:])):
+        read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
+        if any(not p.taps or not p.count for p in phase) or any(r.stop <= r.start for r in read):
+            continue  # no tap reaches the phase, or it reads only padding: a zero gradient
+        fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
+        fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
+                          (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
+        sub = w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
+        part = conv_forward(gy[(slice(None), slice(None), *read)], _flipped_weights(sub, groups), groups, fplan,
+                            fpads)
+        dest = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
+        gx[(slice(None), slice(None), *dest)] = part
+    return gx
 
 
 def _flipped_weights(w: np.ndarray, groups: int) -> np.ndarray:

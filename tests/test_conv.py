@@ -676,12 +676,14 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
     "size, kernel, c, k, groups, stride, dilation, padding, flips",
     [
         ((40,), (9,), 8, 6, 1, 1, 1, ((0, 8),), True),  # padding = the kernel's reach: flipped padding 0 after
-        ((12, 13), (3, 3), 8, 12, 2, 1, 2, ((2, 4), (0, 1)), True),  # groups, dilation, asymmetric padding
-        ((5, 6, 7), (3, 3, 3), 6, 5, 1, 1, 1, 0, True),  # 3-D, no padding: the flipped padding is the reach
-        ((12, 13), (3, 3), 16, 16, 4, 1, 1, ((1, 1), (1, 1)), True),  # 4 channels per group: direct forward
+        ((12, 13), (3, 3), 16, 12, 2, 1, 2, ((2, 4), (0, 1)), True),  # groups, dilation, asymmetric padding
+        ((5, 6, 7), (3, 3, 3), 8, 5, 1, 1, 1, 0, True),  # 3-D, no padding: the flipped padding is the reach
+        ((12, 13), (3, 3), 16, 16, 4, 1, 1, ((1, 1), (1, 1)), True),  # 4 x 4 channels per group: direct forward
+        ((12, 13), (3, 3), 6, 6, 6, 1, 1, 1, True),  # depthwise: direct forward
+        ((12, 13), (3, 3), 1, 6, 1, 1, 1, 1, False),  # 1 -> 6 channels: the flipped 6 -> 1 is slower
+        ((12, 13), (3, 3), 6, 16, 1, 1, 1, 1, False),  # 6 outputs of the flipped problem: a part-empty tile
         ((6, 7), (3, 3), 8, 8, 1, 1, 1, ((3, 0), (1, 1)), True),  # padding beyond the kernel's reach: gy sliced
         ((3, 9), (3, 3), 8, 8, 1, (2, 1), 1, ((0, 1), (1, 1)), True),  # one output row, stride 2: a tail unread
-        ((12, 13), (3, 3), 3, 8, 1, 1, 1, 1, False),  # 3 input channels: below FLIPPED_MIN_OUTPUTS
         ((12, 13), (3, 3), 8, 8, 1, 2, 1, 1, False),  # a stride: the patch matrix (one forward per phase is slower)
     ],
 )

@@ -108,14 +108,17 @@ LANES_MIN_IMAGES = 16
 # 21.9; even with DCGAN's 256 outputs, 10.7 vs 10.2; the 1-D stem's 10 rows 6.2 vs 1.4).
 IMPLICIT_MIN_ROWS = 32
 # The input gradient of a stride-1 layer is a forward convolution (:func:`_grad_input_flipped`), which the planner
-# runs as one (with its own choice of forward strategy) wherever the flipped problem has at least
-# FLIPPED_MIN_OUTPUTS outputs (the layer's C_g), IMPLICIT_MIN_ROWS patch rows (K_g * T) and more than one tap:
-# dilated 3x3 8.2-9.2 vs 13.7-13.9 ms for the patch matrix, 3-D 3x3x3 17.8 vs 25.7, 1-D k=9 29.4 vs 42.8,
-# ResNet 3x3 12.7 vs 13.0 for Winograd, ResNeXt's 4 channels per group 4.6 (direct forward) vs 7.6 (direct
-# input gradient); but the 3-D stem's 3 channels 22.9 vs 14.4 (patch matrix), ResNet 1x1 12.7 vs 5.9 (per-tap).
+# runs as one (with its own choice of forward strategy) where the flipped problem has at least
+# FLIPPED_MIN_OUTPUTS outputs (the layer's C_g: a full tile of the implicit forward), IMPLICIT_MIN_ROWS patch
+# rows (K_g * T) and more than one tap: dilated 3x3 8.2-9.2 vs 13.7-13.9 ms for the patch matrix, 3-D 3x3x3
+# 17.8 vs 25.7, 1-D k=9 29.4 vs 42.8, ResNet 3x3 12.7 vs 13.0 for Winograd; but LeNet C3's 6 outputs 2.8 vs 2.6
+# (implicit, scatter form), the 3-D stem's 3 outputs 22.9 vs 14.4 (patch matrix), ResNet 1x1 12.7 vs 5.9 (per-tap).
+# And where the direct kernels take both problems and the flipped one has at least as many outputs as
+# inputs per group: depthwise 3x3 2.6-2.9 vs 3.7-3.9 ms, ResNeXt's 4 x 4 4.2 vs 7.1 (their forward kernel is
+# the faster); but LeNet C1's 6 inputs to 1 output, 0.9 vs 0.6 ms.
 # With a stride, one forward per stride phase was slower: ResNet 3x3/2 10.4 vs 7.8-8.1 ms, DCGAN's
 # transposed 256->128 forward 13.3-13.9 vs 9.3-10.9 (a fifth of it in writing the phases into the gradient).
-FLIPPED_MIN_OUTPUTS = 4
+FLIPPED_MIN_OUTPUTS = 8
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
@@ -198,8 +201,11 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
     """Whether the input gradient runs as the forward convolution of the flipped problem (stride 1: one phase
     of :func:`_grad_input_flipped`; see :data:`FLIPPED_MIN_OUTPUTS`). Forced strategies run their own gradient."""
-    return (plan.unit_stride and plan.n_taps > 1 and not all(o == 1 for o in plan.out) and c_g >= FLIPPED_MIN_OUTPUTS
-            and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS)
+    if not plan.unit_stride or plan.n_taps == 1 or all(o == 1 for o in plan.out):
+        return False
+    if c_g * k_g <= DIRECT_MAX_CHANNELS:  # both in the direct kernels
+        return c_g >= k_g
+    return c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS
 
 
 def _winograd():
@@ -602,8 +608,9 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
     transposed convolution's forward: its sub-kernels). Phases that no tap
     reaches keep a zero gradient.
     """
-    gx = np.zeros(in_shape, dtype=gy.dtype)
-    for phase in itertools.product(*_phases_of(plan, pads, in_shape[2:])):
+    phases = _phases_of(plan, pads, in_shape[2:])
+    gx = None if all(len(axis) == 1 for axis in phases) else np.zeros(in_shape, dtype=gy.dtype)
+    for phase in itertools.product(*phases):
         read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
         if any(not p.taps or not p.count for p in phase) or any(r.stop <= r.start for r in read):
             continue  # no tap reaches the phase, or it reads only padding: a zero gradient
@@ -613,9 +620,11 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
         sub = w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
         part = conv_forward(gy[(slice(None), slice(None), *read)], _flipped_weights(sub, groups), groups, fplan,
                             fpads)
+        if gx is None:  # stride 1: the one phase is the whole gradient
+            return part
         dest = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
         gx[(slice(None), slice(None), *dest)] = part
-    return gx
+    return np.zeros(in_shape, dtype=gy.dtype) if gx is None else gx
 
 
 def _flipped_weights(w: np.ndarray, groups: int) -> np.ndarray:

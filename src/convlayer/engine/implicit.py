@@ -15,27 +15,32 @@ kernel instead, which reads its operands where they lie:
    output. Row ``r = c * T + t`` of the patch matrix is that run: it is
    never copied, only addressed (``row_offsets``).
 2. **Microkernel.** :func:`make_microkernel` emits, as LLVM IR with
-   explicit vector types, the register tile of a GEMM: ``MR`` rows times
-   ``NV`` vectors of columns, accumulated over ``kc`` steps with fused
+   explicit vector types, the register tile of a GEMM: ``mr`` rows times
+   ``nv`` vectors of columns, accumulated over ``kc`` steps with fused
    multiply-adds, each step one broadcast per row and one load per
    vector. The rows of both operands and of the result are given by
-   offset tables, so one kernel serves the three passes:
+   offset tables, so one generator serves the three passes, each with
+   the tile that suits it:
 
    * forward ``y[k, p] += W[k, r] * plane[r][p]``: packed weights
-     broadcast, plane runs loaded as vectors over positions ``p``;
+     broadcast, plane runs loaded as vectors over positions ``p``
+     (``MR x FORWARD_NV``, prefetching the runs of later steps);
    * input gradient ``plane_grad[r][p] += W[k, r] * gy[k, p]``: the
      transposed weights broadcast, ``gy`` loaded, and the tile added
      straight into the gradient's padded planes (col2im without the
-     matrix);
+     matrix; ``MR x NV``). :mod:`.gemm` runs most stride-1 input
+     gradients as forwards of the flipped problem instead;
    * weight gradient ``gW[r, k] += plane[r][p] * gy[p, k]``: plane
-     elements broadcast, ``gy`` transposed once so its channels lie along
-     the vectors, the positions ``p`` as the steps.
+     elements broadcast, ``gy`` laid out block by block with its channels
+     along the vectors, the positions ``p`` as the steps (``MR x NV``, or
+     ``WIDE_MR x WIDE_NV`` where the outputs per group fill it).
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
-   256): ``MR x NV`` accumulators fill most of the register file, and on
-   the development machine the tile ran at up to 243 GFLOP/s on two cores
-   with its data in cache, the machine's GEMM peak
-   (``python -m benchmarks.microkernel --steps 128``; runs vary by up to 2x).
+   256): the accumulators fill most of the register file, and on the
+   development machine the tiles ran at 174-256 GFLOP/s on two cores with
+   their data in cache, about the machine's GEMM peak
+   (``python -m benchmarks.microkernel --steps 128``; runs vary by up to
+   1.4x).
 
 Dropped lattice columns (the few positions per row that wrap around) are
 computed and thrown away by the forward; the gradients see zeros there,

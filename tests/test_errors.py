@@ -157,6 +157,9 @@ def test_workspace_is_reused_then_released(rng):
         assert gemm._workspace.buf is first
         convlayer.release_workspace()
         assert gemm._workspace.buf is None
+    for shape, dtype in (((3,), np.float64), ((1000, 7), np.float32), ((5, 3), np.uint8)):  # each a new buffer
+        convlayer.release_workspace()
+        assert gemm.workspace(shape, dtype).ctypes.data % gemm.ALIGNMENT == 0  # starts on a cache line
 
 
 def test_cached_geometry_still_rejects_what_equals_a_valid_argument():

@@ -159,10 +159,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     strategy that does not apply to the problem (Winograd on a 5x5 kernel,
     say) falls back to these rules.
     """
-    wg = _winograd()
-    # One image's transformed input and products must fit the workspace limit (chunks are whole images).
-    winograd_ok = wg.supported(plan) and wg.bytes_per_image(c_g, k_g, plan.out, 8) <= _config.get_workspace_limit()
-    if _forced and (_forced[-1] != "winograd" or winograd_ok):
+    if _forced and (_forced[-1] != "winograd" or _winograd_fits(c_g, k_g, plan)):
         return _forced[-1]
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
@@ -212,6 +209,13 @@ def _winograd():
     from . import winograd
 
     return winograd
+
+
+def _winograd_fits(c_g: int, k_g: int, plan) -> bool:
+    """Whether forced Winograd applies: 3x3 stride 1, and one image's transformed input and products within
+    the workspace limit (chunks are whole images)."""
+    wg = _winograd()
+    return wg.supported(plan) and wg.bytes_per_image(c_g, k_g, plan.out, 8) <= _config.get_workspace_limit()
 
 
 def _winograd_scratch(c_g, k_g, tiles, dtype):

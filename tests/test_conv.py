@@ -684,7 +684,8 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
         ((12, 13), (3, 3), 6, 16, 1, 1, 1, 1, False),  # 6 outputs of the flipped problem: a part-empty tile
         ((6, 7), (3, 3), 8, 8, 1, 1, 1, ((3, 0), (1, 1)), True),  # padding beyond the kernel's reach: gy sliced
         ((3, 9), (3, 3), 8, 8, 1, (2, 1), 1, ((0, 1), (1, 1)), True),  # one output row, stride 2: a tail unread
-        ((12, 13), (3, 3), 8, 8, 1, 2, 1, 1, False),  # a stride: the patch matrix (one forward per phase is slower)
+        ((12, 13), (3, 3), 8, 8, 1, 2, 1, 1, False),  # a stride on small planes: the patch matrix
+        ((34, 32), (4, 4), 8, 8, 1, 2, 1, 1, True),  # a stride, 16 x 16 outputs: one forward per stride phase
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

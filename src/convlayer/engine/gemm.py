@@ -14,10 +14,11 @@ where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
 matrix; a vector register tile multiplies straight from the padded planes,
 see :mod:`.implicit`.
 
-``"flipped"`` (the input gradient of most stride-1 layers): the forward
-convolution of ``gy`` with the flipped kernel, by whichever forward
-strategy the rules pick for it (:func:`_grad_input_flipped`). Not a strategy of
-its own: it cannot be forced.
+``"flipped"`` (the input gradient of most stride-1 layers, and of strided
+ones with large outputs): the forward convolution of ``gy`` with the
+flipped kernel, one per stride phase, by whichever forward strategy the
+rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
+own: it cannot be forced.
 
 ``"winograd"`` (3x3, stride 1): Winograd F(4x4, 3x3) in all three
 passes when forced, see :mod:`.winograd` for the algorithm and its
@@ -116,9 +117,13 @@ IMPLICIT_MIN_ROWS = 32
 # And where the direct kernels take both problems and the flipped one has at least as many outputs as
 # inputs per group: depthwise 3x3 2.6-2.9 vs 3.7-3.9 ms, ResNeXt's 4 x 4 4.2 vs 7.1 (their forward kernel is
 # the faster); but LeNet C1's 6 inputs to 1 output, 0.9 vs 0.6 ms.
-# With a stride, one forward per stride phase was slower: ResNet 3x3/2 10.4 vs 7.8-8.1 ms, DCGAN's
-# transposed 256->128 forward 13.3-13.9 vs 9.3-10.9 (a fifth of it in writing the phases into the gradient).
+# With a stride, one forward per stride phase (each over about as many positions as the layer's output),
+# where the layer has at least FLIPPED_MIN_PHASE_POSITIONS outputs per image: DCGAN's transposed 128->64
+# forward (16x16 -> 32x32) 8.6-8.8 vs 10.8-12.4 ms for the patch matrix in the suite; on smaller planes the
+# tile overhangs the phases' short rows: ResNet 3x3/2's 14x14 8.6-8.9 vs 7.3-7.6, DCGAN 256->128's 8x8
+# 11.7-12.0 vs 8.9-9.2 (one-process A/B).
 FLIPPED_MIN_OUTPUTS = 8
+FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
@@ -144,9 +149,10 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     with ``c_g`` inputs and ``k_g`` outputs per group, on ``n`` images.
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
-    times every strategy on every problem; see BENCHMARKS.md): for the input
-    gradient of stride-1 layers, ``"flipped"``, the forward convolution of
-    the flipped problem with its own choice of strategy (see
+    times every strategy on every problem; see BENCHMARKS.md): for most
+    input gradients of stride-1 layers (and of strided ones with large
+    outputs), ``"flipped"``, forward convolutions of the flipped problem
+    with their own choice of strategy (see
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
     for where it does not apply); the direct kernels for few channels per
     group; the implicit GEMM for forwards and most weight gradients (see
@@ -196,10 +202,13 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
 
 
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
-    """Whether the input gradient runs as the forward convolution of the flipped problem (stride 1: one phase
-    of :func:`_grad_input_flipped`; see :data:`FLIPPED_MIN_OUTPUTS`). Forced strategies run their own gradient."""
-    if not plan.unit_stride or plan.n_taps == 1 or all(o == 1 for o in plan.out):
+    """Whether the input gradient runs as forward convolutions of the flipped problem, one per stride phase
+    (:func:`_grad_input_flipped`; see :data:`FLIPPED_MIN_OUTPUTS`). Forced strategies run their own gradient."""
+    if plan.n_taps == 1 or all(o == 1 for o in plan.out):
         return False
+    if not plan.unit_stride:  # one forward per stride phase, each over about out positions per image
+        return (c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS * plan.phases
+                and math.prod(plan.out) >= FLIPPED_MIN_PHASE_POSITIONS)
     if c_g * k_g <= DIRECT_MAX_CHANNELS:  # both in the direct kernels
         return c_g >= k_g
     return c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS
@@ -612,12 +621,18 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
     transposed convolution's forward: its sub-kernels). Phases that no tap
     reaches keep a zero gradient.
     """
+    n, c = in_shape[:2]
     phases = _phases_of(plan, pads, in_shape[2:])
-    gx = None if all(len(axis) == 1 for axis in phases) else np.zeros(in_shape, dtype=gy.dtype)
+    live, whole = [], True
     for phase in itertools.product(*phases):
         read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
-        if any(not p.taps or not p.count for p in phase) or any(r.stop <= r.start for r in read):
-            continue  # no tap reaches the phase, or it reads only padding: a zero gradient
+        if all(p.taps and p.count for p in phase) and all(r.stop > r.start for r in read):
+            live.append((phase, read))
+        elif all(p.count for p in phase):  # no tap reaches these positions, or only padding does: zeros
+            whole = False
+    gx = None if math.prod(map(len, phases)) == 1 else (np.empty if whole else np.zeros)(in_shape, dtype=gy.dtype)
+    positions = np.arange(math.prod(in_shape[2:]), dtype=np.int64).reshape(in_shape[2:])
+    for phase, read in live:
         fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
         fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
                           (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
@@ -627,7 +642,8 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
         if gx is None:  # stride 1: the one phase is the whole gradient
             return part
         dest = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
-        gx[(slice(None), slice(None), *dest)] = part
+        _direct().place(part.reshape(n * c, -1), np.ascontiguousarray(positions[dest]).reshape(-1),
+                        gx.reshape(n * c, -1))
     return np.zeros(in_shape, dtype=gy.dtype) if gx is None else gx
 
 

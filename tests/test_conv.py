@@ -689,11 +689,11 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_stride_one_input_gradient_as_the_flipped_forward(size, kernel, c, k, groups, stride, dilation, padding,
-                                                          flips, dtype, rng, monkeypatch):
-    """The planner's input gradient of stride-1 layers: the forward convolution of ``gy`` with the flipped
-    kernel, exactly where it applies, and the same gradient as PyTorch's everywhere; infinite weights take
-    the exact path."""
+def test_input_gradient_as_the_flipped_forward(size, kernel, c, k, groups, stride, dilation, padding, flips, dtype,
+                                               rng, monkeypatch):
+    """The planner's input gradient as forward convolutions of ``gy`` with the flipped kernel (one per stride
+    phase), exactly where the rules take it, and the same gradient as PyTorch's everywhere; infinite weights
+    take the exact path."""
     from convlayer.engine import gemm
 
     calls = []

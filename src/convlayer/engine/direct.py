@@ -61,6 +61,9 @@ _FLAGS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 # spinning for ~0.1 s and starve Numba's threads (measured on LeNet-5's
 # first layer: 8.6 ms parallel vs 1.6 ms serial inside a training step).
 PARALLEL_MIN_WORK = 20_000_000
+# Elements from which the compiled copies (:func:`place`, the implicit GEMM's weight packing) run on all
+# threads: far less work per element than the kernels' multiply-adds.
+COPY_PARALLEL_MIN = 1 << 16
 
 
 # ``step`` of the fill segments when the plane is first split into its even and odd columns (see
@@ -1045,11 +1048,9 @@ def _place(part, offsets, out):  # pragma: no cover - compiled
 
 _PLACE = (_compile(_place, False), _compile(_place, True))
 
-# Elements from which :func:`place` runs on all threads (a copy: far less work per element than the kernels).
-PLACE_PARALLEL_MIN = 1 << 16
 
 
 def place(part: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """``out (P, S)[:, offsets] = part (P, M)``, compiled and threaded: the positions of one stride phase
     written into whole planes (NumPy's assignment through two strided axes took 2-3 ms for 1M elements)."""
-    _PLACE[int(part.size >= PLACE_PARALLEL_MIN)](part, offsets, out)
+    _PLACE[int(part.size >= COPY_PARALLEL_MIN)](part, offsets, out)

@@ -178,8 +178,6 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:
         return "taps"
-    if pass_ == "forward" and _implicit_wins(c_g, k_g, plan, pass_, "cols"):
-        return "implicit"
     if _implicit_wins(c_g, k_g, plan, pass_, "cols"):
         return "implicit"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
@@ -526,8 +524,8 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
                 _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
                 *_direct_args(d, plan, in_shape, pads, whole, how), groups, complete, gx.reshape(n, c, -1))
         return gx
-    flipped = _flipped_pads(plan, pads)
-    if how == "winograd" and flipped is not None and _all_finite(w) and _all_finite(gy):
+    flipped = _flipped_pads(plan, pads, in_shape[2:]) if how == "winograd" else None
+    if flipped is not None and _all_finite(w) and _all_finite(gy):
         gx = np.empty(in_shape, dtype=gy.dtype)
         _winograd_forward(gy, _flipped_weights(w, groups), groups, flipped, gx)
         return gx
@@ -558,23 +556,16 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     return _crop(_grad_input_taps(gy, w, groups, plan, c), pads, in_shape)
 
 
-def _flipped_pads(plan: WindowPlan, pads):
-    """The padding under which the input gradient is a forward convolution, or None where it is not one.
-
-    With stride 1, ``gx`` is the cross-correlation of ``gy`` zero-padded by
-    ``d * (k - 1) - lo`` before and ``d * (k - 1) - hi`` after, on every
-    axis, with the kernel flipped and its channel axes swapped per group
-    (:func:`_flipped_weights`). It needs every input position inside some
-    window (``plan.padded == plan.full``: an axis with one output and a
-    stride can leave a tail) and no padding beyond the kernel's reach.
-    The padded zeros meet every weight, so the weights must be finite.
-    """
-    if not plan.unit_stride or plan.padded != plan.full:
+def _flipped_pads(plan: WindowPlan, pads, size):
+    """The zero padding under which the input gradient of a stride-1 layer is one forward convolution of
+    ``gy`` as it lies (the one phase of :func:`_phases_of`), for forced Winograd; None with a stride, or
+    where the correlation would slice ``gy`` (padding beyond the kernel's reach)."""
+    if not plan.unit_stride:
         return None
-    reach = tuple(d * (k - 1) for d, k in zip(plan.dilation, plan.kernel))
-    if any(lo > r or hi > r for (lo, hi), r in zip(pads, reach)):
+    phase = [axis[0] for axis in _phases_of(plan, pads, size)]
+    if any(p.start > 0 or p.end < o for p, o in zip(phase, plan.out)):
         return None
-    return tuple((r - lo, r - hi) for (lo, hi), r in zip(pads, reach))
+    return tuple((-p.start, p.end - o) for p, o in zip(phase, plan.out))
 
 
 class _Phase(NamedTuple):
@@ -630,8 +621,11 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
             live.append((phase, read))
         elif all(p.count for p in phase):  # no tap reaches these positions, or only padding does: zeros
             whole = False
-    gx = None if math.prod(map(len, phases)) == 1 else (np.empty if whole else np.zeros)(in_shape, dtype=gy.dtype)
-    positions = np.arange(math.prod(in_shape[2:]), dtype=np.int64).reshape(in_shape[2:])
+    if math.prod(map(len, phases)) == 1:
+        gx = positions = None
+    else:
+        gx = (np.empty if whole else np.zeros)(in_shape, dtype=gy.dtype)
+        positions = np.arange(math.prod(in_shape[2:]), dtype=np.int64).reshape(in_shape[2:])
     for phase, read in live:
         fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
         fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),

@@ -61,7 +61,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .direct import _FLAGS, _fill, _unfill, fill_arrays, run_arrays
+from .direct import _FLAGS, COPY_PARALLEL_MIN, _fill, _unfill, fill_arrays, run_arrays
 
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
@@ -93,9 +93,6 @@ BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
-# Elements of packed weights from which they are packed on all threads (a copy: far less work per element
-# than the kernels' PARALLEL_MIN_WORK multiply-adds).
-PACK_PARALLEL_MIN = 1 << 16
 # Weight gradient: lattice positions per job (the steps of each microkernel call; the job's block of gy,
 # transposed, is 512 x 64 channels, 128 KiB of float32, in L2).
 GRAD_WEIGHT_POSITIONS = 512
@@ -251,7 +248,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
             for kb in range(kbs):
                 for j in range(0, nc, nr):
                     _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, xph[b], p0 + j, rowoff[g], r0,
-                        tile, kb * mr * block + j, crows, kc, r0 > 0)
+                                tile, kb * mr * block + j, crows, kc, r0 > 0)
         q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
         while q < rows.shape[0] and rows[q] < p0 + nc:
             lo = max(rows[q], p0)
@@ -481,7 +478,7 @@ def _blocks_of_rows(mat, rows_padded):
     threaded: the weights of a large layer (DCGAN's 256 x 2048) took 0.7 ms in three NumPy passes."""
     groups, r, s = mat.shape
     out = np.empty((groups, rows_padded // MR, s, MR), dtype=mat.dtype)
-    _PACK[int(out.size >= PACK_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
+    _PACK[int(out.size >= COPY_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
     return out.reshape(groups, -1)
 
 

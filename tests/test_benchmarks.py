@@ -103,3 +103,10 @@ def test_microkernel_runner(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["forward", "gradients"]
     assert all(line.endswith("GFLOP/s") and float(line.split()[-2]) > 0 for line in lines)
+    assert microkernel.main(["--steps", "64", "--calls", "2000", "--repeats", "1", "--tile", "3x2:4"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    lanes = microkernel.implicit.lanes("float32")
+    assert line.startswith(f"given tile 3x{2 * lanes} float32") and "prefetch 4" in line
+    for bad in ("3", "3x", "0x2", "3x2:-1"):
+        with pytest.raises(SystemExit, match="--tile"):
+            microkernel.main(["--tile", bad])

@@ -642,8 +642,8 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
     "size, kernel, c, k, groups, stride, dilation, padding",
     [
         ((300,), (9,), 40, 20, 1, 1, 1, 4),  # 360 patch rows: two calls of BLOCK_ROWS; 300 positions: 3 blocks
-        ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: a block of 8 and one of 1
-        ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest
+        ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: 8 + 1 (AVX-512) or 4 + 4 + 1 (AVX2)
+        ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest (AVX-512)
         ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
         ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
     ],
@@ -752,7 +752,8 @@ def test_input_gradient_by_stride_phases(size, kernel, stride, dilation, pads, r
 
 
 @pytest.mark.parametrize("vector_bytes, mr, nv, prefetch",
-                         [(32, 4, 2, 0), (64, 8, 2, 0), (64, 3, 2, 0), (32, 4, 3, 8), (64, 8, 3, 8), (64, 6, 4, 0)])
+                         [(32, 4, 2, 0), (32, 6, 2, 0), (64, 8, 2, 0), (64, 3, 2, 0), (32, 4, 3, 0), (32, 4, 3, 8), (64, 8, 3, 8),
+                          (64, 6, 4, 0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, prefetch, dtype, rng):
     """The LLVM tile of the implicit GEMM, as built for AVX-512 and for 256-bit machines, on tables of rows

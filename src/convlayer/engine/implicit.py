@@ -66,26 +66,35 @@ from .direct import _FLAGS, COPY_PARALLEL_MIN, _fill, _unfill, fill_arrays, run_
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
 VECTOR_BYTES = 64 if _llvm.get_host_cpu_features().get("avx512f", False) else 32
-# Rows of the register tile and vectors per row: 8 x 2 zmm accumulators (16 of 32 registers); 12 x 2
-# ran 5% faster in cache (a one-off script) but wastes a third of a block on 16- and 32-row products;
-# with 16 ymm registers, 4 x 2.
-MR = 8 if VECTOR_BYTES == 64 else 4
+# The gradients' tile, rows by vectors per row: 8 x 2 zmm accumulators (16 of 32 registers); 12 x 2
+# ran 5% faster in cache (a one-off script) but wastes a third of a block on 16- and 32-row products.
+# With 16 ymm registers (AVX2), 6 x 2 (12 accumulators, BLIS's Haswell shape): 128 GFLOP/s in cache on
+# 2 Zen 3 cores against 91 for 4 x 2 (``python -m benchmarks.microkernel --tile 4x2 --tile 6x2``, noisy:
+# 90-128 against 91-117 over three runs); in the suite's gradients (one process per tile, alternating, three
+# rounds) DeepBench C128 weight gradient 35-45 vs 43-66 ms, 3-D 3x3x3 input gradient 27-31 vs 36-41.
+MR = 8 if VECTOR_BYTES == 64 else 6
 NV = 2
-# The forward's tile is wider, 8 x 3 zmm (24 registers; 4 x 3 ymm, 12 of 16): one broadcast weight
-# serves three vectors of positions. In the forward kernel alone (on planes filled beforehand), against
-# 8 x 2: ResNet 3x3 4.2-5.0 vs 4.8-5.3 ms, DeepBench C128 10.0-10.3 vs 11.2, 3-D 3x3x3 14.2-14.7 vs
-# 15.9, 1-D k=9 20.7-22.6 vs 24.9; 6 x 4 was as fast, 12 x 2, 14 x 2 and 10 x 3 slower. The gradients
-# keep 8 x 2: the weight gradient's vectors run over output channels, which 48-wide vectors would pad
-# by up to half.
+# The forward's tile is wider, 8 x 3 zmm (24 registers): one broadcast weight serves three vectors of
+# positions. In the forward kernel alone (on planes filled beforehand), against 8 x 2: ResNet 3x3
+# 4.2-5.0 vs 4.8-5.3 ms, DeepBench C128 10.0-10.3 vs 11.2, 3-D 3x3x3 14.2-14.7 vs 15.9, 1-D k=9
+# 20.7-22.6 vs 24.9; 6 x 4 was as fast, 12 x 2, 14 x 2 and 10 x 3 slower. With AVX2, 4 x 3 ymm (12
+# of 16 registers; as fast as 6 x 2 in cache, 129 vs 128 GFLOP/s, and in the suite's forwards even or
+# a little faster: ResNet 3x3 16.8-18.6 vs 18.1-18.8 ms, 3-D 3x3x3 23.6-27.2 vs 27.6-36.9). The
+# gradients keep their own tile: the weight gradient's vectors run over output channels, which
+# 48-wide vectors would pad by up to half.
+FORWARD_MR = 8 if VECTOR_BYTES == 64 else 4
 FORWARD_NV = 3
 # The weight gradient's wide tile, 6 x 4 zmm (24 registers), one row of 64 output channels in float32,
 # where K_g is a multiple of that row (K_g = 64 in the suite): ResNet 3x3 3.8-4.9 vs 4.7-6.2 ms for
 # 8 x 2, 3-D 3x3x3 12.5-12.7 vs 13.4-20.0, 1-D k=9 18.7-24.7 vs 30.0-31.4 (the kernel alone); at
-# K_g = 96 and 32 its padding makes it slower, at 128 it is even. Without AVX-512, 8 x 2's ymm version.
+# K_g = 96 and 32 its padding makes it slower, at 128 it is even. With AVX2 the gradients' 6 x 2 is
+# already the widest that fits.
 WIDE_MR, WIDE_NV = (6, 4) if VECTOR_BYTES == 64 else (MR, NV)
 # Steps ahead for which the forward's tile prefetches the plane run it will read (8 and 16: 3-10% less time
-# than none, in the forward kernel alone on the suite's large layers; 2 too few).
-FORWARD_PREFETCH = 8
+# than none with AVX-512, in the forward kernel alone on the suite's large layers; 2 too few). With AVX2 none:
+# the hints cost more than they save (4 x 3 in cache 110 vs 129 GFLOP/s; in the suite's forwards ResNet
+# 3x3 21.6-22.3 vs 16.8-18.6 ms, dilated d2 14.9-15.1 vs 11.6-12.8, the 1-D stem even).
+FORWARD_PREFETCH = 8 if VECTOR_BYTES == 64 else 0
 # Forward: lattice positions per job (a multiple of the tile's width in every dtype and register width)
 # and steps (patch rows) per microkernel call; on the suite's layers 64-512 positions and 64-512 rows
 # were within noise of each other with the 8 x 2 tile.
@@ -201,7 +210,7 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0):
 
 
 _mk = make_microkernel(MR, NV, VECTOR_BYTES)
-_mk_forward = make_microkernel(MR, FORWARD_NV, VECTOR_BYTES, FORWARD_PREFETCH)
+_mk_forward = make_microkernel(FORWARD_MR, FORWARD_NV, VECTOR_BYTES, FORWARD_PREFETCH)
 _mk_wide = make_microkernel(WIDE_MR, WIDE_NV, VECTOR_BYTES)
 
 
@@ -230,7 +239,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
     """
     n = xph.shape[0]
     groups, ct = rowoff.shape
-    mr = MR
+    mr = FORWARD_MR
     kbs = wpack.shape[1] // (ct * mr)
     nr = FORWARD_NV * (VECTOR_BYTES // out.itemsize)
     k_g = out.shape[1] // groups
@@ -453,13 +462,13 @@ def _pack_rows(mat, out):  # pragma: no cover - compiled
     """``out (groups, R_padded // MR, S, MR)``: ``mat (groups, R, S)`` in blocks of ``MR`` rows, each stored
     step by step, zero rows past ``R``. One job per group and block."""
     groups, r, s = mat.shape
-    rbs = out.shape[1]
+    rbs, mr = out.shape[1], out.shape[3]
     for job in prange(groups * rbs):
         g = job // rbs
         rb = job % rbs
         block = out[g, rb]
-        for i in range(MR):
-            row = rb * MR + i
+        for i in range(mr):
+            row = rb * mr + i
             if row < r:
                 src = mat[g, row]
                 for t in range(s):
@@ -472,12 +481,12 @@ def _pack_rows(mat, out):  # pragma: no cover - compiled
 _PACK = _variants(_pack_rows)
 
 
-def _blocks_of_rows(mat, rows_padded):
+def _blocks_of_rows(mat, rows_padded, mr):
     """``mat (groups, R, S)`` as ``(groups, rows_padded // MR, S, MR)`` flattened per group: blocks of ``MR``
     rows, each stored step by step (what the microkernel broadcasts), zero rows past ``R``. Compiled and
     threaded: the weights of a large layer (DCGAN's 256 x 2048) took 0.7 ms in three NumPy passes."""
     groups, r, s = mat.shape
-    out = np.empty((groups, rows_padded // MR, s, MR), dtype=mat.dtype)
+    out = np.empty((groups, rows_padded // mr, s, mr), dtype=mat.dtype)
     _PACK[int(out.size >= COPY_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
     return out.reshape(groups, -1)
 
@@ -496,7 +505,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     par = _parallel(n * k * ct * plan.length)
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
-    wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), _round_up(k_g, MR))  # (g, kbs * CT * MR)
+    wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), _round_up(k_g, FORWARD_MR), FORWARD_MR)  # (g, kbs * CT * MR)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _, _, _, rows, width = run_arrays(plan, True)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS,
@@ -519,7 +528,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     rows_padded = _round_up(ct, MR)
     wt = np.ascontiguousarray(w.reshape(groups, k_g, ct).swapaxes(1, 2))  # (g, CT, K_g)
-    wtpack = _blocks_of_rows(wt, rows_padded)
+    wtpack = _blocks_of_rows(wt, rows_padded, MR)
     seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
     stride = size + nr
     r = np.arange(rows_padded)

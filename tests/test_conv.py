@@ -567,6 +567,26 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     assert gemm.strategy(1, 1, large, "forward", n=64) == "direct"
 
 
+def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
+    """Stems and one-channel inputs (fewer than IMPLICIT_MIN_ROWS patch rows): the direct kernels from
+    FEW_ROWS_DIRECT_MIN_IMAGES images, the implicit GEMM for strided 1-D layers, the patch matrix otherwise;
+    their gradients keep their own rules."""
+    from convlayer.engine import gemm
+    from convlayer.engine.windows import make_plan
+
+    rgb = make_plan((226, 226), (3, 3), (1, 1), (1, 1), (224, 224))  # 3 -> 64: 27 rows
+    few = gemm.FEW_ROWS_DIRECT_MIN_IMAGES
+    assert 3 * rgb.n_taps < gemm.IMPLICIT_MIN_ROWS
+    assert gemm.strategy(3, 64, rgb, "forward", n=few) == "direct"
+    assert gemm.strategy(3, 64, rgb, "forward", n=few - 1) == "cols"
+    stem = make_plan((16000,), (10,), (5,), (1,), (3199,))  # the 1-D stem, 10 rows
+    assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
+    one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
+    assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
+    assert gemm.strategy(1, 64, stem, "grad_weight", n=8) == "cols"
+    assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "cols"
+
+
 @pytest.mark.parametrize("per_image", [True, False])
 def test_patch_matrix_per_image_and_batch_folded_paths_agree_with_torch(per_image, rng, monkeypatch):
     """Large images take the per-image patch matrix (real outputs only, gy as it is) in all three passes,

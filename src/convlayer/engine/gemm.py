@@ -123,6 +123,15 @@ IMPLICIT_MIN_ROWS = 32
 # tile overhangs the phases' short rows: ResNet 3x3/2's 14x14 8.6-8.9 vs 7.3-7.6, DCGAN 256->128's 8x8
 # 11.7-12.0 vs 8.9-9.2 (one-process A/B).
 FLIPPED_MIN_OUTPUTS = 8
+# Forwards with fewer than IMPLICIT_MIN_ROWS patch rows (and more than DIRECT_MAX_CHANNELS channel pairs, on
+# large planes: RGB stems, one-channel inputs) no longer go to the patch matrix, whose GEMM has an inner
+# dimension of 3-30 there; from FEW_ROWS_DIRECT_MIN_IMAGES images (the direct kernels' jobs are images and
+# groups) they go to the direct kernels, except strided 1-D layers, which go to the implicit GEMM. One
+# process, rounds in turn (python -m benchmarks.few_rows), patch matrix / implicit / direct in ms:
+# 3 -> 64 3x3 at 224x224, batch 8: 38-46 / 26-34 / 23-27; 1 -> 32 5x5 at 28x28, batch 64: 5.8-10.6 /
+# 2.1-3.4 / 1.7-2.5; 3 -> 32 3x3/2 at 112x112: 3.9-6.3 / 2.2-3.8 / 1.8-2.6; 1-D 8 -> 64 k=3: 12-15 /
+# 8.7-11.5 / 7.2-8.4; but the 1-D stem (1 -> 64, k=10, stride 5): 1.2-3.4 / 1.0-1.4 / 1.6-2.1.
+FEW_ROWS_DIRECT_MIN_IMAGES = 4
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
@@ -180,6 +189,11 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
         return "taps"
     if _implicit_wins(c_g, k_g, plan, pass_, "cols"):
         return "implicit"
+    if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
+        if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
+            return "implicit"
+        if n >= FEW_ROWS_DIRECT_MIN_IMAGES:
+            return "direct"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit
     return "cols"

@@ -406,9 +406,14 @@ _GRAD_INPUT = _variants(_grad_input)
 _GRAD_WEIGHT = _variants(_grad_weight)
 
 
-def _parallel(work: int) -> int:
-    from .direct import PARALLEL_MIN_WORK
+# Multiply-adds from which the implicit GEMM's kernels run on all threads. Lower than the direct kernels'
+# PARALLEL_MIN_WORK: the 1-D stem's forward (16 M) took 0.4-0.6 ms in its kernel on both threads against
+# 0.8-1.5 ms on one; LeNet-5 training (python -m benchmarks.lenet --images 12800) was as fast or faster with
+# it at 2 M (2331 -> 3033 images/s; lenet5-modern within noise, 4744-6089 against 5156-5753).
+PARALLEL_MIN_WORK = 2_000_000
 
+
+def _parallel(work: int) -> int:
     return int(work >= PARALLEL_MIN_WORK)
 
 

@@ -1,0 +1,75 @@
+"""Forwards with few patch rows (stems, one-channel inputs): the measurements behind ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES``.
+
+    python -m benchmarks.few_rows [--rounds 3] [--repeats 7]
+
+Times the patch matrix, the implicit GEMM and the direct kernels, forced,
+and PyTorch's forward, in turns within one process (``--rounds`` rounds,
+best of ``--repeats`` calls each), and prints every round's time in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from . import steady_allocator
+
+# (input shape, weight shape, stride, padding)
+CASES = [
+    ((8, 1, 16000), (64, 1, 10), 5, 0),  # the suite's 1-D stem
+    ((8, 3, 224, 224), (64, 3, 3, 3), 1, 1),  # an RGB 3x3 stem
+    ((64, 1, 28, 28), (32, 1, 5, 5), 1, 2),  # one channel, 5x5
+    ((16, 3, 112, 112), (32, 3, 3, 3), 2, 1),  # a strided RGB stem
+    ((32, 2, 64, 64), (32, 2, 3, 3), 1, 1),
+    ((8, 8, 16000), (64, 8, 3), 1, 1),  # 24 rows, 1-D
+]
+
+
+def _best(fn, repeats):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def main(argv=None, cases=CASES) -> int:
+    import torch
+    import torch.nn.functional as TF
+
+    import convlayer.functional as F
+    from convlayer.engine import gemm
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(argv)
+    steady_allocator()
+    rng = np.random.default_rng(0)
+    for xs, ws, stride, padding in cases:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        tconv = {3: TF.conv1d, 4: TF.conv2d, 5: TF.conv3d}[x.ndim]
+        fns = {"torch": lambda: tconv(xt, wt, None, stride, padding)}
+        for how in ("cols", "implicit", "direct"):
+            def run(how=how):
+                with gemm.force_strategy(how):
+                    return F.conv(x, w, stride=stride, padding=padding)
+            fns[how] = run
+        times = {name: [] for name in fns}
+        with torch.no_grad():
+            for _ in range(args.rounds):
+                for name, fn in fns.items():
+                    times[name].append(_best(fn, args.repeats))
+        cells = "  ".join(f"{name} " + "/".join(f"{t:.2f}" for t in ts) for name, ts in times.items())
+        print(f"x {xs} w {ws} stride {stride} padding {padding}: {cells} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -713,9 +713,10 @@ def test_input_gradient_as_the_flipped_forward(size, kernel, c, k, groups, strid
                                                rng, monkeypatch):
     """The planner's input gradient as forward convolutions of ``gy`` with the flipped kernel (one per stride
     phase), exactly where the rules take it, and the same gradient as PyTorch's everywhere; infinite weights
-    take the exact path."""
+    take the exact path. The rules as with AVX-512 (without it, strided layers take the implicit GEMM: below)."""
     from convlayer.engine import gemm
 
+    monkeypatch.setattr(gemm, "_strided_grad_input_implicit", lambda: False)
     calls = []
     flipped_weights = gemm._flipped_weights
     monkeypatch.setattr(gemm, "_flipped_weights", lambda *a: calls.append(1) or flipped_weights(*a))
@@ -769,6 +770,32 @@ def test_input_gradient_by_stride_phases(size, kernel, stride, dilation, pads, r
         expected = gemm.conv_grad_input(gy, w, groups, plan, (2, c, *size), pads)
     got = gemm._grad_input_flipped(gy, w, groups, plan, (2, c, *size), pads)
     assert max_rel_err(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_strided_input_gradients_take_the_implicit_gemm_without_avx512(avx512, rng, monkeypatch):
+    """Without AVX-512 a strided input gradient with many channels runs on the implicit GEMM, before the
+    patch matrix and the flipped phases; stride 1 keeps the flipped forward; the gradient is PyTorch's."""
+    from convlayer.engine import gemm, implicit
+    from convlayer.engine.windows import make_plan
+
+    assert gemm._strided_grad_input_implicit() == (implicit.VECTOR_BYTES < 64)
+    # the rule alone (the kernels are compiled for this machine's vectors, whichever rule runs them)
+    monkeypatch.setattr(gemm, "_strided_grad_input_implicit", lambda: not avx512)
+    resnet = make_plan((30, 30), (3, 3), (2, 2), (1, 1), (14, 14))  # ResNet's 3x3/2, 128 -> 256
+    phases = make_plan((34, 34), (4, 4), (2, 2), (1, 1), (16, 16))  # DCGAN's 4x4/2, 16x16 outputs
+    assert gemm.strategy(128, 256, resnet, "grad_input", n=8) == ("cols" if avx512 else "implicit")
+    assert gemm.strategy(64, 128, phases, "grad_input", n=8) == ("flipped" if avx512 else "implicit")
+    same = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
+    assert gemm.strategy(64, 64, same, "grad_input", n=8) == "flipped"
+    x = rng.standard_normal((2, 16, 13, 12))
+    w = rng.standard_normal((24, 16, 3, 3))
+    y = CF.conv(x, w, stride=2, padding=1)
+    gy = rng.standard_normal(y.shape)
+    plan = make_plan((15, 14), (3, 3), (2, 2), (1, 1), y.shape[2:])
+    assert gemm.strategy(16, 24, plan, "grad_input", n=2) == ("cols" if avx512 else "implicit")
+    gx, _, _ = CF.conv_backward(gy, x, w, stride=2, padding=1)
+    assert max_rel_err(gx, _torch_grads(gy, x, w, stride=2, padding=1)[0]) < 1e-12
 
 
 @pytest.mark.parametrize("vector_bytes, mr, nv, prefetch",

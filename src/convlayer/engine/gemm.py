@@ -208,9 +208,16 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
     if pass_ == "forward":
         return True
     if pass_ == "grad_input":
-        return c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS and rows >= IMPLICIT_GRAD_INPUT_MIN_ROWS
+        return rows >= IMPLICIT_GRAD_INPUT_MIN_ROWS and (c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS
+                                                         or (not plan.unit_stride and _strided_grad_input_implicit()))
     return (instead_of == "cols" and rows >= IMPLICIT_GRAD_WEIGHT_MIN_ROWS
             and k_g <= IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS)
+
+
+def _strided_grad_input_implicit() -> bool:
+    """Whether strided input gradients with many channels go to the implicit GEMM (see
+    :data:`IMPLICIT_GRAD_INPUT_MAX_CHANNELS`): on CPUs without AVX-512."""
+    return _implicit().VECTOR_BYTES < 64
 
 
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
@@ -219,7 +226,7 @@ def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
     if plan.n_taps == 1 or all(o == 1 for o in plan.out):
         return False
     if not plan.unit_stride:  # one forward per stride phase, each over about out positions per image
-        return (c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS * plan.phases
+        return (not _strided_grad_input_implicit() and c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS * plan.phases
                 and math.prod(plan.out) >= FLIPPED_MIN_PHASE_POSITIONS)
     if c_g * k_g <= DIRECT_MAX_CHANNELS:  # both in the direct kernels
         return c_g >= k_g

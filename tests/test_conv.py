@@ -311,6 +311,33 @@ def test_depthwise_and_separable(rng):
     assert yd.shape == (2, 8, 9, 8) and gxd.shape == x.shape and gwd.shape == dw.shape
 
 
+@pytest.mark.parametrize("size, kernel, stride, dilation, padding, multiplier", [
+    ((9, 8), (3, 3), 1, 1, 1, 1),  # MobileNet's depthwise 3x3
+    ((11, 10), (3, 3), 2, 1, 1, 3),  # strided, three outputs per channel
+    ((12, 9), (3, 3), 1, 2, ((2, 0), (1, 3)), 2),  # dilated, asymmetric padding
+    ((40,), (9,), 1, 1, 4, 1),  # nine taps in 1-D
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_depthwise_nine_tap_forward(size, kernel, stride, dilation, padding, multiplier, dtype, rng):
+    """The direct kernels' one-pass forward of nine-tap depthwise layers, straight into the output rows;
+    NaN and inf where they belong."""
+    c = 5
+    x = rng.standard_normal((3, c, *size)).astype(dtype)
+    x[1, 2, (0,) * len(size)] = np.nan
+    x[2, 4, tuple(n // 2 for n in size)] = np.inf
+    w = rng.standard_normal((c * multiplier, 1, *kernel)).astype(dtype)
+    rank = len(size)
+    kw = dict(stride=stride, dilation=dilation, groups=c)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    with force_strategy("direct"):
+        y = CF.conv(x, w, padding=padding, **kw)
+    expected = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
+                                torch.tensor(w.astype(np.float64)), **kw).numpy()
+    assert y.dtype == dtype
+    _assert_same_with_nonfinite(y, expected, 1e-12 if dtype == np.float64 else 1e-5)
+
+
 def test_zero_size_batch_and_channels(rng):
     w = rng.standard_normal((4, 3, 3, 3))
     y = CF.conv(np.zeros((0, 3, 5, 5)), w, padding=1)
@@ -525,13 +552,13 @@ def test_direct_kernels_block_outputs_and_taps(how, kernel, k_g, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
 
 
-def _assert_same_with_nonfinite(actual, expected):
-    """NaN, +inf and -inf exactly where ``expected`` has them; elsewhere within 1e-12 of its largest finite
-    magnitude, the measure the other float64 comparisons here use (max_rel_err)."""
+def _assert_same_with_nonfinite(actual, expected, tol=1e-12):
+    """NaN, +inf and -inf exactly where ``expected`` has them; elsewhere within ``tol`` (1e-12 for float64) of
+    its largest finite magnitude, the measure the other comparisons here use (max_rel_err)."""
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(actual), test(expected))
     finite = np.isfinite(expected)
-    assert max_rel_err(actual[finite], expected[finite]) < 1e-12
+    assert max_rel_err(actual[finite], expected[finite]) < tol
 
 
 def test_lanes_kernels_keep_nan_and_inf_in_their_own_images(rng):

@@ -279,6 +279,31 @@ def _taps_forward4(acc, plane, wk, bases, runs, run_width):  # pragma: no cover 
                 d3[i] += e0 * v
 
 
+@njit(**_FLAGS)
+def _taps_forward9_rows(row, plane, wk, bases, pos, width):  # pragma: no cover - compiled
+    """``row[q*width + i] = sum_t wk[t] * plane[bases[t] + pos[q] + i]`` for nine taps (3x3, plain or strided):
+    all taps in one pass, straight into the output row, where :func:`_taps_forward` makes three passes over an
+    accumulator (zeroed first) that is then copied out. MobileNet's depthwise forwards (one process, three
+    rounds): 3x3 3.2-3.5 vs 3.9-4.2 ms, 3x3/2 5.5-6.1 vs 6.4-7.0. One pass over the whole run (dropped
+    columns included, then copied out) was no faster: 3.4-3.6 and 6.3-7.1."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[6], wk[7], wk[8]
+    for q in range(pos.shape[0]):
+        p = pos[q]
+        s0 = plane[bases[0] + p:bases[0] + p + width]
+        s1 = plane[bases[1] + p:bases[1] + p + width]
+        s2 = plane[bases[2] + p:bases[2] + p + width]
+        s3 = plane[bases[3] + p:bases[3] + p + width]
+        s4 = plane[bases[4] + p:bases[4] + p + width]
+        s5 = plane[bases[5] + p:bases[5] + p + width]
+        s6 = plane[bases[6] + p:bases[6] + p + width]
+        s7 = plane[bases[7] + p:bases[7] + p + width]
+        s8 = plane[bases[8] + p:bases[8] + p + width]
+        dst = row[q * width:(q + 1) * width]
+        for i in range(width):
+            dst[i] = (w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i] + w5 * s5[i] + w6 * s6[i]
+                      + w7 * s7[i] + w8 * s8[i])
+
+
 @njit(inline="always", **_FLAGS)
 def _taps_forward_block(acc, planes, wk, bases, runs, run_width):  # pragma: no cover - compiled
     """``acc[j]`` (zeroed here) += the taps of every plane ``planes[c]`` with kernel ``wk[j, c]``, for the
@@ -463,6 +488,10 @@ def _forward(x, w, bases, runs, run_width, pos, width, seg_dst, seg_src, seg_len
         buf = np.empty((c_g, size), dtype=out.dtype)
         for c in range(c_g):
             _fill(buf[c], x[b, g * c_g + c], seg_dst, seg_src, seg_len, step)
+        if c_g == 1 and n_taps == 9 and runs.shape[0] == 1:  # depthwise 3x3: one pass per output
+            for kk in range(k_g):
+                _taps_forward9_rows(out[b, g * k_g + kk], buf[0], w[g * k_g + kk, 0], bases, pos, width)
+            continue
         acc = np.empty((4, runs.shape[0] * run_width), dtype=out.dtype)
         for kk in range(0, k_g, 4):  # four outputs per pass over the planes
             k = g * k_g + kk

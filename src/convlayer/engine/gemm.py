@@ -6,7 +6,7 @@ every problem of the suite):
 
 ``"direct"`` (few input and output channels per group: depthwise,
 ResNeXt-style groups, a network's first layer, few-channel layers on small
-images): compiled loops, see :mod:`.direct`. ``"lanes"`` is the same on
+images; and forwards with few patch rows, such as RGB stems): compiled loops, see :mod:`.direct`. ``"lanes"`` is the same on
 small planes of large batches, with 16 images side by side.
 
 ``"implicit"`` (every forward with enough patch rows, and the gradients
@@ -14,8 +14,8 @@ where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
 matrix; a vector register tile multiplies straight from the padded planes,
 see :mod:`.implicit`.
 
-``"flipped"`` (the input gradient of most stride-1 layers, and of strided
-ones with large outputs): the forward convolution of ``gy`` with the
+``"flipped"`` (the input gradient of most stride-1 layers, and, with
+AVX-512, of strided ones with large outputs): the forward convolution of ``gy`` with the
 flipped kernel, one per stride phase, by whichever forward strategy the
 rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
 own: it cannot be forced.
@@ -159,13 +159,15 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
     times every strategy on every problem; see BENCHMARKS.md): for most
-    input gradients of stride-1 layers (and of strided ones with large
-    outputs), ``"flipped"``, forward convolutions of the flipped problem
-    with their own choice of strategy (see
+    input gradients of stride-1 layers (and, with AVX-512, of strided ones
+    with large outputs), ``"flipped"``, forward convolutions of the flipped
+    problem with their own choice of strategy (see
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
     for where it does not apply); the direct kernels for few channels per
-    group; the implicit GEMM for forwards and most weight gradients (see
-    :data:`IMPLICIT_MIN_ROWS`; Winograd F(4x4, 3x3) runs only when forced);
+    group and for forwards with few patch rows (see
+    :data:`FEW_ROWS_DIRECT_MIN_IMAGES`); the implicit GEMM for forwards,
+    most weight gradients and, without AVX-512, strided input gradients
+    (see :data:`IMPLICIT_MIN_ROWS`; Winograd F(4x4, 3x3) runs only when forced);
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
     21 vs 32 ms weight gradient, 25 vs 40 ms input gradient against per-tap

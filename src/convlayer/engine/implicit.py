@@ -24,7 +24,8 @@ kernel instead, which reads its operands where they lie:
 
    * forward ``y[k, p] += W[k, r] * plane[r][p]``: packed weights
      broadcast, plane runs loaded as vectors over positions ``p``
-     (``MR x FORWARD_NV``, prefetching the runs of later steps);
+     (``FORWARD_MR x FORWARD_NV``, with AVX-512 prefetching the runs of
+     later steps);
    * input gradient ``plane_grad[r][p] += W[k, r] * gy[k, p]``: the
      transposed weights broadcast, ``gy`` loaded, and the tile added
      straight into the gradient's padded planes (col2im without the
@@ -36,9 +37,10 @@ kernel instead, which reads its operands where they lie:
      ``WIDE_MR x WIDE_NV`` where the outputs per group fill it).
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
-   256): the accumulators fill most of the register file, and on the
-   development machine the tiles ran at 174-256 GFLOP/s on two cores with
-   their data in cache, about the machine's GEMM peak
+   256, with tiles of their own): the accumulators fill most of the
+   register file, and with their data in cache the tiles ran at 174-256
+   GFLOP/s on two AVX-512 cores, about that machine's GEMM peak, and at
+   128-148 on two Zen 3 cores with AVX2, about that one's
    (``python -m benchmarks.microkernel --steps 128``; runs vary by up to
    1.4x).
 

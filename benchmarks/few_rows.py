@@ -1,4 +1,6 @@
-"""Forwards with few patch rows (stems, one-channel inputs): the measurements behind ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES``.
+"""Forwards with few patch rows (stems, one-channel inputs): the measurements behind the planner's rule.
+
+The rule: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` and the lines of ``gemm.strategy`` that use it.
 
     python -m benchmarks.few_rows [--rounds 3] [--repeats 7]
 

@@ -6,8 +6,9 @@ every problem of the suite):
 
 ``"direct"`` (few input and output channels per group: depthwise,
 ResNeXt-style groups, a network's first layer, few-channel layers on small
-images; and forwards with few patch rows, such as RGB stems): compiled loops, see :mod:`.direct`. ``"lanes"`` is the same on
-small planes of large batches, with 16 images side by side.
+images; and forwards with few patch rows, such as RGB stems): compiled
+loops, see :mod:`.direct`. ``"lanes"`` is the same on small planes of
+large batches, with 16 images side by side.
 
 ``"implicit"`` (every forward with enough patch rows, and the gradients
 where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
@@ -15,8 +16,8 @@ matrix; a vector register tile multiplies straight from the padded planes,
 see :mod:`.implicit`.
 
 ``"flipped"`` (the input gradient of most stride-1 layers, and, with
-AVX-512, of strided ones with large outputs): the forward convolution of ``gy`` with the
-flipped kernel, one per stride phase, by whichever forward strategy the
+AVX-512, of strided ones with large outputs): the forward convolution of
+``gy`` with the flipped kernel, one per stride phase, by whichever forward strategy the
 rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
 own: it cannot be forced.
 
@@ -228,7 +229,8 @@ def _flipped_wins(c_g: int, k_g: int, plan) -> bool:
     if plan.n_taps == 1 or all(o == 1 for o in plan.out):
         return False
     if not plan.unit_stride:  # one forward per stride phase, each over about out positions per image
-        return (not _strided_grad_input_implicit() and c_g >= FLIPPED_MIN_OUTPUTS and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS * plan.phases
+        return (not _strided_grad_input_implicit() and c_g >= FLIPPED_MIN_OUTPUTS
+                and k_g * plan.n_taps >= IMPLICIT_MIN_ROWS * plan.phases
                 and math.prod(plan.out) >= FLIPPED_MIN_PHASE_POSITIONS)
     if c_g * k_g <= DIRECT_MAX_CHANNELS:  # both in the direct kernels
         return c_g >= k_g

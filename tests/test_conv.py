@@ -316,15 +316,18 @@ def test_depthwise_and_separable(rng):
     ((11, 10), (3, 3), 2, 1, 1, 3),  # strided, three outputs per channel
     ((12, 9), (3, 3), 1, 2, ((2, 0), (1, 3)), 2),  # dilated, asymmetric padding
     ((40,), (9,), 1, 1, 4, 1),  # nine taps in 1-D
+    ((30, 37), (3, 3), 1, 1, 1, 1),  # rows of 37 computed 64 wide, into the next row, except the last ones
+    ((23, 70), (3, 3), 2, 1, 1, 2),  # strided rows of 35 computed 64 wide
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_depthwise_nine_tap_forward(size, kernel, stride, dilation, padding, multiplier, dtype, rng):
-    """The direct kernels' one-pass forward of nine-tap depthwise layers, straight into the output rows;
-    NaN and inf where they belong."""
+    """The direct kernels' one-pass forward of nine-tap depthwise layers, straight into the output rows (each
+    computed a whole number of vector blocks wide, spilling into rows written later, wherever the plane and the
+    output have room); NaN and inf where they belong."""
     c = 5
     x = rng.standard_normal((3, c, *size)).astype(dtype)
-    x[1, 2, (0,) * len(size)] = np.nan
-    x[2, 4, tuple(n // 2 for n in size)] = np.inf
+    x[(1, 2, *(0,) * len(size))] = np.nan
+    x[(2, 4, *(n // 2 for n in size))] = np.inf
     w = rng.standard_normal((c * multiplier, 1, *kernel)).astype(dtype)
     rank = len(size)
     kw = dict(stride=stride, dilation=dilation, groups=c)

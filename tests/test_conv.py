@@ -1,5 +1,7 @@
 """Convolution and transposed convolution: PyTorch (float64) and the naive reference as oracles."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -609,6 +611,9 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert 3 * rgb.n_taps < gemm.IMPLICIT_MIN_ROWS
     assert gemm.strategy(3, 64, rgb, "forward", n=few) == "direct"
     assert gemm.strategy(3, 64, rgb, "forward", n=few - 1) == "cols"
+    side = math.isqrt(gemm.FEW_ROWS_DIRECT_MAX_LENGTH) + 1  # planes too large for a direct job
+    huge = make_plan((side + 2, side + 2), (3, 3), (1, 1), (1, 1), (side, side))
+    assert gemm.strategy(3, 64, huge, "forward", n=few) == "cols"
     stem = make_plan((16000,), (10,), (5,), (1,), (3199,))  # the 1-D stem, 10 rows
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))

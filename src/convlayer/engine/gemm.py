@@ -133,6 +133,10 @@ FLIPPED_MIN_OUTPUTS = 8
 # 2.1-3.4 / 1.7-2.5; 3 -> 32 3x3/2 at 112x112: 3.9-6.3 / 2.2-3.8 / 1.8-2.6; 1-D 8 -> 64 k=3: 12-15 /
 # 8.7-11.5 / 7.2-8.4; but the 1-D stem (1 -> 64, k=10, stride 5): 1.2-3.4 / 1.0-1.4 / 1.6-2.1.
 FEW_ROWS_DIRECT_MIN_IMAGES = 4
+# ...and up to FEW_ROWS_DIRECT_MAX_LENGTH lattice positions per image (512 x 512): a direct job holds its
+# group's padded planes and four output planes at once (several MB per thread beyond that, not measured),
+# where the patch matrix is chunked to the workspace limit.
+FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
@@ -195,7 +199,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
         if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
             return "implicit"
-        if n >= FEW_ROWS_DIRECT_MIN_IMAGES:
+        if n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH:
             return "direct"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit

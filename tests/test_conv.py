@@ -601,8 +601,9 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
 
 def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     """Stems and one-channel inputs (fewer than IMPLICIT_MIN_ROWS patch rows): the direct kernels from
-    FEW_ROWS_DIRECT_MIN_IMAGES images, the implicit GEMM for strided 1-D layers, the patch matrix otherwise;
-    their gradients keep their own rules."""
+    FEW_ROWS_DIRECT_MIN_IMAGES images on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, the implicit
+    GEMM for strided 1-D layers, the patch matrix otherwise; the weight gradients of layers with few input
+    channels on the direct kernels on the same terms; the input gradients keep their own rules."""
     from convlayer.engine import gemm
     from convlayer.engine.windows import make_plan
 
@@ -618,8 +619,14 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
     assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
-    assert gemm.strategy(1, 64, stem, "grad_weight", n=8) == "cols"
     assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "cols"
+    # weight gradients with few input channels: the direct kernels on the same terms
+    assert gemm.strategy(1, 64, stem, "grad_weight", n=few) == "direct"
+    assert gemm.strategy(3, 64, rgb, "grad_weight", n=few) == "direct"
+    assert gemm.strategy(3, 64, rgb, "grad_weight", n=few - 1) == "cols"
+    assert gemm.strategy(3, 64, huge, "grad_weight", n=few) == "cols"
+    many = gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT + 1
+    assert gemm.strategy(many, 64, rgb, "grad_weight", n=few) == "implicit"  # 81 patch rows
 
 
 @pytest.mark.parametrize("per_image", [True, False])

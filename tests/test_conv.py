@@ -621,12 +621,14 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
     assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "cols"
     # weight gradients with few input channels: the direct kernels on the same terms
-    assert gemm.strategy(1, 64, stem, "grad_weight", n=few) == "direct"
-    assert gemm.strategy(3, 64, rgb, "grad_weight", n=few) == "direct"
-    assert gemm.strategy(3, 64, rgb, "grad_weight", n=few - 1) == "cols"
-    assert gemm.strategy(3, 64, huge, "grad_weight", n=few) == "cols"
+    threads = gemm.blas._threads()  # from an image per thread
+    assert gemm.strategy(1, 64, stem, "grad_weight", n=threads) == "direct"
+    assert gemm.strategy(3, 64, rgb, "grad_weight", n=threads) == "direct"
+    if threads > 1:
+        assert gemm.strategy(3, 64, rgb, "grad_weight", n=threads - 1) == "cols"
+    assert gemm.strategy(3, 64, huge, "grad_weight", n=threads) == "cols"
     many = gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT + 1
-    assert gemm.strategy(many, 64, rgb, "grad_weight", n=few) == "implicit"  # 81 patch rows
+    assert gemm.strategy(many, 64, rgb, "grad_weight", n=threads) == "implicit"  # 81 patch rows
 
 
 @pytest.mark.parametrize("per_image", [True, False])

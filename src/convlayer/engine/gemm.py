@@ -138,10 +138,11 @@ FEW_ROWS_DIRECT_MIN_IMAGES = 4
 # where the patch matrix is chunked to the workspace limit.
 FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # Weight gradients with at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT input channels per group go to the direct
-# kernels on the same terms (one process, rounds in turn, planner's old choice / direct, ms): 3 -> 64 3x3
+# kernels on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, from one image per thread (one process, rounds in turn, planner's old choice / direct, ms): 3 -> 64 3x3
 # at 224x224 30-35 / 15-18, 1 -> 32 5x5 at 28x28 3.3-4.2 / 1.1-1.4, 3 -> 32 3x3/2 2.6-3.0 / 1.5-1.7,
 # 2 -> 32 3x3 5.1-5.7 / 3.2-3.3, 1-D 8 -> 64 k=3 8.7-9.1 / 6.3-6.4, the 3-D stem 15.8-17.1 / 13.6-13.8,
-# the ResNet stem 22.8 / 20.3-21.0, the 1-D stem 0.9-1.1 / 0.9.
+# the ResNet stem 22.8 / 20.3-21.0, the 1-D stem 0.9-1.1 / 0.9; the 3-D stem's 2 images on 2 threads
+# 15.1-19.7 / 10.1-11.7 in the suite's own A/B).
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
@@ -198,8 +199,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
             return "implicit"
         return "lanes" if n >= LANES_MIN_IMAGES else "direct"
     if (pass_ == "grad_weight" and c_g <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT and plan.n_taps > 1
-            and n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH):
-        return "direct"
+            and n >= blas._threads() and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH):
+        return "direct"  # an image per thread at least: the kernel's jobs are images (and groups)
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:
         return "taps"

@@ -1,22 +1,26 @@
-"""Forwards with few patch rows (stems, one-channel inputs): the measurements behind the planner's rule.
+"""Layers with few input channels (stems, one-channel inputs): the measurements behind two planner rules.
 
-The rule: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` and the lines of ``gemm.strategy`` that use it.
+The rules: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` (forwards) and
+``gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT`` (weight gradients), and the lines
+of ``gemm.strategy`` that use them.
 
-    python -m benchmarks.few_rows [--rounds 3] [--repeats 7]
+    python -m benchmarks.few_rows [--grad-weight] [--rounds 3] [--repeats 7]
 
-Times the patch matrix, the implicit GEMM and the direct kernels, forced,
-and PyTorch's forward, in turns within one process (``--rounds`` rounds,
-best of ``--repeats`` calls each), and prints every round's time in ms.
+Times the forward (or, with ``--grad-weight``, the weight gradient) by the
+patch matrix, the implicit GEMM and the direct kernels, forced, by the
+planner's choice, and PyTorch's, in turns within one process (``--rounds``
+rounds, best of ``--repeats`` calls each, as the suite times them), and
+prints every round's time in ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from . import steady_allocator
+from .__main__ import _best
 
 # (input shape, weight shape, stride, padding)
 CASES = [
@@ -26,17 +30,9 @@ CASES = [
     ((16, 3, 112, 112), (32, 3, 3, 3), 2, 1),  # a strided RGB stem
     ((32, 2, 64, 64), (32, 2, 3, 3), 1, 1),
     ((8, 8, 16000), (64, 8, 3), 1, 1),  # 24 rows, 1-D
+    ((2, 3, 16, 56, 56), (64, 3, 3, 3, 3), 1, 1),  # the suite's 3-D stem: 2 images
+    ((8, 3, 224, 224), (64, 3, 7, 7), 2, 3),  # the suite's ResNet stem
 ]
-
-
-def _best(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main(argv=None, cases=CASES) -> int:
@@ -47,6 +43,7 @@ def main(argv=None, cases=CASES) -> int:
     from convlayer.engine import gemm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grad-weight", action="store_true", help="time the weight gradient instead of the forward")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
@@ -57,17 +54,28 @@ def main(argv=None, cases=CASES) -> int:
         w = rng.standard_normal(ws).astype(np.float32)
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         tconv = {3: TF.conv1d, 4: TF.conv2d, 5: TF.conv3d}[x.ndim]
-        fns = {"torch": lambda: tconv(xt, wt, None, stride, padding)}
+        kw = dict(stride=stride, padding=padding)
+        if args.grad_weight:
+            gy = rng.standard_normal(F.conv(x, w, **kw).shape).astype(np.float32)
+            gyt = torch.from_numpy(gy)
+            geometry = (stride,) * (x.ndim - 2), (padding,) * (x.ndim - 2), (1,) * (x.ndim - 2)  # and dilation
+            fns = {"torch": lambda: torch.ops.aten.convolution_backward(
+                gyt, xt, wt, None, *geometry, False, [0] * (x.ndim - 2), 1, [False, True, False])}
+            call = lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
+        else:
+            fns = {"torch": lambda: tconv(xt, wt, None, stride, padding)}
+            call = lambda: F.conv(x, w, **kw)  # noqa: E731
+        fns["planner"] = call
         for how in ("cols", "implicit", "direct"):
             def run(how=how):
                 with gemm.force_strategy(how):
-                    return F.conv(x, w, stride=stride, padding=padding)
+                    return call()
             fns[how] = run
         times = {name: [] for name in fns}
         with torch.no_grad():
             for _ in range(args.rounds):
                 for name, fn in fns.items():
-                    times[name].append(_best(fn, args.repeats))
+                    times[name].append(_best(fn, args.repeats) * 1e3)
         cells = "  ".join(f"{name} " + "/".join(f"{t:.2f}" for t in ts) for name, ts in times.items())
         print(f"x {xs} w {ws} stride {stride} padding {padding}: {cells} ms", flush=True)
     return 0

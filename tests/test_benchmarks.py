@@ -98,10 +98,13 @@ def test_steady_allocator_keeps_freed_memory_in_the_process():
 def test_few_rows_runner(capsys):
     from benchmarks import few_rows
 
-    assert few_rows.main(["--rounds", "1", "--repeats", "1"], cases=[((2, 1, 40), (8, 1, 5), 2, 1)]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
-    assert line.startswith("x (2, 1, 40) w (8, 1, 5) stride 2 padding 1: torch ")
-    assert [cell.split()[0] for cell in line.split(": ", 1)[1].split("  ")] == ["torch", "cols", "implicit", "direct"]
+    for extra in ([], ["--grad-weight"]):
+        assert few_rows.main(["--rounds", "1", "--repeats", "1", *extra], cases=[((2, 1, 40), (8, 1, 5), 2, 1)]) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.startswith("x (2, 1, 40) w (8, 1, 5) stride 2 padding 1: torch ")
+        cells = line.split(": ", 1)[1].removesuffix(" ms").split("  ")
+        assert [cell.split()[0] for cell in cells] == ["torch", "planner", "cols", "implicit", "direct"]
+        assert all(float(cell.split()[1]) > 0 for cell in cells)
 
 
 def test_microkernel_runner(capsys):

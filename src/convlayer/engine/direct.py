@@ -287,9 +287,10 @@ def _taps_forward9_rows(row, plane, wk, bases, pos, width):  # pragma: no cover 
     rounds): 3x3 3.2-3.5 vs 3.9-4.2 ms, 3x3/2 5.5-6.1 vs 6.4-7.0. One pass over the whole run (dropped
     columns included, then copied out) was no faster: 3.4-3.6 and 6.3-7.1.
 
-    Each row is computed ``wide`` positions long, a multiple of 32 (the vector loop's step: 8 lanes, 4
-    vectors), where the plane and ``row`` have room: the positions past the row's end land on the next rows,
-    which are written after it, and the loop runs without a scalar remainder (56 outputs: 64 computed instead
+    Each row is computed ``wide`` positions long, a multiple of 32 (the vector loop's step in float32 with
+    AVX2, where it was measured: 8 lanes, 4 vectors; with 16 lanes the loop may still end in a remainder),
+    where the plane and ``row`` have room: the positions past the row's end land on the next rows, which are
+    written after it, and the loop runs without a scalar remainder (56 outputs: 64 computed instead
     of 32 in vectors and 24 one by one). The last rows, which have no room, take their exact width. Against
     the exact width everywhere (one process, alternating, two rounds): 3x3 3.0-3.9 vs 3.3-4.4 ms, 3x3/2
     5.0-5.3 vs 6.0-8.0."""

@@ -17,8 +17,8 @@ see :mod:`.implicit`.
 
 ``"flipped"`` (the input gradient of most stride-1 layers, and, with
 AVX-512, of strided ones with large outputs): the forward convolution of
-``gy`` with the flipped kernel, one per stride phase, by whichever forward strategy the
-rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
+``gy`` with the flipped kernel, one per stride phase, by whichever forward
+strategy the rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
 own: it cannot be forced.
 
 ``"winograd"`` (3x3, stride 1): Winograd F(4x4, 3x3) in all three
@@ -138,11 +138,12 @@ FEW_ROWS_DIRECT_MIN_IMAGES = 4
 # where the patch matrix is chunked to the workspace limit.
 FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # Weight gradients with at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT input channels per group go to the direct
-# kernels on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, from one image per thread (one process, rounds in turn, planner's old choice / direct, ms): 3 -> 64 3x3
-# at 224x224 30-35 / 15-18, 1 -> 32 5x5 at 28x28 3.3-4.2 / 1.1-1.4, 3 -> 32 3x3/2 2.6-3.0 / 1.5-1.7,
-# 2 -> 32 3x3 5.1-5.7 / 3.2-3.3, 1-D 8 -> 64 k=3 8.7-9.1 / 6.3-6.4, the 3-D stem 15.8-17.1 / 13.6-13.8,
-# the ResNet stem 22.8 / 20.3-21.0, the 1-D stem 0.9-1.1 / 0.9; the 3-D stem's 2 images on 2 threads
-# 15.1-19.7 / 10.1-11.7 in the suite's own A/B).
+# kernels on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, from one image per thread. On the AMD
+# EPYC of BENCHMARKS.md (python -m benchmarks.few_rows --grad-weight; patch matrix / implicit / direct, ms):
+# 3 -> 64 3x3 at 224x224 33-35 / 28-33 / 18-19, 1 -> 32 5x5 at 28x28 3.2-4.9 / 3.8-5.7 / 1.4-1.6,
+# 3 -> 32 3x3/2 3.0-3.7 / 2.8-3.1 / 1.4-1.5, 1-D 8 -> 64 k=3 7.5-8.7 / 8.7-10.0 / 4.0-5.6, the 3-D stem's
+# 2 images 17-19 / 13-19 / 10-13, the ResNet stem 27-30 / 19-22 / 15-21; the 1-D stem even (1.0-1.5 /
+# 1.8-2.3 / 1.2-1.9).
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8

@@ -466,7 +466,7 @@ def _row_offsets(groups, c_g, plan, stride, rows_padded):
 
 
 def _pack_rows(mat, out):  # pragma: no cover - compiled
-    """``out (groups, R_padded // MR, S, MR)``: ``mat (groups, R, S)`` in blocks of ``MR`` rows, each stored
+    """``out (groups, R_padded // mr, S, mr)``: ``mat (groups, R, S)`` in blocks of ``mr`` rows, each stored
     step by step, zero rows past ``R``. One job per group and block."""
     groups, r, s = mat.shape
     rbs, mr = out.shape[1], out.shape[3]
@@ -488,12 +488,13 @@ def _pack_rows(mat, out):  # pragma: no cover - compiled
 _PACK = _variants(_pack_rows)
 
 
-def _blocks_of_rows(mat, rows_padded, mr):
-    """``mat (groups, R, S)`` as ``(groups, rows_padded // MR, S, MR)`` flattened per group: blocks of ``MR``
-    rows, each stored step by step (what the microkernel broadcasts), zero rows past ``R``. Compiled and
-    threaded: the weights of a large layer (DCGAN's 256 x 2048) took 0.7 ms in three NumPy passes."""
+def _blocks_of_rows(mat, mr):
+    """``mat (groups, R, S)`` as ``(groups, ceil(R / mr), S, mr)`` flattened per group: blocks of ``mr``
+    rows (the tile's, :data:`FORWARD_MR` or :data:`MR`), each stored step by step (what the microkernel
+    broadcasts), zero rows past ``R``. Compiled and threaded: the weights of a large layer (DCGAN's
+    256 x 2048) took 0.7 ms in three NumPy passes."""
     groups, r, s = mat.shape
-    out = np.empty((groups, rows_padded // mr, s, mr), dtype=mat.dtype)
+    out = np.empty((groups, -(-r // mr), s, mr), dtype=mat.dtype)
     _PACK[int(out.size >= COPY_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
     return out.reshape(groups, -1)
 
@@ -512,7 +513,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     par = _parallel(n * k * ct * plan.length)
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
-    wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), _round_up(k_g, FORWARD_MR), FORWARD_MR)  # (g, kbs * CT * MR)
+    wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), FORWARD_MR)  # (g, kbs * CT * FORWARD_MR)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _, _, _, rows, width = run_arrays(plan, True)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS,
@@ -535,7 +536,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     rows_padded = _round_up(ct, MR)
     wt = np.ascontiguousarray(w.reshape(groups, k_g, ct).swapaxes(1, 2))  # (g, CT, K_g)
-    wtpack = _blocks_of_rows(wt, rows_padded, MR)
+    wtpack = _blocks_of_rows(wt, MR)
     seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
     stride = size + nr
     r = np.arange(rows_padded)

@@ -817,13 +817,15 @@ def test_input_gradient_by_stride_phases(size, kernel, stride, dilation, pads, r
 
 
 @pytest.mark.parametrize("avx512", [True, False])
-def test_strided_input_gradients_take_the_implicit_gemm_without_avx512(avx512, rng, monkeypatch):
-    """Without AVX-512 a strided input gradient with many channels runs on the implicit GEMM, before the
-    patch matrix and the flipped phases; stride 1 keeps the flipped forward; the gradient is PyTorch's."""
+def test_strided_input_gradients_take_the_implicit_gemm_without_full_width_avx512(avx512, rng, monkeypatch):
+    """Except with full-width AVX-512 (``avx512``: Intel's) a strided input gradient with many channels runs
+    on the implicit GEMM, before the patch matrix and the flipped phases; stride 1 keeps the flipped forward;
+    the gradient is PyTorch's."""
     from convlayer.engine import gemm, implicit
     from convlayer.engine.windows import make_plan
 
-    assert gemm._strided_grad_input_implicit() == (implicit.VECTOR_BYTES < 64)
+    assert gemm._strided_grad_input_implicit() == (not implicit.FULL_WIDTH_512)
+    assert implicit.FULL_WIDTH_512 <= (implicit.VECTOR_BYTES == 64)
     # the rule alone (the kernels are compiled for this machine's vectors, whichever rule runs them)
     monkeypatch.setattr(gemm, "_strided_grad_input_implicit", lambda: not avx512)
     resnet = make_plan((30, 30), (3, 3), (2, 2), (1, 1), (14, 14))  # ResNet's 3x3/2, 128 -> 256

@@ -15,8 +15,8 @@ where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
 matrix; a vector register tile multiplies straight from the padded planes,
 see :mod:`.implicit`.
 
-``"flipped"`` (the input gradient of most stride-1 layers, and, with
-AVX-512, of strided ones with large outputs): the forward convolution of
+``"flipped"`` (the input gradient of most stride-1 layers, and, where
+512-bit vectors run at full width, of strided ones with large outputs): the forward convolution of
 ``gy`` with the flipped kernel, one per stride phase, by whichever forward
 strategy the rules pick for it (:func:`_grad_input_flipped`). Not a strategy of its
 own: it cannot be forced.
@@ -172,14 +172,15 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
 
     The rules follow the benchmark suite (``python -m benchmarks.strategies``
     times every strategy on every problem; see BENCHMARKS.md): for most
-    input gradients of stride-1 layers (and, with AVX-512, of strided ones
-    with large outputs), ``"flipped"``, forward convolutions of the flipped
+    input gradients of stride-1 layers (and, with full-width AVX-512, of
+    strided ones with large outputs), ``"flipped"``, forward convolutions of the flipped
     problem with their own choice of strategy (see
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
     for where it does not apply); the direct kernels for few channels per
     group and for forwards with few patch rows (see
     :data:`FEW_ROWS_DIRECT_MIN_IMAGES`); the implicit GEMM for forwards,
-    most weight gradients and, without AVX-512, strided input gradients
+    most weight gradients and, except with full-width AVX-512 (see
+    :func:`_strided_grad_input_implicit`), strided input gradients
     (see :data:`IMPLICIT_MIN_ROWS`; Winograd F(4x4, 3x3) runs only when forced);
     otherwise the patch matrix, gathered by a threaded compiled copy, feeds
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
@@ -234,8 +235,11 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
 
 def _strided_grad_input_implicit() -> bool:
     """Whether strided input gradients with many channels go to the implicit GEMM (see
-    :data:`IMPLICIT_GRAD_INPUT_MAX_CHANNELS`): on CPUs without AVX-512."""
-    return _implicit().VECTOR_BYTES < 64
+    :data:`IMPLICIT_GRAD_INPUT_MAX_CHANNELS`): except where 512-bit vectors run at full width
+    (:data:`.implicit.FULL_WIDTH_512`). The patch matrix and the flipped phases won on an Intel Xeon;
+    the implicit GEMM on Zen 3 (ResNet 3x3/2 10.2-10.6 vs 17.5-20.6 ms) and Zen 4 (6.3-6.9 vs 12.4-14.8,
+    DCGAN's transposed forwards 10.6-11.5 vs 11.3-16.0 and 6.9-7.1 vs 7.7-8.8)."""
+    return not _implicit().FULL_WIDTH_512
 
 
 def _flipped_wins(c_g: int, k_g: int, plan) -> bool:

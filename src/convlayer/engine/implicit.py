@@ -68,6 +68,10 @@ from .direct import _FLAGS, COPY_PARALLEL_MIN, _fill, _unfill, fill_arrays, run_
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
 VECTOR_BYTES = 64 if _llvm.get_host_cpu_features().get("avx512f", False) else 32
+# Whether 512-bit vectors run on 512-bit units: AVX-512 on Intel's cores, not on AMD's Zen 4 (LLVM's
+# ``znver4``), which splits each 512-bit operation over its 256-bit units. :mod:`.gemm`'s AVX-512 rules
+# that were measured on an Intel Xeon apply only where this holds; on Zen 4 the Zen 3 (AVX2) ones won.
+FULL_WIDTH_512 = VECTOR_BYTES == 64 and _llvm.get_host_cpu_name() != "znver4"
 # The gradients' tile, rows by vectors per row: 8 x 2 zmm accumulators (16 of 32 registers); 12 x 2
 # ran 5% faster in cache (a one-off script) but wastes a third of a block on 16- and 32-row products.
 # With 16 ymm registers (AVX2), 6 x 2 (12 accumulators, BLIS's Haswell shape): 128 GFLOP/s in cache on

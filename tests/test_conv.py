@@ -737,6 +737,61 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
 
 
 @pytest.mark.parametrize(
+    "n, size, kernel, c, k, groups, stride, dilation, padding",
+    [
+        (5, (8, 8), (4, 4), 12, 20, 1, 2, 1, 1),  # DCGAN's 4x4/2 on a small plane
+        (3, (13,), (5,), 9, 17, 1, 2, 2, ((3, 1),)),  # 1-D, strided and dilated, uneven padding
+        (4, (4, 5, 3), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups
+        (2, (7, 9), (3, 3), 40, 9, 1, 1, (1, 2), 0),  # 360 patch rows: two calls of BLOCK_ROWS
+        (70, (3, 3), (2, 2), 4, 8, 1, 1, 1, 0),  # a lattice of 280 positions: two blocks of the batch
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_implicit_forward_interleaves_the_images_of_small_planes(n, size, kernel, c, k, groups, stride, dilation,
+                                                                 padding, dtype, rng, monkeypatch):
+    """The implicit forward with the images' positions interleaved gives PyTorch's result, and an image's
+    inf and NaN reach none of the other images' outputs (their reads never cross into another image)."""
+    from convlayer.engine import implicit
+
+    x = rng.standard_normal((n, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    x[0].flat[::7] = np.inf
+    x[0].flat[3::7] = np.nan
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_OVERHANG", 0.0)  # whatever the tiles' overhang
+    with force_strategy("implicit"):
+        y = CF.conv(x, w, **kw)
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    yt = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
+                          torch.tensor(w.astype(np.float64)), stride=stride, dilation=dilation, groups=groups)
+    expected = yt.numpy()
+    assert np.isfinite(y[1:]).all()
+    np.testing.assert_array_equal(np.isnan(y[0]), np.isnan(expected[0]))
+    finite = np.isfinite(expected[0])
+    np.testing.assert_array_equal(y[0][~finite & ~np.isnan(expected[0])], expected[0][~finite & ~np.isnan(expected[0])])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert max_rel_err(y[1:], expected[1:]) < tol
+    assert max_rel_err(np.where(finite, y[0], 0), np.where(finite, expected[0], 0)) < tol
+
+
+def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
+    """The rule: several images, and tiles covering more than INTERLEAVE_MIN_OVERHANG times the lattice."""
+    from convlayer.engine import implicit
+    from convlayer.engine.windows import make_plan
+
+    width = implicit.FORWARD_NV * implicit.lanes(np.float32)
+    short = make_plan((width + 2,), (3,), (1,), (1,), (width + 1,))  # one position past a whole tile
+    assert implicit.interleaves(short, 8, np.float32)
+    assert not implicit.interleaves(short, 1, np.float32)  # one image: nothing to interleave
+    exact = make_plan((2 * width + 2,), (3,), (1,), (1,), (2 * width,))  # whole tiles
+    assert not implicit.interleaves(exact, 8, np.float32)
+    dcgan = make_plan((18, 18), (4, 4), (2, 2), (1, 1), (8, 8))  # 71 lattice positions
+    assert implicit.interleaves(dcgan, 16, np.float32) == (width == 48)  # 96 positions for 48-wide tiles, 72 for 24
+
+
+@pytest.mark.parametrize(
     "size, kernel, c, k, groups, stride, dilation, padding, flips",
     [
         ((40,), (9,), 8, 6, 1, 1, 1, ((0, 8),), True),  # padding = the kernel's reach: flipped padding 0 after

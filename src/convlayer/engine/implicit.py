@@ -13,7 +13,10 @@ kernel instead, which reads its operands where they lie:
    tap ``t`` of channel ``c`` then reads the contiguous run
    ``plane_c[bases[t] + p]`` over the lattice positions ``p`` of the
    output. Row ``r = c * T + t`` of the patch matrix is that run: it is
-   never copied, only addressed (``row_offsets``).
+   never copied, only addressed (``row_offsets``). On small planes, where
+   the tiles would overhang an image's few positions, the forward
+   interleaves the images' positions instead, so that one lattice spans
+   the batch (:func:`interleaves`).
 2. **Microkernel.** :func:`make_microkernel` emits, as LLVM IR with
    explicit vector types, the register tile of a GEMM: ``mr`` rows times
    ``nv`` vectors of columns, accumulated over ``kc`` steps with fused
@@ -106,6 +109,11 @@ FORWARD_PREFETCH = 8 if VECTOR_BYTES == 64 else 0
 # were within noise of each other with the 8 x 2 tile.
 BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
+# Forward on small planes: where the tiles would cover more than INTERLEAVE_MIN_OVERHANG times the lattice
+# positions of an image (a tile 48 positions wide over DCGAN's 8 x 9 lattice covers 96 of 72), the images'
+# positions are interleaved, position by position, into one lattice for the whole batch, which the tiles
+# cover with at most one partial tile (see :func:`forward`).
+INTERLEAVE_MIN_OVERHANG = 1.125
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
 # Weight gradient: lattice positions per job (the steps of each microkernel call; the job's block of gy,
@@ -278,6 +286,33 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
             q += 1
 
 
+def _fill_interleaved(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
+    """``out[c, s * n + b] = filled[b, c, s]``: the planes of :func:`_fill_planes` with their positions
+    interleaved over the ``n`` images, one channel per row of ``out (C, cstride)``; the slack after
+    ``size * n`` zeroed. Each plane is filled in a buffer in cache, then spread ``n`` apart."""
+    n, c = x.shape[:2]
+    for ch in prange(c):
+        plane = np.empty(size, dtype=out.dtype)
+        dst = out[ch]
+        for b in range(n):
+            _fill(plane, x[b, ch], seg_dst, seg_src, seg_len, step)
+            for s in range(size):
+                dst[s * n + b] = plane[s]
+        for i in range(size * n, dst.shape[0]):
+            dst[i] = 0
+
+
+def _deinterleave(src, out):  # pragma: no cover - compiled
+    """``out[b, k, p] = src[k, p * n + b]`` for ``out (n, K, P)``: the interleaved forward's output."""
+    n, k_total, count = out.shape
+    for k in prange(k_total):
+        row = src[k]
+        for b in range(n):
+            dst = out[b, k]
+            for p in range(count):
+                dst[p] = row[p * n + b]
+
+
 def _embed_rows(gy, rows, width, out):  # pragma: no cover - compiled
     """``out (n, K, stride)``: ``gy (n, K, P)`` on the lattice (as :func:`.windows.lattice_embed`, compiled and
     threaded), zeros at the dropped positions and after."""
@@ -406,6 +441,8 @@ def _variants(fn):
 
 
 _FILL = _variants(_fill_planes)
+_FILL_INTERLEAVED = _variants(_fill_interleaved)
+_DEINTERLEAVE = _variants(_deinterleave)
 _FORWARD = _variants(_forward)
 _EMBED = _variants(_embed_rows)
 _GRAD_INPUT = _variants(_grad_input)
@@ -430,6 +467,12 @@ def _round_up(a: int, b: int) -> int:
 def plane_stride(plan, x_shape, pads) -> int:
     """Elements per filled plane in :func:`forward`'s work array (the plane, then a block of slack)."""
     return fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4] + BLOCK_POSITIONS
+
+
+def forward_bytes(c, k, plan, x_shape, pads, dtype) -> int:
+    """Bytes of :func:`forward`'s work array per image: the filled planes, and the output where the images are
+    interleaved (:func:`interleaves`)."""
+    return (c * plane_stride(plan, x_shape, pads) + k * math.prod(plan.out)) * np.dtype(dtype).itemsize
 
 
 def lattice_stride(plan, dtype) -> int:
@@ -458,11 +501,11 @@ def _planes(x, plan, pads, stride, out, par):
     return out
 
 
-def _row_offsets(groups, c_g, plan, stride, rows_padded):
+def _row_offsets(groups, c_g, plan, stride, rows_padded, spread=1):
     """``(groups, rows_padded)``: where patch row ``r = c * T + t`` of each group starts among the planes of one
-    image (``stride`` apart); rows past ``c_g * T`` repeat the group's first."""
+    image (``stride`` apart; their positions ``spread`` apart); rows past ``c_g * T`` repeat the group's first."""
     n_taps = plan.n_taps
-    bases = run_arrays(plan, True)[0]
+    bases = run_arrays(plan, True)[0] * spread
     r = np.arange(rows_padded)
     r = np.where(r < c_g * n_taps, r, 0)
     off = (np.arange(groups)[:, None] * c_g + r[None, :] // n_taps) * stride + bases[r % n_taps][None, :]
@@ -503,23 +546,47 @@ def _blocks_of_rows(mat, mr):
     return out.reshape(groups, -1)
 
 
+def _tile_positions(length: int, dtype) -> int:
+    """Lattice positions the forward's tiles cover per image: each block's rounded up to the tile's width."""
+    full, rest = divmod(length, BLOCK_POSITIONS)
+    return full * BLOCK_POSITIONS + _round_up(rest, FORWARD_NV * lanes(dtype))
+
+
+def interleaves(plan, n: int, dtype) -> bool:
+    """Whether :func:`forward` interleaves the images' positions (see :data:`INTERLEAVE_MIN_OVERHANG`)."""
+    return n > 1 and _tile_positions(plan.length, dtype) > INTERLEAVE_MIN_OVERHANG * plan.length
+
+
 def forward(x, w, groups, plan, pads, y, scratch):
     """``y (n, K, *out)`` = the valid cross-correlation of ``x`` zero-padded by ``pads`` with ``w``.
 
     ``scratch(shape)`` gives a work array for the filled planes of ``n``
     images (the caller's reusable workspace); the batch is chunked by the
-    caller.
+    caller. On small planes (:func:`interleaves`) the images' positions are
+    interleaved, the batch becoming one long lattice.
     """
     n, c = x.shape[:2]
     k = w.shape[0]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
-    stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     par = _parallel(n * k * ct * plan.length)
-    xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), FORWARD_MR)  # (g, kbs * CT * FORWARD_MR)
-    rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _, _, _, rows, width = run_arrays(plan, True)
+    if interleaves(plan, n, x.dtype):
+        seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
+        cstride = size * n + BLOCK_POSITIONS  # a block reads up to BLOCK_POSITIONS past the lattice
+        count = y[0, 0].size
+        work = scratch((c * cstride + k * count * n,))
+        xt, out = work[:c * cstride].reshape(c, cstride), work[c * cstride:].reshape(1, k, count * n)
+        _FILL_INTERLEAVED[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, xt)
+        rowoff = _row_offsets(groups, c_g, plan, cstride, ct, spread=n)
+        _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
+                      BLOCK_ROWS, out)
+        _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
+        return y
+    stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
+    xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
+    rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS,
                   y.reshape(n, k, -1))
     return y

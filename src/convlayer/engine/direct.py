@@ -56,11 +56,18 @@ from .windows import lattice_mask
 
 _FLAGS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 
-# Work (multiply-adds) above which the parallel kernels are used. Below it
-# the serial ones win: right after a BLAS call OpenBLAS's idle workers keep
-# spinning for ~0.1 s and starve Numba's threads (measured on LeNet-5's
-# first layer: 8.6 ms parallel vs 1.6 ms serial inside a training step).
+# Work (multiply-adds, or bytes for the copies) above which the parallel gathers, scatters, pooling and
+# Winograd transforms are used. Below it the serial ones won when OpenBLAS's idle workers kept spinning for
+# ~0.1 s after each product and starved Numba's threads (LeNet-5's first layer: 8.6 ms parallel vs 1.6 ms
+# serial inside a training step), before :mod:`.blas` kept them idle.
 PARALLEL_MIN_WORK = 20_000_000
+# Multiply-adds from which the convolution kernels (these direct and lanes kernels, and the implicit GEMM's)
+# run on all threads. One process, alternating (ms, 20 M against 2 M): the 1-D stem's weight gradient (16 M)
+# 0.75-0.88 vs 0.47-0.55, LeNet C1 at batch 64 (7.5 M) forward 0.35-0.43 vs 0.24-0.27, input gradient
+# 0.56-0.59 vs 0.34-0.38, weight gradient 0.39-0.44 vs 0.24-0.29; the implicit GEMM's 1-D stem forward 0.8-1.5
+# vs 0.4-0.6. LeNet-5 training (python -m benchmarks.lenet --images 12800) within noise: lenet5 5049-6233 vs
+# 5160-6708 images/s, lenet5-modern 10235-10853 vs 9074-12334.
+KERNEL_PARALLEL_MIN_WORK = 2_000_000
 # Elements from which the compiled copies (:func:`place`, the implicit GEMM's weight packing) run on all
 # threads: far less work per element than the kernels' multiply-adds.
 COPY_PARALLEL_MIN = 1 << 16
@@ -788,7 +795,7 @@ _KERNELS = {
 
 def kernel(name: str, work: int):
     """The serial or parallel compiled kernel ``name`` for ``work`` multiply-adds."""
-    return _KERNELS[name][work >= PARALLEL_MIN_WORK]
+    return _KERNELS[name][work >= KERNEL_PARALLEL_MIN_WORK]
 
 
 @lru_cache(maxsize=256)

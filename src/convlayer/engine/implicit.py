@@ -66,7 +66,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .direct import _FLAGS, COPY_PARALLEL_MIN, _fill, _unfill, fill_arrays, run_arrays
+from .direct import _FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, _fill, _unfill, fill_arrays, run_arrays
 
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
@@ -449,15 +449,9 @@ _GRAD_INPUT = _variants(_grad_input)
 _GRAD_WEIGHT = _variants(_grad_weight)
 
 
-# Multiply-adds from which the implicit GEMM's kernels run on all threads. Lower than the direct kernels'
-# PARALLEL_MIN_WORK: the 1-D stem's forward (16 M) took 0.4-0.6 ms in its kernel on both threads against
-# 0.8-1.5 ms on one; LeNet-5 training (python -m benchmarks.lenet --images 12800) was as fast or faster with
-# it at 2 M (2331 -> 3033 images/s; lenet5-modern within noise, 4744-6089 against 5156-5753).
-PARALLEL_MIN_WORK = 2_000_000
-
-
 def _parallel(work: int) -> int:
-    return int(work >= PARALLEL_MIN_WORK)
+    """Whether ``work`` multiply-adds run on all threads (see :data:`.direct.KERNEL_PARALLEL_MIN_WORK`)."""
+    return int(work >= KERNEL_PARALLEL_MIN_WORK)
 
 
 def _round_up(a: int, b: int) -> int:

@@ -134,7 +134,8 @@ def make_plane_kernel(kh: int, kw: int, vector_bytes: int):
                         with plain:
                             builder.store(total, out, align=align)
                         with edge:  # the row's last outputs
-                            mask = builder.icmp_signed("<", builder.add(splat(builder.trunc(j, i32), it), lane), splat_wo)
+                            outputs = builder.add(splat(builder.trunc(j, i32), it), lane)
+                            mask = builder.icmp_signed("<", outputs, splat_wo)
                             builder.call(mstore, [total, out, ir.Constant(i32, align), mask])
             return context.get_dummy_value()
 

@@ -595,50 +595,60 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     assert gemm.strategy(6, 16, c3, "grad_weight", n=64) == "lanes"
     assert gemm.strategy(6, 16, c3, "forward", n=64) == "implicit"  # more channels than the direct kernels'
     assert gemm.strategy(6, 16, c3, "grad_weight", n=gemm.LANES_MIN_IMAGES - 1) == "direct"
-    large = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))  # depthwise, 56x56: planes too long
+    large = make_plan((60, 60), (5, 5), (1, 1), (1, 1), (56, 56))  # depthwise 5x5, 56x56: planes too long
     assert gemm.strategy(1, 1, large, "grad_weight", n=64) == "direct"
 
 
-def test_depthwise_kernel_takes_the_forwards_of_depthwise_3x3_stride_1_layers():
-    """The rule: 2-D, one input channel per group, 3 x 3, stride 1 (any dilation, any batch); forced where it
-    does not apply (a gradient, another kernel), the planner's rules run instead."""
+def test_depthwise_kernels_take_the_forwards_and_weight_gradients_of_depthwise_3x3_layers():
+    """The rule: 2-D, one input channel per group, 3 x 3, stride 1 or 2 (any dilation, any batch), forwards and
+    weight gradients; forced where it does not apply (an input gradient, another kernel), the planner's rules
+    run instead."""
     from convlayer.engine import gemm
     from convlayer.engine.windows import make_plan
 
     same = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
     dilated = make_plan((20, 20), (3, 3), (1, 1), (2, 2), (16, 16))
-    assert gemm.strategy(1, 1, same, "forward", n=1) == "depthwise"
-    assert gemm.strategy(1, 4, dilated, "forward", n=64) == "depthwise"  # a channel multiplier of 4
-    assert gemm.strategy(1, 1, same, "grad_input", n=8) == "flipped"  # a forward on the depthwise kernel
     strided = make_plan((57, 57), (3, 3), (2, 2), (1, 1), (28, 28))
+    for plan, k_g, n in ((same, 1, 1), (dilated, 4, 64), (strided, 1, 8)):  # k_g: a channel multiplier
+        assert gemm.strategy(1, k_g, plan, "forward", n=n) == "depthwise"
+        assert gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "depthwise"
+    assert gemm.strategy(1, 1, same, "grad_input", n=8) == "flipped"  # a forward on the depthwise kernel
+    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "direct"
+    three = make_plan((58, 58), (3, 3), (3, 3), (1, 1), (19, 19))
+    uneven = make_plan((58, 58), (3, 3), (1, 2), (1, 1), (56, 28))
     five = make_plan((60, 60), (5, 5), (1, 1), (1, 1), (56, 56))
     line = make_plan((58,), (3,), (1,), (1,), (56,))
-    for plan, c_g in ((strided, 1), (five, 1), (line, 1), (same, 2)):
-        assert gemm.strategy(c_g, 1, plan, "forward", n=8) != "depthwise"
-        with force_strategy("depthwise"):
-            assert gemm.strategy(c_g, 1, plan, "forward", n=8) != "depthwise"
+    for plan, c_g in ((three, 1), (uneven, 1), (five, 1), (line, 1), (same, 2)):
+        for pass_ in ("forward", "grad_weight"):
+            assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "depthwise"
+            with force_strategy("depthwise"):
+                assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "depthwise"
     with force_strategy("depthwise"):
-        assert gemm.strategy(1, 1, same, "grad_weight", n=8) != "depthwise"
+        assert gemm.strategy(1, 1, same, "grad_input", n=8, flip=False) != "depthwise"
 
 
 @pytest.mark.parametrize(
-    "size, padding, dilation, multiplier",
+    "size, padding, stride, dilation, multiplier",
     [
-        ((9, 7), 1, 1, 1),  # one partial vector per row
-        ((5, 16), 1, 1, 2),  # rows of exactly one 512-bit vector of float32, a channel multiplier
-        ((6, 17), 0, 1, 1),  # valid: 15 outputs per row
-        ((7, 37), ((2, 0), (3, 1)), 1, 1),  # uneven padding, rows spanning three vectors
-        ((12, 40), 2, 2, 1),  # dilated, "same"
-        ((4, 3), 3, 1, 1),  # padding beyond the kernel's reach: rows and columns of zeros only
-        ((20, 56), 1, 1, 3),  # MobileNet's row width
+        ((9, 7), 1, 1, 1, 1),  # one partial vector per row
+        ((5, 16), 1, 1, 1, 2),  # rows of exactly one 512-bit vector of float32, a channel multiplier
+        ((6, 17), 0, 1, 1, 1),  # valid: 15 outputs per row
+        ((7, 37), ((2, 0), (3, 1)), 1, 1, 1),  # uneven padding, rows spanning three vectors
+        ((12, 40), 2, 1, 2, 1),  # dilated, "same"
+        ((4, 3), 3, 1, 1, 1),  # padding beyond the kernel's reach: rows and columns of zeros only
+        ((20, 56), 1, 1, 1, 3),  # MobileNet's row width
+        ((13, 56), 1, 2, 1, 1),  # stride 2: 28 outputs per row, each vector two loads
+        ((9, 71), ((0, 1), (2, 2)), 2, 2, 2),  # stride 2, dilated, uneven padding, odd width
+        ((6, 5), 0, 2, 1, 1),  # stride 2 on a plane narrower than a vector
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_depthwise_kernel_matches_torch_and_stays_in_its_planes(size, padding, dilation, multiplier, dtype, rng):
-    """The depthwise kernel's forward and the input gradient it computes flipped, against PyTorch in float64:
-    every row width against the vector width, padding on any side, dilation, channel multipliers; the
-    output's last vector writes nothing past the output (a canary after it), and inf and NaN spread as in
-    PyTorch."""
+def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, stride, dilation, multiplier, dtype,
+                                                                rng):
+    """The depthwise kernels' forward and weight gradient, and the input gradient of the planner (flipped onto
+    the forward kernel at stride 1), against PyTorch in float64: row widths across the vector width, padding
+    on any side, strides, dilation, channel multipliers; the forward writes nothing past its output (a
+    canary after it), and inf and NaN spread as in PyTorch."""
     from convlayer.engine import depthwise, gemm
     from convlayer.engine.windows import make_plan
 
@@ -647,27 +657,36 @@ def test_depthwise_kernel_matches_torch_and_stays_in_its_planes(size, padding, d
     w = rng.standard_normal((c * multiplier, 1, 3, 3)).astype(dtype)
     x[1, 2].flat[5] = np.inf
     x[1, 0].flat[-1] = np.nan
-    kw = dict(padding=padding, dilation=dilation, groups=c)
-    pads = G.resolve_padding(padding, size, (3, 3), (1, 1), (dilation, dilation))
-    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
-    yt = F.conv2d(F.pad(xt, torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)), dilation=dilation, groups=c)
+    kw = dict(padding=padding, stride=stride, dilation=dilation, groups=c)
+    pads = G.resolve_padding(padding, size, (3, 3), (stride, stride), (dilation, dilation))
+    torch_kw = dict(stride=stride, dilation=dilation, groups=c)
+    yt = F.conv2d(F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)),
+                  **torch_kw)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     full = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads))
-    plan = make_plan(full, (3, 3), (1, 1), (dilation, dilation), tuple(yt.shape[2:]))
+    plan = make_plan(full, (3, 3), (stride, stride), (dilation, dilation), tuple(yt.shape[2:]))
     assert gemm.strategy(1, multiplier, plan, "forward", n=2) == "depthwise"
     canary = np.full(yt.numel() + 64, -7.0, dtype=dtype)
     y = canary[:yt.numel()].reshape(yt.shape)
+    gy = rng.standard_normal(yt.shape).astype(dtype)
     for parallel in (False, True):
         depthwise.forward(x, w, c, plan, pads, y, parallel)
-        _assert_same_with_nonfinite(y, yt.detach().numpy(), tol)
+        _assert_same_with_nonfinite(y, yt.numpy(), tol)
         assert (canary[yt.numel():] == -7.0).all()
-    gy = rng.standard_normal(yt.shape).astype(dtype)
+        _assert_same_with_nonfinite(depthwise.grad_weight(gy, x, c, plan, pads, parallel),
+                                    _torch_depthwise_grads(gy, x, w, pads, torch_kw)[1], tol)
     x_finite = np.nan_to_num(x, nan=0.0, posinf=0.0)
-    xt = torch.tensor(x_finite.astype(np.float64), requires_grad=True)
-    F.conv2d(F.pad(xt, torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)), dilation=dilation,
-             groups=c).backward(torch.tensor(gy.astype(np.float64)))
-    gx, _, _ = CF.conv_backward(gy, x_finite, w, **kw)
-    assert max_rel_err(gx, xt.grad.numpy()) < tol
+    gx, gw, _ = CF.conv_backward(gy, x_finite, w, **kw)
+    gx_t, gw_t = _torch_depthwise_grads(gy, x_finite, w, pads, torch_kw)
+    assert max_rel_err(gx, gx_t) < tol
+    assert max_rel_err(gw, gw_t) < tol
+
+
+def _torch_depthwise_grads(gy, x, w, pads, torch_kw):
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    F.conv2d(F.pad(xt, torch_pad_arg(pads)), wt, **torch_kw).backward(torch.tensor(gy.astype(np.float64)))
+    return xt.grad.numpy(), wt.grad.numpy()
 
 
 def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():

@@ -9,9 +9,9 @@ ResNeXt-style groups, a network's first layer, few-channel layers on small
 images; and forwards with few patch rows, such as RGB stems): compiled
 loops, see :mod:`.direct`. ``"lanes"`` is the same on small planes of
 large batches, with 16 images side by side. ``"depthwise"`` (the forward
-of depthwise 3x3 stride-1 layers, and so their flipped input gradient):
-one vector kernel per plane reading the unpadded input, see
-:mod:`.depthwise`.
+and weight gradient of depthwise 3x3 layers of stride 1 or 2, and so the
+flipped input gradient of stride 1): one vector kernel per plane reading
+the unpadded input, see :mod:`.depthwise`.
 
 ``"implicit"`` (every forward with enough patch rows, and the gradients
 where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
@@ -179,8 +179,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     strided ones with large outputs), ``"flipped"``, forward convolutions of the flipped
     problem with their own choice of strategy (see
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
-    for where it does not apply); the depthwise kernel for the forwards of
-    depthwise 3x3 stride-1 layers (see :func:`_depthwise_fits`); the direct
+    for where it does not apply); the depthwise kernels for the forwards and
+    weight gradients of depthwise 3x3 layers (see :func:`_depthwise_fits`); the direct
     kernels for few channels per group and for forwards with few patch rows (see
     :data:`FEW_ROWS_DIRECT_MIN_IMAGES`); the implicit GEMM for forwards,
     most weight gradients and, except with full-width AVX-512 (see
@@ -196,7 +196,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     """
     if _forced and _forced_fits(_forced[-1], c_g, k_g, plan, pass_):
         return _forced[-1]
-    if pass_ == "forward" and _depthwise_fits(c_g, plan):
+    if pass_ in ("forward", "grad_weight") and _depthwise_fits(c_g, plan):
         return "depthwise"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
@@ -273,17 +273,20 @@ def _forced_fits(how: str, c_g: int, k_g: int, plan, pass_: str) -> bool:
     if how == "winograd":
         return _winograd_fits(c_g, k_g, plan)
     if how == "depthwise":
-        return pass_ == "forward" and _depthwise_fits(c_g, plan)
+        return pass_ in ("forward", "grad_weight") and _depthwise_fits(c_g, plan)
     return True
 
 
 def _depthwise_fits(c_g: int, plan) -> bool:
-    """Whether the depthwise 3x3 kernel of :mod:`.depthwise` computes this forward (one input channel per
-    group, 3 x 3, stride 1, 2-D). On all the depthwise layers measured it beat the direct and lanes kernels
-    (one process, best of 20, ms, direct / lanes / depthwise): MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6
-    (planner) / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 / 1.5; batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28,
-    batch 32, 4.0 / 7.2 / 2.0; 32 x 112 x 112, batch 16, 3.2 / 8.6 / 1.5; 960 x 7 x 7, batch 32, 3.4 / 2.9 /
-    1.9."""
+    """Whether the depthwise 3x3 kernels of :mod:`.depthwise` compute this forward and weight gradient (one
+    input channel per group, 3 x 3, stride 1 or 2, 2-D). On all the depthwise layers measured they beat the
+    direct and lanes kernels (one process, best of 20, ms). Stride-1 forwards, direct / lanes / depthwise:
+    MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6 (planner) / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 /
+    1.5; batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28, batch 32, 4.0 / 7.2 / 2.0; 32 x 112 x 112, batch 16, 3.2 /
+    8.6 / 1.5; 960 x 7 x 7, batch 32, 3.4 / 2.9 / 1.9. The suite's stride-2 forward (96 x 112 x 112, batch 8)
+    3.6-4.7 (direct, in the suite) / 1.4-1.6. Weight gradients, direct / depthwise: 144 x 56 x 56 2.3-2.4 /
+    0.9-1.5, the stride-2 layer 4.7-5.1 / 1.6. The input gradients keep their rules: the stride-1 one is a
+    forward (flipped), the stride-2 one's phases have 2 x 2, 2 x 1 and 1 x 1 kernels."""
     from . import depthwise
 
     return depthwise.applies(c_g, plan)
@@ -778,6 +781,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
     how = strategy(c_g, k_g, plan, "grad_weight", n)
+    if how == "depthwise":
+        from . import depthwise
+
+        parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
+        return depthwise.grad_weight(gy, x, groups, plan, pads, parallel).reshape(k, c_g, *kernel_shape)
     if how in ("direct", "lanes"):
         d = _direct()
         # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.

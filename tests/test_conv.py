@@ -599,10 +599,10 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     assert gemm.strategy(1, 1, large, "grad_weight", n=64) == "direct"
 
 
-def test_depthwise_kernels_take_the_forwards_and_weight_gradients_of_depthwise_3x3_layers():
-    """The rule: 2-D, one input channel per group, 3 x 3, stride 1 or 2 (any dilation, any batch), forwards and
-    weight gradients; forced where it does not apply (an input gradient, another kernel), the planner's rules
-    run instead."""
+def test_depthwise_kernels_take_the_depthwise_3x3_layers():
+    """The rule: 2-D, one input channel per group, 3 x 3, stride 1 or 2 (any dilation, any batch): forwards,
+    weight gradients, and the input gradients of stride 2 without a channel multiplier (stride 1's is a
+    forward, flipped); forced where it does not apply, the planner's rules run instead."""
     from convlayer.engine import gemm
     from convlayer.engine.windows import make_plan
 
@@ -613,7 +613,8 @@ def test_depthwise_kernels_take_the_forwards_and_weight_gradients_of_depthwise_3
         assert gemm.strategy(1, k_g, plan, "forward", n=n) == "depthwise"
         assert gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "depthwise"
     assert gemm.strategy(1, 1, same, "grad_input", n=8) == "flipped"  # a forward on the depthwise kernel
-    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "direct"
+    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "depthwise"
+    assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "depthwise"  # a channel multiplier
     three = make_plan((58, 58), (3, 3), (3, 3), (1, 1), (19, 19))
     uneven = make_plan((58, 58), (3, 3), (1, 2), (1, 1), (56, 28))
     five = make_plan((60, 60), (5, 5), (1, 1), (1, 1), (56, 56))
@@ -625,6 +626,7 @@ def test_depthwise_kernels_take_the_forwards_and_weight_gradients_of_depthwise_3
                 assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "depthwise"
     with force_strategy("depthwise"):
         assert gemm.strategy(1, 1, same, "grad_input", n=8, flip=False) != "depthwise"
+        assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "depthwise"
 
 
 @pytest.mark.parametrize(
@@ -680,6 +682,21 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     gx_t, gw_t = _torch_depthwise_grads(gy, x_finite, w, pads, torch_kw)
     assert max_rel_err(gx, gx_t) < tol
     assert max_rel_err(gw, gw_t) < tol
+    if multiplier == 1 and stride == 2:  # the input gradient's own kernel
+        for parallel in (False, True):
+            assert max_rel_err(depthwise.grad_input(gy, w, plan, pads, x.shape, parallel), gx_t) < tol
+    # an infinite weight meets the padding's zeros (NaN, as in PyTorch); in the input gradient it meets only
+    # the gradient (the planner leaves the depthwise kernel then: its vectors' zero lanes would meet it too)
+    w_inf = w.copy()
+    w_inf[0, 0, 0, 1] = np.inf  # taps at either column edge and the middle one
+    w_inf[0, 0, 1, 0] = -np.inf
+    w_inf[0, 0, 2, 2] = np.inf
+    xt = torch.tensor(x_finite.astype(np.float64))
+    _assert_same_with_nonfinite(depthwise.forward(x_finite, w_inf, c, plan, pads, np.empty_like(y), True),
+                                F.conv2d(F.pad(xt, torch_pad_arg(pads)), torch.tensor(w_inf.astype(np.float64)),
+                                         **torch_kw).numpy(), tol)
+    gx, _, _ = CF.conv_backward(gy, x_finite, w_inf, **kw)
+    _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x_finite, w_inf, pads, torch_kw)[0], tol)
 
 
 @pytest.mark.parametrize("vector_bytes", [32, 64])
@@ -712,7 +729,8 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rn
             expected = yt[0, 0, :ho, :wo].numpy()
             gy = rng.standard_normal((ho, wo)).astype(dtype)
             wt = torch.tensor(w.astype(np.float64)).reshape(1, 1, 3, 3).requires_grad_()
-            F.conv2d(padded, wt, stride=stride, dilation=d)[0, 0, :ho, :wo].backward(torch.tensor(gy.astype(np.float64)))
+            y = F.conv2d(padded, wt, stride=stride, dilation=d)[0, 0, :ho, :wo]
+            y.backward(torch.tensor(gy.astype(np.float64)))
             y = np.full(ho * wo + 64, -7.0, dtype=dtype)
             gw = np.empty(9, dtype=dtype)
             run(x.ravel(), w, y, gy.ravel(), gw, h, wd, ho, wo, pt, pl, d)

@@ -1,5 +1,8 @@
 """Depthwise 3x3 convolution, stride 1 or 2, in one pass over each plane: no padded copy, no patch matrix.
 
+Forward and weight gradient for strides 1 and 2 (:func:`make_plane_kernel`), and the stride-2 input gradient
+(:func:`make_grad_input2_kernel`; the stride-1 one is a forward of the flipped kernel, see :mod:`.gemm`).
+
 The direct kernels of :mod:`.direct` first copy each plane into a padded,
 phase-split buffer, then sum the taps row by row, each output row a
 Numba loop of its own; on MobileNet's 56 x 56 planes the loops' set-up
@@ -43,6 +46,96 @@ from .implicit import VECTOR_BYTES
 KH = KW = 3
 
 
+class _Vectors:
+    """The IR helpers of one kernel's code generation: vector types, splats, and the masked loads and stores
+    at the ends of the rows."""
+
+    def __init__(self, context, builder, dtype, vector_bytes: int):
+        self.b = builder
+        self.lanes = vector_bytes // (4 if dtype == types.float32 else 8)
+        self.vt = ir.VectorType(context.get_value_type(dtype), self.lanes)
+        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
+        self.it = ir.VectorType(self.i32, self.lanes)  # lane positions within a row (far shorter than 2**31)
+        self.align = 4 if dtype == types.float32 else 8
+        suffix = f"v{self.lanes}{'f32' if dtype == types.float32 else 'f64'}"
+        vt, i32, mt = self.vt, self.i32, ir.VectorType(ir.IntType(1), self.lanes)
+        module = builder.module
+        self.fma = cgutils.get_or_insert_function(module, ir.FunctionType(vt, [vt] * 3), f"llvm.fma.{suffix}")
+        self.mload = cgutils.get_or_insert_function(
+            module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]), f"llvm.masked.load.{suffix}.p0")
+        self.mstore = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]), f"llvm.masked.store.{suffix}.p0")
+        self.zero = ir.Constant(vt, None)
+        self.lane = ir.Constant(self.it, list(range(self.lanes)))
+
+    def const(self, v):
+        return ir.Constant(self.i64, v)
+
+    def splat(self, value, ty=None):
+        """``value`` in every lane (of ``ty``, the float vector by default; an i64 goes to the lane positions)."""
+        if ty is None:
+            ty = self.vt
+        elif value.type == self.i64:
+            value = self.b.trunc(value, self.i32)
+        undef = ir.Constant(ty, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes)
+        return self.b.shuffle_vector(self.b.insert_element(undef, value, ir.Constant(self.i32, 0)), undef, zeros)
+
+    def fmadd(self, a, x, acc):
+        return self.b.call(self.fma, [a, x, acc])
+
+    def load(self, ptr, col, count, width, used=None):
+        """The ``count // lanes`` vectors from ``ptr`` (column ``col`` of a row of ``width``): whole where they
+        lie in the row, else masked, zeros for the columns outside it (the padding). With ``used`` (an i32),
+        only the first ``used`` elements are read, the others zeros: where the output gradient's vector has
+        zeros past its row's end, the input must have zeros there too (``0 * inf`` is NaN)."""
+        b, vt = self.b, self.vt
+        whole = b.and_(b.icmp_signed(">=", col, self.const(0)),
+                       b.icmp_signed("<=", b.add(col, self.const(count)), width))
+        if used is not None:
+            whole = b.and_(whole, b.icmp_signed(">=", used, ir.Constant(self.i32, count)))
+        pointers = [b.bitcast(b.gep(ptr, [self.const(self.lanes * v)]), vt.as_pointer())
+                    for v in range(count // self.lanes)]
+        with b.if_else(whole, likely=True) as (plain, edge):
+            with plain:
+                got = [b.load(p, align=self.align) for p in pointers]
+                bb_plain = b.block
+            with edge:
+                cols = b.add(self.splat(col, self.it), self.lane)
+                masked = []
+                for v, p in enumerate(pointers):
+                    shift = self.splat(ir.Constant(self.i32, self.lanes * v), self.it)
+                    at = b.add(cols, shift)
+                    mask = b.and_(b.icmp_signed(">=", at, self.splat(ir.Constant(self.i32, 0), self.it)),
+                                  b.icmp_signed("<", at, self.splat(width, self.it)))
+                    if used is not None:
+                        mask = b.and_(mask, b.icmp_signed("<", b.add(self.lane, shift), self.splat(used, self.it)))
+                    masked.append(b.call(self.mload, [p, ir.Constant(self.i32, self.align), mask, self.zero]))
+                bb_edge = b.block
+        vectors = []
+        for a, m in zip(got, masked):
+            phi = b.phi(vt)
+            phi.add_incoming(a, bb_plain)
+            phi.add_incoming(m, bb_edge)
+            vectors.append(phi)
+        return vectors
+
+    def store(self, value, base, index, size, col, width):
+        """``value`` to ``base[index:]`` (column ``col`` of a row of ``width``, in a plane of ``size``): a whole
+        vector where it fits in the plane, the lanes past the row's end landing on the next row's first
+        elements, which are written after it (Zen 4's masked stores are slow); the plane's last elements
+        under a mask."""
+        b = self.b
+        ptr = b.bitcast(b.gep(base, [index]), self.vt.as_pointer())
+        room = b.icmp_signed("<=", b.add(index, self.const(self.lanes)), size)
+        with b.if_else(room, likely=True) as (plain, edge):
+            with plain:
+                b.store(value, ptr, align=self.align)
+            with edge:
+                mask = b.icmp_signed("<", b.add(self.splat(col, self.it), self.lane), self.splat(width, self.it))
+                b.call(self.mstore, [value, ptr, ir.Constant(self.i32, self.align), mask])
+
+
 def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, grad_weight: bool = False):
     """A Numba intrinsic ``k(x, xoff, h, w, wts, woff, y, yoff, ho, wo, pt, pl, dh, dw)`` over one plane.
 
@@ -66,156 +159,143 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
 
         def codegen(context, builder, signature, args):
             x_arr, xoff, h, w, w_arr, woff, y_arr, yoff, ho, wo, pt, pl, dh, dw = args
-            dtype = signature.args[0].dtype
-            fty = context.get_value_type(dtype)
-            lanes = vector_bytes // (4 if dtype == types.float32 else 8)
-            vt = ir.VectorType(fty, lanes)
-            i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
-            mt = ir.VectorType(i1, lanes)
-            it = ir.VectorType(i32, lanes)  # lane positions within a row (a row is far shorter than 2**31)
-            align = 4 if dtype == types.float32 else 8
-            suffix = f"v{lanes}{'f32' if dtype == types.float32 else 'f64'}"
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), f"llvm.fma.{suffix}")
-            mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]), f"llvm.masked.load.{suffix}.p0")
-            mstore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]),
-                f"llvm.masked.store.{suffix}.p0")
+            v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
+            lanes, const, b = v.lanes, v.const, builder
+            evens = ir.Constant(ir.VectorType(v.i32, lanes), list(range(0, 2 * lanes, 2)))
 
             def data(k, value):
                 return context.make_array(signature.args[k])(context, builder, value).data
 
-            def const(v):
-                return ir.Constant(i64, v)
-
-            def splat(value, ty):
-                undef = ir.Constant(ty, ir.Undefined)
-                zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-                return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef, zeros)
-
-            zero = ir.Constant(vt, None)
-            lane = ir.Constant(it, list(range(lanes)))
-            splat_w = splat(builder.trunc(w, i32), it)
-            splat_wo = splat(builder.trunc(wo, i32), it)
-            splat_zero = ir.Constant(it, [0] * lanes)
-
-            def load(ptr, col, count, used=None):
-                """``count`` elements from ``ptr`` (column ``col`` of its row): whole where they lie in the
-                row, else masked, zeros for the columns outside it (the padding). With ``used``, only the
-                first ``used`` elements are read (the others are zeros): where the output gradient's vector
-                has zeros past the row's end, the input must have zeros there too (``0 * inf`` is NaN)."""
-                whole = builder.and_(builder.icmp_signed(">=", col, const(0)),
-                                     builder.icmp_signed("<=", builder.add(col, const(count)), w))
-                if used is not None:
-                    whole = builder.and_(whole, builder.icmp_signed(">=", used, const(count)))
-                vectors = []
-                with builder.if_else(whole, likely=True) as (plain, edge):
-                    with plain:
-                        got = [builder.load(builder.bitcast(builder.gep(ptr, [const(lanes * v)]), vt.as_pointer()),
-                                            align=align) for v in range(count // lanes)]
-                        bb_plain = builder.block
-                    with edge:
-                        cols = builder.add(splat(builder.trunc(col, i32), it), lane)
-                        masked = []
-                        for v in range(count // lanes):
-                            at = builder.add(cols, splat(ir.Constant(i32, lanes * v), it)) if v else cols
-                            mask = builder.and_(builder.icmp_signed(">=", at, splat_zero),
-                                                builder.icmp_signed("<", at, splat_w))
-                            if used is not None:
-                                first = builder.add(lane, splat(ir.Constant(i32, lanes * v), it)) if v else lane
-                                mask = builder.and_(mask, builder.icmp_signed("<", first, splat(used32, it)))
-                            p = builder.bitcast(builder.gep(ptr, [const(lanes * v)]), vt.as_pointer())
-                            masked.append(builder.call(mload, [p, ir.Constant(i32, align), mask, zero]))
-                        bb_edge = builder.block
-                for a, b in zip(got, masked):
-                    phi = builder.phi(vt)
-                    phi.add_incoming(a, bb_plain)
-                    phi.add_incoming(b, bb_edge)
-                    vectors.append(phi)
-                if sw == 1:
-                    return vectors[0]
-                evens = ir.Constant(ir.VectorType(i32, lanes), list(range(0, 2 * lanes, 2)))
-                return builder.shuffle_vector(vectors[0], vectors[1], evens)  # columns col, col + 2, ...
-
-            def sum_rows():
-                total = builder.load(accs[0])
-                for r in range(1, kh):
-                    total = builder.fadd(total, builder.load(accs[r]))
-                return total
-
-            def store(total, out, q, j):
-                """A whole vector where it fits in the plane: lanes past the row's end land on the next row's
-                first outputs, which are written after it (Zen 4's masked stores are slow); the plane's last
-                outputs under a mask."""
-                room = builder.icmp_signed("<=", builder.add(builder.add(builder.mul(q, wo), j), const(lanes)),
-                                           builder.mul(ho, wo))
-                with builder.if_else(room, likely=True) as (plain, edge):
-                    with plain:
-                        builder.store(total, out, align=align)
-                    with edge:
-                        outputs = builder.add(splat(builder.trunc(j, i32), it), lane)
-                        mask = builder.icmp_signed("<", outputs, splat_wo)
-                        builder.call(mstore, [total, out, ir.Constant(i32, align), mask])
-
-            x_ptr = builder.gep(data(0, x_arr), [xoff])
-            y_ptr = builder.gep(data(6, y_arr), [yoff])
-            w_ptr = builder.gep(data(4, w_arr), [woff])
+            x_ptr = b.gep(data(0, x_arr), [xoff])
+            y_ptr = b.gep(data(6, y_arr), [yoff])
+            w_ptr = b.gep(data(4, w_arr), [woff])
             taps = [(r, c) for r in range(kh) for c in range(kw)]
             if grad_weight:
-                sums = {t: cgutils.alloca_once_value(builder, zero) for t in taps}
+                sums = {t: cgutils.alloca_once_value(b, v.zero) for t in taps}
             else:
-                weights = {(r, c): splat(builder.load(builder.gep(w_ptr, [const(r * kw + c)])), vt) for r, c in taps}
-                accs = [cgutils.alloca_once_value(builder, zero) for _ in range(kh)]
-            with cgutils.for_range(builder, ho) as rows:
-                q = rows.index
-                with cgutils.for_range_slice(builder, const(0), wo, const(lanes), inc=True) as (j, _):
-                    out = builder.bitcast(builder.gep(y_ptr, [builder.add(builder.mul(q, wo), j)]), vt.as_pointer())
-                    if grad_weight:  # the gradient's vector, zeros past the row's end
-                        full = builder.icmp_signed("<=", builder.add(j, const(lanes)), wo)
-                        with builder.if_else(full, likely=True) as (plain, edge):
-                            with plain:
-                                g_plain = builder.load(out, align=align)
-                                bb_plain = builder.block
-                            with edge:
-                                mask = builder.icmp_signed("<", builder.add(splat(builder.trunc(j, i32), it), lane),
-                                                           splat_wo)
-                                g_edge = builder.call(mload, [out, ir.Constant(i32, align), mask, zero])
-                                bb_edge = builder.block
-                        g = builder.phi(vt)
-                        g.add_incoming(g_plain, bb_plain)
-                        g.add_incoming(g_edge, bb_edge)
-                    if grad_weight:  # input elements each vector multiplies with the gradient's real lanes
-                        used = builder.mul(builder.sub(wo, j), const(sw))
-                        used32 = builder.trunc(builder.select(builder.icmp_signed("<", used, const(sw * lanes)), used,
-                                                              const(sw * lanes)), i32)
+                weights = {(r, c): v.splat(b.load(b.gep(w_ptr, [const(r * kw + c)]))) for r, c in taps}
+                accs = [cgutils.alloca_once_value(b, v.zero) for _ in range(kh)]
+            def taps_of_row(r, xv):
+                """Kernel row ``r``'s three taps, ``xv(c)`` the input vector of column ``c``."""
+                acc = v.zero
+                for c in range(kw):
+                    if grad_weight:
+                        b.store(v.fmadd(g, xv(c), b.load(sums[r, c])), sums[r, c])
                     else:
-                        used = None
+                        acc = v.fmadd(weights[r, c], xv(c), acc)
+                if not grad_weight:
+                    b.store(acc, accs[r])
+
+            with cgutils.for_range(b, ho) as rows:
+                q = rows.index
+                with cgutils.for_range_slice(b, const(0), wo, const(lanes), inc=True) as (j, _):
+                    index = b.add(b.mul(q, wo), j)
+                    used = g = None
+
+                    def _xv(row, c):
+                        col = b.sub(b.add(b.mul(j, const(sw)), b.mul(const(c), dw)), pl)
+                        got = v.load(b.gep(row, [col]), col, sw * lanes, w, used)
+                        return got[0] if sw == 1 else b.shuffle_vector(got[0], got[1], evens)
+
+                    if grad_weight:  # the gradient's vector (zeros past its row's end) and the inputs it meets
+                        g = v.load(b.gep(y_ptr, [index]), j, lanes, wo)[0]
+                        used = b.mul(b.sub(wo, j), const(sw))
+                        used = b.trunc(b.select(b.icmp_signed("<", used, const(sw * lanes)), used, const(sw * lanes)),
+                                       v.i32)
                     for r in range(kh):
                         if not grad_weight:
-                            builder.store(zero, accs[r])
-                        xr = builder.sub(builder.add(builder.mul(q, const(sh)), builder.mul(const(r), dh)), pt)
-                        inside = builder.and_(builder.icmp_signed(">=", xr, const(0)), builder.icmp_signed("<", xr, h))
-                        with builder.if_then(inside, likely=True):
-                            row = builder.gep(x_ptr, [builder.mul(xr, w)])
-                            acc = None if grad_weight else zero
-                            for c in range(kw):
-                                col = builder.sub(builder.add(builder.mul(j, const(sw)), builder.mul(const(c), dw)), pl)
-                                v = load(builder.gep(row, [col]), col, sw * lanes, used)
-                                if grad_weight:
-                                    builder.store(builder.call(fma, [g, v, builder.load(sums[r, c])]), sums[r, c])
-                                else:
-                                    acc = builder.call(fma, [weights[r, c], v, acc])
-                            if not grad_weight:
-                                builder.store(acc, accs[r])
+                            b.store(v.zero, accs[r])
+                        xr = b.sub(b.add(b.mul(q, const(sh)), b.mul(const(r), dh)), pt)
+                        inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
+                        with b.if_else(inside, likely=True) as (real, padding):
+                            with real:
+                                row = b.gep(x_ptr, [b.mul(xr, w)])
+                                taps_of_row(r, lambda c: _xv(row, c))
+                            with padding:  # a row of zeros: no load, but 0 * inf is NaN as in the reference
+                                taps_of_row(r, lambda c: v.zero)
                     if not grad_weight:
-                        store(builder.load(accs[0]) if kh == 1 else sum_rows(), out, q, j)
+                        total = b.load(accs[0])
+                        for r in range(1, kh):
+                            total = b.fadd(total, b.load(accs[r]))
+                        v.store(total, y_ptr, index, b.mul(ho, wo), j, wo)
             if grad_weight:
                 for r, c in taps:
-                    vec = builder.load(sums[r, c])
-                    total = builder.extract_element(vec, ir.Constant(i32, 0))
+                    vec = b.load(sums[r, c])
+                    total = b.extract_element(vec, ir.Constant(v.i32, 0))
                     for i in range(1, lanes):
-                        total = builder.fadd(total, builder.extract_element(vec, ir.Constant(i32, i)))
-                    builder.store(total, builder.gep(w_ptr, [const(r * kw + c)]))
+                        total = b.fadd(total, b.extract_element(vec, ir.Constant(v.i32, i)))
+                    b.store(total, b.gep(w_ptr, [const(r * kw + c)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return plane
+
+
+def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
+    """A Numba intrinsic ``k(gy, gyoff, ho, wo, wts, woff, gx, gxoff, h, w, pt, pl, dh, dw)``: one plane's input
+    gradient of :func:`make_plane_kernel`'s stride-2 forward (``y`` of ``ho x wo`` from ``x`` of ``h x w``),
+
+    ``gx[gxoff + p * w + col] = sum_{r, c} wts[woff + r * kw + c] * gy[gyoff + q * wo + i]``
+
+    over the taps with ``p = 2 q + r * dh - pt`` and ``col = 2 i + c * dw - pl``; positions that no tap
+    reaches get zero. Gathered, not scattered: row ``p`` takes the kernel rows ``r`` with ``p + pt - r * dh``
+    even, and a vector of ``lanes`` columns ``2 m + e`` of one parity ``e`` takes the kernel columns ``c``
+    with ``e + pl - c * dw`` even, from the contiguous run ``gy[q, m + (e + pl - c * dw) / 2]``; the even and
+    odd columns' vectors are then interleaved into two vectors of ``gx``.
+    """
+
+    @intrinsic
+    def plane(typingctx, gy, gyoff, ho, wo, wts, woff, gx, gxoff, h, w, pt, pl, dh, dw):
+        ip = types.intp
+        sig = types.void(gy, ip, ip, ip, wts, ip, gx, ip, ip, ip, ip, ip, ip, ip)
+
+        def codegen(context, builder, signature, args):
+            gy_arr, gyoff, ho, wo, w_arr, woff, gx_arr, gxoff, h, w, pt, pl, dh, dw = args
+            v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
+            lanes, const, b = v.lanes, v.const, builder
+            half = lanes // 2
+            low = ir.Constant(ir.VectorType(v.i32, lanes), [i // 2 + (i % 2) * lanes for i in range(lanes)])
+            high = ir.Constant(ir.VectorType(v.i32, lanes), [half + i // 2 + (i % 2) * lanes for i in range(lanes)])
+
+            def data(k, value):
+                return context.make_array(signature.args[k])(context, builder, value).data
+
+            def even(value):
+                return b.icmp_signed("==", b.and_(value, const(1)), const(0))
+
+            gy_ptr = b.gep(data(0, gy_arr), [gyoff])
+            gx_ptr = b.gep(data(6, gx_arr), [gxoff])
+            w_ptr = b.gep(data(4, w_arr), [woff])
+            weights = {(r, c): v.splat(b.load(b.gep(w_ptr, [const(r * kw + c)]))) for r in range(kh) for c in range(kw)}
+            accs = [cgutils.alloca_once_value(b, v.zero) for _ in range(2)]
+            pairs = b.ashr(b.add(w, const(1)), const(1))  # column pairs (2 m, 2 m + 1) per row
+            with cgutils.for_range(b, h) as rows:
+                p = rows.index
+                with cgutils.for_range_slice(b, const(0), pairs, const(lanes), inc=True) as (m, _):
+                    for acc in accs:
+                        b.store(v.zero, acc)
+                    for r in range(kh):
+                        t = b.sub(b.add(p, pt), b.mul(const(r), dh))
+                        reached = b.and_(b.and_(even(t), b.icmp_signed(">=", t, const(0))),
+                                         b.icmp_signed("<", b.ashr(t, const(1)), ho))
+                        with b.if_then(reached):
+                            row = b.gep(gy_ptr, [b.mul(b.ashr(t, const(1)), wo)])
+                            for e in range(2):
+                                for c in range(kw):
+                                    u = b.sub(b.add(const(e), pl), b.mul(const(c), dw))
+                                    with b.if_then(even(u)):
+                                        col = b.add(m, b.ashr(u, const(1)))
+                                        got = v.load(b.gep(row, [col]), col, lanes, wo)[0]
+                                        b.store(v.fmadd(weights[r, c], got, b.load(accs[e])), accs[e])
+                    evens, odds = b.load(accs[0]), b.load(accs[1])
+                    col = b.mul(m, const(2))
+                    index = b.add(b.mul(p, w), col)
+                    size = b.mul(h, w)
+                    v.store(b.shuffle_vector(evens, odds, low), gx_ptr, index, size, col, w)
+                    col = b.add(col, const(lanes))
+                    with b.if_then(b.icmp_signed("<", col, w)):
+                        v.store(b.shuffle_vector(evens, odds, high), gx_ptr, b.add(index, const(lanes)), size, col, w)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -227,6 +307,7 @@ _forward1 = make_plane_kernel(KH, KW, 1, 1, VECTOR_BYTES)
 _forward2 = make_plane_kernel(KH, KW, 2, 2, VECTOR_BYTES)
 _grad_weight1 = make_plane_kernel(KH, KW, 1, 1, VECTOR_BYTES, grad_weight=True)
 _grad_weight2 = make_plane_kernel(KH, KW, 2, 2, VECTOR_BYTES, grad_weight=True)
+_grad_input2 = make_grad_input2_kernel(KH, KW, VECTOR_BYTES)
 
 
 def _forward(x, w, groups, stride, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
@@ -256,7 +337,18 @@ def _grad_weight(x, gy, groups, stride, h, wd, ho, wo, pt, pl, dh, dw, parts):  
             _grad_weight2(x[b, k // k_g], 0, h, wd, parts[b, k], 0, gy[b, k], 0, ho, wo, pt, pl, dh, dw)
 
 
+def _grad_input(gy, w, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
+    """``out (n, C, h * wd)``: the input gradient of the stride-2 :func:`_forward` of a depthwise layer without
+    a channel multiplier (``K = C = groups``) from ``gy (n, C, ho * wo)``. One job per plane."""
+    n, c = out.shape[:2]
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        _grad_input2(gy[b, ch], 0, ho, wo, w[ch], 0, out[b, ch], 0, h, wd, pt, pl, dh, dw)
+
+
 _FORWARD = (_compile(_forward, False), _compile(_forward, True))
+_GRAD_INPUT = (_compile(_grad_input, False), _compile(_grad_input, True))
 _GRAD_WEIGHT = (_compile(_grad_weight, False), _compile(_grad_weight, True))
 
 
@@ -289,6 +381,20 @@ def grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan, pads, parallel
     n, c = x.shape[:2]
     k = gy.shape[1]
     parts = np.empty((n, k, KH * KW), dtype=x.dtype)
-    _GRAD_WEIGHT[int(parallel)](np.ascontiguousarray(x).reshape(n, c, -1), np.ascontiguousarray(gy).reshape(n, k, -1),
-                                groups, *_geometry(x.shape, plan, pads), parts)
+    _GRAD_WEIGHT[int(parallel)](np.ascontiguousarray(x).reshape(n, c, -1),
+                                np.ascontiguousarray(gy).reshape(n, k, -1), groups, *_geometry(x.shape, plan, pads),
+                                parts)
     return parts.sum(axis=0).reshape(k, 1, KH, KW)
+
+
+def grad_input(gy: np.ndarray, w: np.ndarray, plan, pads, in_shape, parallel: bool) -> np.ndarray:
+    """``(n, C, h, w)``: the input gradient of a stride-2 layer of :func:`applies` with one output channel per
+    group. The weights must be finite: the gradient's vectors are zero past its rows' ends, and ``0 * inf``
+    would be NaN where the reference has no term."""
+    n, c, h, wd = in_shape
+    gx = np.empty(in_shape, dtype=gy.dtype)
+    _stride, _, _, ho, wo, pt, pl, dh, dw = _geometry(in_shape, plan, pads)
+    _GRAD_INPUT[int(parallel)](np.ascontiguousarray(gy).reshape(n, c, -1),
+                               np.ascontiguousarray(w).reshape(c, KH * KW), h, wd, ho, wo, pt, pl, dh, dw,
+                               gx.reshape(n, c, -1))
+    return gx

@@ -8,10 +8,10 @@ every problem of the suite):
 ResNeXt-style groups, a network's first layer, few-channel layers on small
 images; and forwards with few patch rows, such as RGB stems): compiled
 loops, see :mod:`.direct`. ``"lanes"`` is the same on small planes of
-large batches, with 16 images side by side. ``"depthwise"`` (the forward
-and weight gradient of depthwise 3x3 layers of stride 1 or 2, and so the
-flipped input gradient of stride 1): one vector kernel per plane reading
-the unpadded input, see :mod:`.depthwise`.
+large batches, with 16 images side by side. ``"depthwise"`` (depthwise 3x3
+layers of stride 1 or 2: forward, weight gradient, the stride-2 input
+gradient, and so the flipped input gradient of stride 1): one vector kernel
+per plane reading the unpadded planes, see :mod:`.depthwise`.
 
 ``"implicit"`` (every forward with enough patch rows, and the gradients
 where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
@@ -196,7 +196,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     """
     if _forced and _forced_fits(_forced[-1], c_g, k_g, plan, pass_):
         return _forced[-1]
-    if pass_ in ("forward", "grad_weight") and _depthwise_fits(c_g, plan):
+    if _depthwise_fits(c_g, k_g, plan, pass_):
         return "depthwise"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
@@ -273,23 +273,32 @@ def _forced_fits(how: str, c_g: int, k_g: int, plan, pass_: str) -> bool:
     if how == "winograd":
         return _winograd_fits(c_g, k_g, plan)
     if how == "depthwise":
-        return pass_ in ("forward", "grad_weight") and _depthwise_fits(c_g, plan)
+        return _depthwise_fits(c_g, k_g, plan, pass_)
     return True
 
 
-def _depthwise_fits(c_g: int, plan) -> bool:
-    """Whether the depthwise 3x3 kernels of :mod:`.depthwise` compute this forward and weight gradient (one
-    input channel per group, 3 x 3, stride 1 or 2, 2-D). On all the depthwise layers measured they beat the
-    direct and lanes kernels (one process, best of 20, ms). Stride-1 forwards, direct / lanes / depthwise:
-    MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6 (planner) / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 /
-    1.5; batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28, batch 32, 4.0 / 7.2 / 2.0; 32 x 112 x 112, batch 16, 3.2 /
-    8.6 / 1.5; 960 x 7 x 7, batch 32, 3.4 / 2.9 / 1.9. The suite's stride-2 forward (96 x 112 x 112, batch 8)
-    3.6-4.7 (direct, in the suite) / 1.4-1.6. Weight gradients, direct / depthwise: 144 x 56 x 56 2.3-2.4 /
-    0.9-1.5, the stride-2 layer 4.7-5.1 / 1.6. The input gradients keep their rules: the stride-1 one is a
-    forward (flipped), the stride-2 one's phases have 2 x 2, 2 x 1 and 1 x 1 kernels."""
+def _depthwise_fits(c_g: int, k_g: int, plan, pass_: str) -> bool:
+    """Whether the depthwise 3x3 kernels of :mod:`.depthwise` compute this pass: the forward and weight
+    gradient of layers with one input channel per group, 3 x 3, stride 1 or 2, 2-D, and the input gradient
+    of the stride-2 ones without a channel multiplier (stride 1's is a forward, flipped). On all the
+    depthwise layers measured they beat the direct and lanes kernels (one process, best of 20, ms).
+
+    * Stride-1 forwards, direct / lanes / depthwise: MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6 (planner)
+      / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 / 1.5, batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28,
+      batch 32, 4.0 / 7.2 / 2.0; 32 x 112 x 112, batch 16, 3.2 / 8.6 / 1.5; 960 x 7 x 7, batch 32, 3.4 /
+      2.9 / 1.9.
+    * The suite's stride-2 forward (96 x 112 x 112, batch 8), direct / depthwise: 3.6-4.7 (in the suite) /
+      1.4-1.6.
+    * Weight gradients, direct / depthwise: 144 x 56 x 56 2.3-2.4 / 0.9-1.5; the stride-2 layer 4.7-5.1 /
+      1.6.
+    * The stride-2 input gradient, direct / depthwise: 4.9-6.4 / 1.4-2.4 with freed memory kept, as in the
+      suite; 4.5-4.7 / 3.4-3.6 with new pages for each gradient.
+    """
     from . import depthwise
 
-    return depthwise.applies(c_g, plan)
+    if not depthwise.applies(c_g, plan):
+        return False
+    return pass_ != "grad_input" or (k_g == 1 and not plan.unit_stride)
 
 
 def _winograd_fits(c_g: int, k_g: int, plan) -> bool:
@@ -593,6 +602,13 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         return _grad_input_flipped(gy, w, groups, plan, in_shape, pads)
     if how == "flipped":
         how = strategy(c_g, k_g, plan, "grad_input", n, flip=False)
+    if how == "depthwise" and _all_finite(w):  # the gradient's zero lanes meet every weight
+        from . import depthwise
+
+        parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
+        return depthwise.grad_input(gy, w, plan, pads, in_shape, parallel)
+    if how == "depthwise":
+        how = "direct"
     if how in ("direct", "lanes"):
         d = _direct()
         gx = np.empty(in_shape, dtype=gy.dtype)

@@ -610,23 +610,28 @@ def test_depthwise_kernels_take_the_depthwise_3x3_layers():
     dilated = make_plan((20, 20), (3, 3), (1, 1), (2, 2), (16, 16))
     strided = make_plan((57, 57), (3, 3), (2, 2), (1, 1), (28, 28))
     for plan, k_g, n in ((same, 1, 1), (dilated, 4, 64), (strided, 1, 8)):  # k_g: a channel multiplier
-        assert gemm.strategy(1, k_g, plan, "forward", n=n) == "depthwise"
-        assert gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "depthwise"
+        assert gemm.strategy(1, k_g, plan, "forward", n=n) == "planes"
+        assert gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "planes"
     assert gemm.strategy(1, 1, same, "grad_input", n=8) == "flipped"  # a forward on the depthwise kernel
-    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "depthwise"
-    assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "depthwise"  # a channel multiplier
+    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "planes"
+    assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "planes"  # a channel multiplier
     three = make_plan((58, 58), (3, 3), (3, 3), (1, 1), (19, 19))
     uneven = make_plan((58, 58), (3, 3), (1, 2), (1, 1), (56, 28))
     five = make_plan((60, 60), (5, 5), (1, 1), (1, 1), (56, 56))
     line = make_plan((58,), (3,), (1,), (1,), (56,))
-    for plan, c_g in ((three, 1), (uneven, 1), (five, 1), (line, 1), (same, 2)):
+    for plan, c_g in ((three, 1), (uneven, 1), (five, 1), (line, 1), (strided, 2)):
         for pass_ in ("forward", "grad_weight"):
-            assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "depthwise"
-            with force_strategy("depthwise"):
-                assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "depthwise"
-    with force_strategy("depthwise"):
-        assert gemm.strategy(1, 1, same, "grad_input", n=8, flip=False) != "depthwise"
-        assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "depthwise"
+            assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "planes"
+            with force_strategy("planes"):
+                assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "planes"
+    # groups of a few channels (where the direct kernels would run): the stride-1 forward only
+    assert gemm.strategy(4, 4, same, "forward", n=8) == "planes"  # ResNeXt's 4 x 4
+    assert gemm.strategy(4, 4, same, "grad_input", n=8) == "flipped"  # a forward of 4 x 4 groups
+    assert gemm.strategy(4, 4, same, "grad_weight", n=8) != "planes"
+    assert gemm.strategy(8, 4, same, "forward", n=8) != "planes"  # more pairs than the direct kernels take
+    with force_strategy("planes"):
+        assert gemm.strategy(1, 1, same, "grad_input", n=8, flip=False) != "planes"
+        assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "planes"
 
 
 @pytest.mark.parametrize(
@@ -651,7 +656,7 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     the forward kernel at stride 1), against PyTorch in float64: row widths across the vector width, padding
     on any side, strides, dilation, channel multipliers; the forward writes nothing past its output (a
     canary after it), and inf and NaN spread as in PyTorch."""
-    from convlayer.engine import depthwise, gemm
+    from convlayer.engine import gemm, planes
     from convlayer.engine.windows import make_plan
 
     c = 3
@@ -667,15 +672,15 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     tol = 1e-12 if dtype == np.float64 else 1e-5
     full = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads))
     plan = make_plan(full, (3, 3), (stride, stride), (dilation, dilation), tuple(yt.shape[2:]))
-    assert gemm.strategy(1, multiplier, plan, "forward", n=2) == "depthwise"
+    assert gemm.strategy(1, multiplier, plan, "forward", n=2) == "planes"
     canary = np.full(yt.numel() + 64, -7.0, dtype=dtype)
     y = canary[:yt.numel()].reshape(yt.shape)
     gy = rng.standard_normal(yt.shape).astype(dtype)
     for parallel in (False, True):
-        depthwise.forward(x, w, c, plan, pads, y, parallel)
+        planes.forward(x, w, c, plan, pads, y, parallel)
         _assert_same_with_nonfinite(y, yt.numpy(), tol)
         assert (canary[yt.numel():] == -7.0).all()
-        _assert_same_with_nonfinite(depthwise.grad_weight(gy, x, c, plan, pads, parallel),
+        _assert_same_with_nonfinite(planes.grad_weight(gy, x, c, plan, pads, parallel),
                                     _torch_depthwise_grads(gy, x, w, pads, torch_kw)[1], tol)
     x_finite = np.nan_to_num(x, nan=0.0, posinf=0.0)
     gx, gw, _ = CF.conv_backward(gy, x_finite, w, **kw)
@@ -684,7 +689,7 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     assert max_rel_err(gw, gw_t) < tol
     if multiplier == 1 and stride == 2:  # the input gradient's own kernel
         for parallel in (False, True):
-            assert max_rel_err(depthwise.grad_input(gy, w, plan, pads, x.shape, parallel), gx_t) < tol
+            assert max_rel_err(planes.grad_input(gy, w, plan, pads, x.shape, parallel), gx_t) < tol
     # an infinite weight meets the padding's zeros (NaN, as in PyTorch); in the input gradient it meets only
     # the gradient (the planner leaves the depthwise kernel then: its vectors' zero lanes would meet it too)
     w_inf = w.copy()
@@ -692,7 +697,7 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     w_inf[0, 0, 1, 0] = -np.inf
     w_inf[0, 0, 2, 2] = np.inf
     xt = torch.tensor(x_finite.astype(np.float64))
-    _assert_same_with_nonfinite(depthwise.forward(x_finite, w_inf, c, plan, pads, np.empty_like(y), True),
+    _assert_same_with_nonfinite(planes.forward(x_finite, w_inf, c, plan, pads, np.empty_like(y), True),
                                 F.conv2d(F.pad(xt, torch_pad_arg(pads)), torch.tensor(w_inf.astype(np.float64)),
                                          **torch_kw).numpy(), tol)
     gx, _, _ = CF.conv_backward(gy, x_finite, w_inf, **kw)
@@ -707,10 +712,10 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rn
     shorter and longer than a vector, with padding and dilation."""
     from numba import njit
 
-    from convlayer.engine import depthwise
+    from convlayer.engine import planes
 
-    forward = depthwise.make_plane_kernel(3, 3, stride, stride, vector_bytes)
-    backward = depthwise.make_plane_kernel(3, 3, stride, stride, vector_bytes, grad_weight=True)
+    forward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes)
+    backward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, grad_weight=True)
 
     @njit
     def run(x, w, y, gy, gw, h, wd, ho, wo, pt, pl, d):
@@ -738,6 +743,49 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rn
             assert max_rel_err(y[:ho * wo].reshape(ho, wo), expected) < tol
             assert (y[ho * wo:] == -7.0).all()
             assert max_rel_err(gw, wt.grad.numpy().ravel()) < tol
+
+
+@pytest.mark.parametrize(
+    "c_g, k_g, size, padding, dilation",
+    [
+        (4, 4, (9, 21), 1, 1),  # ResNeXt's groups: one block of four outputs
+        (2, 6, (7, 40), 2, 2),  # a block and two outputs alone, dilated: no row pairs
+        (3, 1, (6, 17), ((0, 2), (1, 0)), 1),  # uneven padding, an odd number of output rows
+        (16, 1, (5, 3), 3, 1),  # padding beyond the kernel's reach
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_plane_kernel_matches_torch(c_g, k_g, size, padding, dilation, dtype, rng):
+    """The grouped stride-1 forward (and the input gradient flipped onto it) against PyTorch in float64: blocks
+    of four outputs and outputs alone, row pairs and single rows, padding, dilation, inf and NaN in the input
+    and in the weights (which meet the padding's zeros, as in PyTorch)."""
+    from convlayer.engine import gemm, planes
+    from convlayer.engine.windows import make_plan
+
+    groups = 3
+    x = rng.standard_normal((2, c_g * groups, *size)).astype(dtype)
+    w = rng.standard_normal((k_g * groups, c_g, 3, 3)).astype(dtype)
+    x[1, 0].flat[4] = np.inf
+    x[0, -1].flat[-2] = np.nan
+    w[-1, 0, 0, 0] = -np.inf
+    kw = dict(padding=padding, dilation=dilation, groups=groups)
+    pads = G.resolve_padding(padding, size, (3, 3), (1, 1), (dilation, dilation))
+    torch_kw = dict(dilation=dilation, groups=groups)
+    expected = F.conv2d(F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
+                        torch.tensor(w.astype(np.float64)), **torch_kw).numpy()
+    full = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads))
+    plan = make_plan(full, (3, 3), (1, 1), (dilation, dilation), expected.shape[2:])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    canary = np.full(expected.size + 64, -7.0, dtype=dtype)
+    y = canary[:expected.size].reshape(expected.shape)
+    for parallel in (False, True):
+        planes.forward(x, w, groups, plan, pads, y, parallel)
+        _assert_same_with_nonfinite(y, expected, tol)
+        assert (canary[expected.size:] == -7.0).all()
+    w_finite = np.nan_to_num(w, neginf=0.0)
+    gy = rng.standard_normal(expected.shape).astype(dtype)
+    gx, _, _ = CF.conv_backward(gy, x, w_finite, **kw)
+    _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x, w_finite, pads, torch_kw)[0], tol)
 
 
 def _torch_depthwise_grads(gy, x, w, pads, torch_kw):

@@ -8,10 +8,12 @@ every problem of the suite):
 ResNeXt-style groups, a network's first layer, few-channel layers on small
 images; and forwards with few patch rows, such as RGB stems): compiled
 loops, see :mod:`.direct`. ``"lanes"`` is the same on small planes of
-large batches, with 16 images side by side. ``"depthwise"`` (depthwise 3x3
+large batches, with 16 images side by side. ``"planes"`` (depthwise 3x3
 layers of stride 1 or 2: forward, weight gradient, the stride-2 input
-gradient, and so the flipped input gradient of stride 1): one vector kernel
-per plane reading the unpadded planes, see :mod:`.depthwise`.
+gradient, and so the flipped input gradient of stride 1; the stride-1
+forwards of 3x3 layers with few channels per group, such as ResNeXt's):
+vector kernels over whole planes, reading the unpadded input, see
+:mod:`.planes`.
 
 ``"implicit"`` (every forward with enough patch rows, and the gradients
 where :data:`IMPLICIT_MIN_ROWS` and the rules after it say): no patch
@@ -153,7 +155,7 @@ IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
 IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
-STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "depthwise")
+STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "planes")
 _forced: list[str] = []
 
 
@@ -179,8 +181,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     strided ones with large outputs), ``"flipped"``, forward convolutions of the flipped
     problem with their own choice of strategy (see
     :data:`FLIPPED_MIN_OUTPUTS`; ``flip=False`` gives the rules without it,
-    for where it does not apply); the depthwise kernels for the forwards and
-    weight gradients of depthwise 3x3 layers (see :func:`_depthwise_fits`); the direct
+    for where it does not apply); the plane kernels for depthwise 3x3 layers
+    and the forwards of grouped ones (see :func:`_planes_fit`); the direct
     kernels for few channels per group and for forwards with few patch rows (see
     :data:`FEW_ROWS_DIRECT_MIN_IMAGES`); the implicit GEMM for forwards,
     most weight gradients and, except with full-width AVX-512 (see
@@ -196,8 +198,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     """
     if _forced and _forced_fits(_forced[-1], c_g, k_g, plan, pass_):
         return _forced[-1]
-    if _depthwise_fits(c_g, k_g, plan, pass_):
-        return "depthwise"
+    if _planes_fit(c_g, k_g, plan, pass_):
+        return "planes"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
@@ -272,16 +274,18 @@ def _forced_fits(how: str, c_g: int, k_g: int, plan, pass_: str) -> bool:
     """Whether the forced strategy ``how`` applies to this pass (the others fall back to the rules)."""
     if how == "winograd":
         return _winograd_fits(c_g, k_g, plan)
-    if how == "depthwise":
-        return _depthwise_fits(c_g, k_g, plan, pass_)
+    if how == "planes":
+        return _planes_fit(c_g, k_g, plan, pass_)
     return True
 
 
-def _depthwise_fits(c_g: int, k_g: int, plan, pass_: str) -> bool:
-    """Whether the depthwise 3x3 kernels of :mod:`.depthwise` compute this pass: the forward and weight
-    gradient of layers with one input channel per group, 3 x 3, stride 1 or 2, 2-D, and the input gradient
-    of the stride-2 ones without a channel multiplier (stride 1's is a forward, flipped). On all the
-    depthwise layers measured they beat the direct and lanes kernels (one process, best of 20, ms).
+def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:
+    """Whether the plane kernels of :mod:`.planes` compute this pass: the forward and weight gradient of
+    layers with one input channel per group, 3 x 3, stride 1 or 2, 2-D, and the input gradient of the
+    stride-2 ones without a channel multiplier (stride 1's is a forward, flipped); and the stride-1 forward
+    of 3 x 3 layers whose groups the direct kernels would take (at most DIRECT_MAX_CHANNELS channel pairs;
+    their stride-1 input gradients are such forwards, flipped). On all the layers measured they beat the
+    direct and lanes kernels (one process, best of 20 or 15, ms).
 
     * Stride-1 forwards, direct / lanes / depthwise: MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6 (planner)
       / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 / 1.5, batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28,
@@ -293,10 +297,14 @@ def _depthwise_fits(c_g: int, k_g: int, plan, pass_: str) -> bool:
       1.6.
     * The stride-2 input gradient, direct / depthwise: 4.9-6.4 / 1.4-2.4 with freed memory kept, as in the
       suite; 4.5-4.7 / 3.4-3.6 with new pages for each gradient.
+    * ResNeXt's 4 x 4 groups (128 x 56 x 56, batch 8), direct / planes: forward 2.6-2.9 / 1.9-2.0, input
+      gradient (flipped) 4.7-5.6 / 2.1-2.7.
     """
-    from . import depthwise
+    from . import planes
 
-    if not depthwise.applies(c_g, plan):
+    if c_g > 1:  # few channels per group, where the direct kernels would run: the grouped forward
+        return pass_ == "forward" and c_g * k_g <= DIRECT_MAX_CHANNELS and planes.applies_grouped(c_g, plan)
+    if not planes.applies(c_g, plan):
         return False
     return pass_ != "grad_input" or (k_g == 1 and not plan.unit_stride)
 
@@ -533,11 +541,11 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
     if n == 0:
         return y
     how = strategy(c_g, k_g, plan, "forward", n)
-    if how == "depthwise":  # reads the unpadded planes
-        from . import depthwise
+    if how == "planes":  # reads the unpadded planes
+        from . import planes
 
         parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return depthwise.forward(x, w, groups, plan, pads, y, parallel)
+        return planes.forward(x, w, groups, plan, pads, y, parallel)
     if how in ("direct", "lanes"):  # the padding happens plane by plane inside the kernel
         d = _direct()
         d.kernel(_kernel_name("forward", how), _work(n, k, c_g, plan))(
@@ -602,12 +610,12 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         return _grad_input_flipped(gy, w, groups, plan, in_shape, pads)
     if how == "flipped":
         how = strategy(c_g, k_g, plan, "grad_input", n, flip=False)
-    if how == "depthwise" and _all_finite(w):  # the gradient's zero lanes meet every weight
-        from . import depthwise
+    if how == "planes" and _all_finite(w):  # the gradient's zero lanes meet every weight
+        from . import planes
 
         parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return depthwise.grad_input(gy, w, plan, pads, in_shape, parallel)
-    if how == "depthwise":
+        return planes.grad_input(gy, w, plan, pads, in_shape, parallel)
+    if how == "planes":
         how = "direct"
     if how in ("direct", "lanes"):
         d = _direct()
@@ -797,11 +805,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
     how = strategy(c_g, k_g, plan, "grad_weight", n)
-    if how == "depthwise":
-        from . import depthwise
+    if how == "planes":
+        from . import planes
 
         parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return depthwise.grad_weight(gy, x, groups, plan, pads, parallel).reshape(k, c_g, *kernel_shape)
+        return planes.grad_weight(gy, x, groups, plan, pads, parallel).reshape(k, c_g, *kernel_shape)
     if how in ("direct", "lanes"):
         d = _direct()
         # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.

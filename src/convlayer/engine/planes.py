@@ -1,7 +1,9 @@
-"""Depthwise 3x3 convolution, stride 1 or 2, in one pass over each plane: no padded copy, no patch matrix.
+"""Depthwise and grouped 3x3 convolutions in one pass over each plane: no padded copy, no patch matrix.
 
-Forward and weight gradient for strides 1 and 2 (:func:`make_plane_kernel`), and the stride-2 input gradient
-(:func:`make_grad_input2_kernel`; the stride-1 one is a forward of the flipped kernel, see :mod:`.gemm`).
+Depthwise layers of stride 1 or 2: forward and weight gradient (:func:`make_plane_kernel`), and the
+stride-2 input gradient (:func:`make_grad_input2_kernel`; the stride-1 one is a forward of the flipped
+kernel, see :mod:`.gemm`). Layers with a few channels per group (ResNeXt's 4 x 4): the stride-1 forward,
+four outputs at a time (:func:`make_group_kernel`).
 
 The direct kernels of :mod:`.direct` first copy each plane into a padded,
 phase-split buffer, then sum the taps row by row, each output row a
@@ -36,6 +38,8 @@ of the additions differs from the other strategies.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from llvmlite import ir
@@ -265,6 +269,106 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
     return plane
 
 
+def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
+    """A Numba intrinsic ``k(x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw)``:
+    ``kb`` output planes of a stride-1 ``kh x kw`` cross-correlation over ``cg`` input planes (a group of a
+    grouped layer),
+
+    ``y[yoff + o * ystride + q * wo + i] = sum_{c, r, s} wts[woff + (o * cg + c) * kh * kw + r * kw + s]
+    * x[xoff + c * cstride + xr * w + xc]``
+
+    with ``xr`` and ``xc`` as in :func:`make_plane_kernel` (stride 1). Each input vector loaded serves the
+    ``kb`` outputs (and, with dilation 1 down the rows, two output rows), its weights broadcast from memory:
+    ``kb`` times the multiply-adds of the depthwise kernel per load.
+    """
+
+    @intrinsic
+    def group(typingctx, x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw):
+        ip = types.intp
+        sig = types.void(x, ip, ip, ip, ip, ip, wts, ip, y, ip, ip, ip, ip, ip, ip, ip, ip)
+
+        def codegen(context, builder, signature, args):
+            (x_arr, xoff, cstride, cg, h, w, w_arr, woff, y_arr, yoff, ystride, ho, wo, pt, pl, dh, dw) = args
+            v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
+            lanes, const, b = v.lanes, v.const, builder
+
+            def data(k, value):
+                return context.make_array(signature.args[k])(context, builder, value).data
+
+            x_base = b.gep(data(0, x_arr), [xoff])
+            y_ptr = b.gep(data(8, y_arr), [yoff])
+            w_ptr = b.gep(data(6, w_arr), [woff])
+            taps = kh * kw
+            accs = [[cgutils.alloca_once_value(b, v.zero) for _ in range(2)] for _ in range(kb)]
+
+            def vector(q, j, pair):
+                """Output vectors ``(q, j)`` (and ``(q + 1, j)`` with ``pair``) of the ``kb`` outputs. Branch-free:
+                every load is masked, by the columns inside the row (computed once per vector) and by the row
+                being inside the plane; the lanes masked off read as zeros (0 * inf is NaN as in the
+                reference)."""
+                outputs = 2 if pair else 1
+                for o in range(kb):
+                    for p in range(outputs):
+                        b.store(v.zero, accs[o][p])
+                masks = []
+                for s in range(kw):
+                    cols = b.add(v.splat(b.sub(b.add(j, b.mul(const(s), dw)), pl), v.it), v.lane)
+                    masks.append(b.and_(b.icmp_signed(">=", cols, v.splat(ir.Constant(v.i32, 0), v.it)),
+                                        b.icmp_signed("<", cols, v.splat(w, v.it))))
+                none = ir.Constant(masks[0].type, None)
+                with cgutils.for_range(b, cg) as channels:
+                    c = channels.index
+                    x_ptr = b.gep(x_base, [b.mul(c, cstride)])
+                    for k in range(kh + outputs - 1):  # input rows, from output row q's first
+                        xr = b.sub(b.add(q, b.mul(const(k), dh)), pt)
+                        inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
+                        row = b.gep(x_ptr, [b.mul(xr, w)])
+                        vectors = []
+                        for s in range(kw):
+                            col = b.sub(b.add(j, b.mul(const(s), dw)), pl)
+                            ptr = b.bitcast(b.gep(row, [col]), v.vt.as_pointer())
+                            mask = b.select(inside, masks[s], none)
+                            vectors.append(b.call(v.mload, [ptr, ir.Constant(v.i32, v.align), mask, v.zero]))
+                        add_row(k, c, outputs, vectors)
+                index = b.add(b.mul(q, wo), j)
+                for o in range(kb):
+                    plane_ptr = b.gep(y_ptr, [b.mul(const(o), ystride)])
+                    for p in range(outputs):
+                        v.store(b.load(accs[o][p]), plane_ptr, b.add(index, b.mul(const(p), wo)), b.mul(ho, wo), j, wo)
+
+            def add_row(k, c, outputs, vectors):
+                """Input row ``k`` of channel ``c`` into kernel row ``k - p`` of each output row ``p``, for each
+                of the ``kb`` outputs."""
+                for o in range(kb):
+                    wrow = b.gep(w_ptr, [b.mul(b.add(b.mul(const(o), cg), c), const(taps))])
+                    for p in range(outputs):
+                        r = k - p
+                        if not 0 <= r < kh:
+                            continue
+                        acc = b.load(accs[o][p])
+                        for s in range(kw):
+                            acc = v.fmadd(v.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
+                        b.store(acc, accs[o][p])
+
+            count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
+
+            def rows_of(first, stop, pair):
+                step = 2 if pair else 1
+                with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
+                    with cgutils.for_range(b, count) as vectors:  # last to first, see make_plane_kernel
+                        j = b.mul(b.sub(b.sub(count, const(1)), vectors.index), const(lanes))
+                        vector(q, j, pair)
+
+            paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
+            rows_of(const(0), paired, True)
+            rows_of(paired, ho, False)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return group
+
+
 def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
     """A Numba intrinsic ``k(gy, gyoff, ho, wo, wts, woff, gx, gxoff, h, w, pt, pl, dh, dw)``: one plane's input
     gradient of :func:`make_plane_kernel`'s stride-2 forward (``y`` of ``ho x wo`` from ``x`` of ``h x w``),
@@ -341,6 +445,9 @@ _forward2 = make_plane_kernel(KH, KW, 2, 2, VECTOR_BYTES)
 _grad_weight1 = make_plane_kernel(KH, KW, 1, 1, VECTOR_BYTES, grad_weight=True)
 _grad_weight2 = make_plane_kernel(KH, KW, 2, 2, VECTOR_BYTES, grad_weight=True)
 _grad_input2 = make_grad_input2_kernel(KH, KW, VECTOR_BYTES)
+GROUP_OUTPUTS = 4  # outputs per pass of the grouped kernel (each input vector loaded serves them all)
+_group_block = make_group_kernel(KH, KW, GROUP_OUTPUTS, VECTOR_BYTES)
+_group_one = make_group_kernel(KH, KW, 1, VECTOR_BYTES)
 
 
 def _forward(x, w, groups, stride, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
@@ -380,7 +487,33 @@ def _grad_input(gy, w, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover 
         _grad_input2(gy[b, ch], 0, ho, wo, w[ch], 0, out[b, ch], 0, h, wd, pt, pl, dh, dw)
 
 
+def _forward_grouped(x, w, groups, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
+    """``out (n, K, ho * wo)`` from ``x (n, C, h * wd)`` and ``w (K, C_g * 9)``, stride 1, with ``C_g`` input
+    channels per group. One job per (image, group, block of GROUP_OUTPUTS outputs)."""
+    n, k_total = out.shape[:2]
+    c_g = x.shape[1] // groups
+    k_g = k_total // groups
+    blocks = -(-k_g // GROUP_OUTPUTS)
+    size = h * wd
+    for job in prange(n * groups * blocks):
+        b = job // (groups * blocks)
+        g = (job // blocks) % groups
+        k0 = g * k_g + (job % blocks) * GROUP_OUTPUTS
+        k1 = min(k0 + GROUP_OUTPUTS, (g + 1) * k_g)
+        xb = x[b].ravel()
+        wf = w.ravel()
+        yb = out[b].ravel()
+        if k1 - k0 == GROUP_OUTPUTS:
+            _group_block(xb, g * c_g * size, size, c_g, h, wd, wf, k0 * c_g * 9, yb, k0 * ho * wo, ho * wo, ho, wo,
+                         pt, pl, dh, dw)
+        else:
+            for k in range(k0, k1):
+                _group_one(xb, g * c_g * size, size, c_g, h, wd, wf, k * c_g * 9, yb, k * ho * wo, ho * wo, ho, wo,
+                           pt, pl, dh, dw)
+
+
 _FORWARD = (_compile(_forward, False), _compile(_forward, True))
+_FORWARD_GROUPED = (_compile(_forward_grouped, False), _compile(_forward_grouped, True))
 _GRAD_INPUT = (_compile(_grad_input, False), _compile(_grad_input, True))
 _GRAD_WEIGHT = (_compile(_grad_weight, False), _compile(_grad_weight, True))
 
@@ -392,6 +525,12 @@ def applies(c_g: int, plan) -> bool:
             and plan.stride[0] in (1, 2))
 
 
+def applies_grouped(c_g: int, plan) -> bool:
+    """Whether :func:`forward` computes this grouped forward: 2-D, 3 x 3, stride 1 (any dilation and padding),
+    any number of input channels per group."""
+    return plan.kernel == (KH, KW) and len(plan.out) == 2 and plan.unit_stride
+
+
 def _geometry(x_shape, plan, pads):
     n, c, h, wd = x_shape
     ho, wo = plan.out
@@ -400,11 +539,18 @@ def _geometry(x_shape, plan, pads):
 
 
 def forward(x: np.ndarray, w: np.ndarray, groups: int, plan, pads, y: np.ndarray, parallel: bool) -> np.ndarray:
-    """``y (n, K, ho, wo)``: the depthwise forward of :func:`applies`, written in place."""
-    n, c = x.shape[:2]
+    """``y (n, K, ho, wo)``: the forward of :func:`applies` (depthwise) or :func:`applies_grouped`, written in
+    place."""
+    n, c, h, wd = x.shape
     k = w.shape[0]
-    _FORWARD[int(parallel)](np.ascontiguousarray(x).reshape(n, c, -1), np.ascontiguousarray(w).reshape(k, KH * KW),
-                            groups, *_geometry(x.shape, plan, pads), y.reshape(n, k, -1))
+    planes = np.ascontiguousarray(x).reshape(n, c, h * wd)
+    out = y.reshape(n, k, math.prod(plan.out))
+    if c != groups:  # several input channels per group: the grouped kernel
+        _FORWARD_GROUPED[int(parallel)](planes, np.ascontiguousarray(w).reshape(k, (c // groups) * KH * KW), groups,
+                                        *_geometry(x.shape, plan, pads)[1:], out)
+        return y
+    _FORWARD[int(parallel)](planes, np.ascontiguousarray(w).reshape(k, KH * KW), groups,
+                            *_geometry(x.shape, plan, pads), out)
     return y
 
 

@@ -198,7 +198,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     """
     if _forced and _forced_fits(_forced[-1], c_g, k_g, plan, pass_):
         return _forced[-1]
-    if _planes_fit(c_g, k_g, plan, pass_):
+    if _planes_measured() and _planes_fit(c_g, k_g, plan, pass_):
         return "planes"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
@@ -277,6 +277,13 @@ def _forced_fits(how: str, c_g: int, k_g: int, plan, pass_: str) -> bool:
     if how == "planes":
         return _planes_fit(c_g, k_g, plan, pass_)
     return True
+
+
+def _planes_measured() -> bool:
+    """Whether the rules pick the plane kernels (:func:`_planes_fit`): with 512-bit vectors, where they were
+    measured (on Zen 4). Elsewhere the direct kernels, measured on Zen 3 and on the Xeon, keep these layers;
+    forced, the plane kernels run on any CPU (``tests`` check them at both vector widths)."""
+    return _implicit().VECTOR_BYTES == 64
 
 
 def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:

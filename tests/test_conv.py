@@ -951,8 +951,9 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_implicit_forward_interleaves_the_images_of_small_planes(n, size, kernel, c, k, groups, stride, dilation,
                                                                  padding, dtype, rng, monkeypatch):
-    """The implicit forward with the images' positions interleaved gives PyTorch's result, and an image's
-    inf and NaN reach none of the other images' outputs (their reads never cross into another image)."""
+    """The implicit forward and input gradient with the images' positions interleaved give PyTorch's results,
+    and an image's inf and NaN reach none of the other images' outputs (their reads never cross into another
+    image)."""
     from convlayer.engine import implicit
 
     x = rng.standard_normal((n, c, *size)).astype(dtype)
@@ -976,6 +977,27 @@ def test_implicit_forward_interleaves_the_images_of_small_planes(n, size, kernel
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert max_rel_err(y[1:], expected[1:]) < tol
     assert max_rel_err(np.where(finite, y[0], 0), np.where(finite, expected[0], 0)) < tol
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    xt = torch.tensor(np.zeros(x.shape), requires_grad=True)
+    TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)), stride=stride,
+                     dilation=dilation, groups=groups).backward(torch.tensor(gy.astype(np.float64)))
+    with force_strategy("implicit"):
+        gx = CF.conv_backward(gy, x, w, **kw, grads=("input",))[0]
+    assert implicit.grad_input_interleaves(_plan_of(x.shape, w.shape, kw), n, dtype)
+    assert max_rel_err(gx, xt.grad.numpy()) < tol
+
+
+def _plan_of(x_shape, w_shape, kw):
+    from convlayer.engine.windows import make_plan
+
+    size, kernel = x_shape[2:], w_shape[2:]
+    rank = len(size)
+    stride = G.normalize_tuple(kw["stride"], rank, "s")
+    dilation = G.normalize_tuple(kw["dilation"], rank, "d")
+    pads = G.resolve_padding(kw["padding"], size, kernel, stride, dilation)
+    full = tuple(s + lo + hi for s, (lo, hi) in zip(size, pads))
+    out = tuple((f - (k - 1) * d - 1) // st + 1 for f, k, d, st in zip(full, kernel, dilation, stride))
+    return make_plan(full, kernel, stride, dilation, out)
 
 
 def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():

@@ -2,6 +2,7 @@
 
 import math
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -981,9 +982,10 @@ def test_implicit_forward_interleaves_the_images_of_small_planes(n, size, kernel
     xt = torch.tensor(np.zeros(x.shape), requires_grad=True)
     TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), torch.tensor(w.astype(np.float64)), stride=stride,
                      dilation=dilation, groups=groups).backward(torch.tensor(gy.astype(np.float64)))
+    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_JOBS_PER_THREAD", 0)
     with force_strategy("implicit"):
         gx = CF.conv_backward(gy, x, w, **kw, grads=("input",))[0]
-    assert implicit.grad_input_interleaves(_plan_of(x.shape, w.shape, kw), n, dtype)
+    assert implicit.grad_input_interleaves(_plan_of(x.shape, w.shape, kw), n, dtype, 1)
     assert max_rel_err(gx, xt.grad.numpy()) < tol
 
 
@@ -1013,6 +1015,10 @@ def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     assert not implicit.interleaves(exact, 8, np.float32)
     dcgan = make_plan((18, 18), (4, 4), (2, 2), (1, 1), (8, 8))  # 71 lattice positions
     assert implicit.interleaves(dcgan, 16, np.float32) == (width == 48)  # 96 positions for 48-wide tiles, 72 for 24
+    # the input gradient's tiles, NV vectors wide (96 positions for 71 with 16 lanes, 80 with 8), and its jobs
+    threads = implicit.INTERLEAVE_MIN_JOBS_PER_THREAD * numba.get_num_threads()
+    assert implicit.grad_input_interleaves(dcgan, 16, np.float32, threads)
+    assert not implicit.grad_input_interleaves(dcgan, 16, np.float32, threads - 1)  # LeNet C3: one job
 
 
 @pytest.mark.parametrize(

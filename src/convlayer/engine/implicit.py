@@ -114,8 +114,10 @@ BLOCK_ROWS = 256
 # positions are interleaved, position by position, into one lattice for the whole batch, which the tiles
 # cover with at most one partial tile (see :func:`forward`). The input gradient does the same with its own,
 # NV-vector tiles (:func:`grad_input_interleaves`): DCGAN's transposed 256->128 forward, 71 positions under 96,
-# 8.6-8.8 vs 10.1-10.4 ms (one process).
+# 8.6-8.8 vs 10.1-10.4 ms (one process), where it has 128 jobs (channels) for the batch; but LeNet C3's
+# input gradient, one job for its 6 channels, ran on one thread: 3.1 vs 2.0 ms at batch 256.
 INTERLEAVE_MIN_OVERHANG = 1.125
+INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
 # Weight gradient: lattice positions per job (the steps of each microkernel call; the job's block of gy,
@@ -575,10 +577,15 @@ def _tile_positions(length: int, dtype) -> int:
     return full * BLOCK_POSITIONS + _round_up(rest, FORWARD_NV * lanes(dtype))
 
 
-def grad_input_interleaves(plan, n: int, dtype) -> bool:
+def grad_input_interleaves(plan, n: int, dtype, jobs: int) -> bool:
     """Whether :func:`grad_input` interleaves the images' positions, as :func:`forward` does (see
-    :data:`INTERLEAVE_MIN_OVERHANG`): its tiles are ``NV`` vectors wide."""
-    return n > 1 and _round_up(plan.length, NV * lanes(dtype)) > INTERLEAVE_MIN_OVERHANG * plan.length
+    :data:`INTERLEAVE_MIN_OVERHANG`; its tiles are ``NV`` vectors wide), given its ``jobs`` per image (groups
+    times blocks of channels): interleaved, the images share their jobs, so at least
+    :data:`INTERLEAVE_MIN_JOBS_PER_THREAD` per thread must remain."""
+    from numba import get_num_threads
+
+    return (n > 1 and _round_up(plan.length, NV * lanes(dtype)) > INTERLEAVE_MIN_OVERHANG * plan.length
+            and jobs >= INTERLEAVE_MIN_JOBS_PER_THREAD * get_num_threads())
 
 
 def interleaves(plan, n: int, dtype) -> bool:
@@ -631,7 +638,9 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     nr = NV * lanes(gy.dtype)
     par = _parallel(n * k * ct * plan.length)
     bases, _, _, rows, width = run_arrays(plan, True)
-    spread = n if grad_input_interleaves(plan, n, gy.dtype) else 1  # images interleaved into one lattice
+    chans = MR // math.gcd(n_taps, MR)
+    jobs = groups * -(-c_g // chans)
+    spread = n if grad_input_interleaves(plan, n, gy.dtype, jobs) else 1  # images interleaved into one lattice
     lstride = _round_up(plan.length * spread, nr)
     gyl = scratch((n // spread, k, lstride))
     if spread > 1:
@@ -645,7 +654,6 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     stride = size * spread + nr
     r = np.arange(rows_padded)
     crow = np.ascontiguousarray((r // n_taps) * stride + bases[r % n_taps] * spread, dtype=np.int64)
-    chans = MR // math.gcd(n_taps, MR)
     ktable = np.arange(k, dtype=np.int64) * lstride
     _GRAD_INPUT[par](gyl.reshape(n // spread, -1), ktable, wtpack, crow, plan.length * spread, GRAD_INPUT_POSITIONS,
                      chans, n_taps, seg_dst, seg_src, seg_len, step, size, stride, complete, spread,

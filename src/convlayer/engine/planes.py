@@ -58,6 +58,7 @@ class _Vectors:
     at the ends of the rows."""
 
     def __init__(self, context, builder, dtype, vector_bytes: int):
+        self.context = context
         self.b = builder
         self.lanes = vector_bytes // (4 if dtype == types.float32 else 8)
         self.vt = ir.VectorType(context.get_value_type(dtype), self.lanes)
@@ -77,6 +78,10 @@ class _Vectors:
 
     def const(self, v):
         return ir.Constant(self.i64, v)
+
+    def data(self, array_type, value):
+        """The data pointer of an array argument."""
+        return self.context.make_array(array_type)(self.context, self.b, value).data
 
     def splat(self, value, ty=None):
         """``value`` in every lane (of ``ty``, the float vector by default; an i64 goes to the lane positions)."""
@@ -170,12 +175,9 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
             lanes, const, b = v.lanes, v.const, builder
             evens = ir.Constant(ir.VectorType(v.i32, lanes), list(range(0, 2 * lanes, 2)))
 
-            def data(k, value):
-                return context.make_array(signature.args[k])(context, builder, value).data
-
-            x_ptr = b.gep(data(0, x_arr), [xoff])
-            y_ptr = b.gep(data(6, y_arr), [yoff])
-            w_ptr = b.gep(data(4, w_arr), [woff])
+            x_ptr = b.gep(v.data(signature.args[0], x_arr), [xoff])
+            y_ptr = b.gep(v.data(signature.args[6], y_arr), [yoff])
+            w_ptr = b.gep(v.data(signature.args[4], w_arr), [woff])
             taps = [(r, c) for r in range(kh) for c in range(kw)]
             if grad_weight:
                 sums = {t: cgutils.alloca_once_value(b, v.zero) for t in taps}
@@ -292,12 +294,9 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
             v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
             lanes, const, b = v.lanes, v.const, builder
 
-            def data(k, value):
-                return context.make_array(signature.args[k])(context, builder, value).data
-
-            x_base = b.gep(data(0, x_arr), [xoff])
-            y_ptr = b.gep(data(8, y_arr), [yoff])
-            w_ptr = b.gep(data(6, w_arr), [woff])
+            x_base = b.gep(v.data(signature.args[0], x_arr), [xoff])
+            y_ptr = b.gep(v.data(signature.args[8], y_arr), [yoff])
+            w_ptr = b.gep(v.data(signature.args[6], w_arr), [woff])
             taps = kh * kw
             accs = [[cgutils.alloca_once_value(b, v.zero) for _ in range(2)] for _ in range(kb)]
 
@@ -395,15 +394,12 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
             low = ir.Constant(ir.VectorType(v.i32, lanes), [i // 2 + (i % 2) * lanes for i in range(lanes)])
             high = ir.Constant(ir.VectorType(v.i32, lanes), [half + i // 2 + (i % 2) * lanes for i in range(lanes)])
 
-            def data(k, value):
-                return context.make_array(signature.args[k])(context, builder, value).data
-
             def even(value):
                 return b.icmp_signed("==", b.and_(value, const(1)), const(0))
 
-            gy_ptr = b.gep(data(0, gy_arr), [gyoff])
-            gx_ptr = b.gep(data(6, gx_arr), [gxoff])
-            w_ptr = b.gep(data(4, w_arr), [woff])
+            gy_ptr = b.gep(v.data(signature.args[0], gy_arr), [gyoff])
+            gx_ptr = b.gep(v.data(signature.args[6], gx_arr), [gxoff])
+            w_ptr = b.gep(v.data(signature.args[4], w_arr), [woff])
             weights = {(r, c): v.splat(b.load(b.gep(w_ptr, [const(r * kw + c)]))) for r in range(kh) for c in range(kw)}
             accs = [cgutils.alloca_once_value(b, v.zero) for _ in range(2)]
             pairs = b.ashr(b.add(w, const(1)), const(1))  # column pairs (2 m, 2 m + 1) per row

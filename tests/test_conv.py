@@ -1,5 +1,6 @@
 """Convolution and transposed convolution: PyTorch (float64) and the naive reference as oracles."""
 
+import contextlib
 import math
 
 import numba
@@ -793,6 +794,26 @@ def test_grouped_plane_kernel_matches_torch(c_g, k_g, size, padding, dilation, d
     gy = rng.standard_normal(expected.shape).astype(dtype)
     gx, _, _ = CF.conv_backward(gy, x, w_finite, **kw)
     _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x, w_finite, pads, torch_kw)[0], tol)
+
+
+@pytest.mark.parametrize("how", ["planes", None])
+def test_plane_kernels_take_empty_batches(how):
+    """No images, or planes of one pixel, through the plane kernels (forced, and as the planner picks): every
+    pass returns its shape, zeros for the weight gradient of no images."""
+    for stride, groups, w_shape in ((1, 6, (6, 1, 3, 3)), (2, 6, (6, 1, 3, 3)), (1, 3, (6, 2, 3, 3))):
+        w = np.ones(w_shape)
+        kw = dict(padding=1, stride=stride, groups=groups)
+        for x in (np.zeros((0, 6, 9, 9)), np.ones((2, 6, 1, 1))):
+            with force_strategy(how) if how else contextlib.nullcontext():
+                y = CF.conv(x, w, **kw)
+                gx, gw, _ = CF.conv_backward(np.ones(y.shape), x, w, **kw)
+            xt = torch.tensor(x, requires_grad=True)
+            wt = torch.tensor(w, requires_grad=True)
+            yt = F.conv2d(xt, wt, **kw)
+            yt.backward(torch.ones(yt.shape, dtype=yt.dtype))
+            np.testing.assert_allclose(y, yt.detach().numpy(), atol=1e-12)
+            np.testing.assert_allclose(gx, xt.grad.numpy(), atol=1e-12)
+            np.testing.assert_allclose(gw, wt.grad.numpy(), atol=1e-12)
 
 
 def _torch_depthwise_grads(gy, x, w, pads, torch_kw):

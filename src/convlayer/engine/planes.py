@@ -553,12 +553,12 @@ def forward(x: np.ndarray, w: np.ndarray, groups: int, plan, pads, y: np.ndarray
 def grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan, pads, parallel: bool) -> np.ndarray:
     """``(K, 1, 3, 3)``: the weight gradient of :func:`forward`, summed over the batch (each image's share
     computed apart, then added)."""
-    n, c = x.shape[:2]
+    n, c, h, wd = x.shape
     k = gy.shape[1]
     parts = np.empty((n, k, KH * KW), dtype=x.dtype)
-    _GRAD_WEIGHT[int(parallel)](np.ascontiguousarray(x).reshape(n, c, -1),
-                                np.ascontiguousarray(gy).reshape(n, k, -1), groups, *_geometry(x.shape, plan, pads),
-                                parts)
+    _GRAD_WEIGHT[int(parallel)](np.ascontiguousarray(x).reshape(n, c, h * wd),
+                                np.ascontiguousarray(gy).reshape(n, k, math.prod(plan.out)), groups,
+                                *_geometry(x.shape, plan, pads), parts)
     return parts.sum(axis=0).reshape(k, 1, KH, KW)
 
 
@@ -569,7 +569,7 @@ def grad_input(gy: np.ndarray, w: np.ndarray, plan, pads, in_shape, parallel: bo
     n, c, h, wd = in_shape
     gx = np.empty(in_shape, dtype=gy.dtype)
     _stride, _, _, ho, wo, pt, pl, dh, dw = _geometry(in_shape, plan, pads)
-    _GRAD_INPUT[int(parallel)](np.ascontiguousarray(gy).reshape(n, c, -1),
+    _GRAD_INPUT[int(parallel)](np.ascontiguousarray(gy).reshape(n, c, ho * wo),
                                np.ascontiguousarray(w).reshape(c, KH * KW), h, wd, ho, wo, pt, pl, dh, dw,
-                               gx.reshape(n, c, -1))
+                               gx.reshape(n, c, h * wd))
     return gx

@@ -1,10 +1,12 @@
 """Convolution benchmark suite: convlayer vs PyTorch (and JAX when installed), side by side in one process.
 
-    python -m benchmarks [--filter CATEGORY] [--repeats 5] [--threads 2] [--json results.json]
+    python -m benchmarks [--filter CATEGORY] [--repeats 5] [--rounds 1] [--threads 2] [--json results.json]
 
 For every problem it times the forward pass, the input gradient and the
 weight gradient of each framework (best of ``--repeats`` after one
-warm-up, threads set equal), and prints time, GFLOP/s and the ratio
+warm-up, threads set equal; with ``--rounds R`` the frameworks take turns
+R times and each keeps its best, so that a stretch of the machine's noise
+falls on both rather than on one), and prints time, GFLOP/s and the ratio
 ``PyTorch time / convlayer time`` (above 1: convlayer is faster), then the
 geometric mean of the ratios per category and over the suite; with JAX
 installed, the same for ``JAX time / convlayer time``. Freed memory stays
@@ -187,7 +189,11 @@ def bench_jax(p: Problem, x, w, gy, repeats):
             for fn in (lambda: fwd(x, w), lambda: gin(gy), lambda: gwt(gy))]
 
 
-def run(problems, repeats, threads, with_jax=True):
+def _best_of(a, b):
+    return b if a is None else a if b is None else [min(x, y) for x, y in zip(a, b)]
+
+
+def run(problems, repeats, threads, with_jax=True, rounds=1):
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -197,9 +203,11 @@ def run(problems, repeats, threads, with_jax=True):
     with threadpool_limits(limits=threads):
         for p in problems:
             x, w, gy = problem_data(p, rng)
-            ours = bench_convlayer(p, x, w, gy, repeats)
-            theirs = bench_torch(p, x, w, gy, repeats)
-            jx = bench_jax(p, x, w, gy, repeats) if with_jax else None
+            ours = theirs = jx = None
+            for _ in range(rounds):  # the frameworks in turn
+                ours = _best_of(ours, bench_convlayer(p, x, w, gy, repeats))
+                theirs = _best_of(theirs, bench_torch(p, x, w, gy, repeats))
+                jx = _best_of(jx, bench_jax(p, x, w, gy, repeats) if with_jax else None)
             gf = flops(p, gy.shape) / 1e9  # gy has the output's shape
             row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
                        ratio=[t / o for t, o in zip(theirs, ours)],
@@ -280,6 +288,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--filter", default=None, help="only categories (comma-separated) or names containing this")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="the frameworks take turns this many times, each keeping its best (default 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--json", default=None, help="write all timings here")
@@ -292,11 +302,14 @@ def main(argv=None) -> int:
     if args.filter:
         keys = args.filter.split(",")
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error(f"--repeats and --rounds must be at least 1, got {args.repeats} and {args.rounds}")
+    turns = f" in each of {args.rounds} rounds in turn" if args.rounds > 1 else ""
     print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
-          f"best of {args.repeats}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")
+          f"best of {args.repeats}{turns}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")
     peak = gemm_peak(args.threads)
     print(f"machine float32 GEMM (NumPy/OpenBLAS, 2048^3): {peak:.1f} GFLOP/s")
-    rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax)
+    rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax, rounds=args.rounds)
     table = summary(rows)
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
     for cat, (a, b, c) in table.items():
@@ -314,7 +327,7 @@ def main(argv=None) -> int:
 
         meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
                     numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                    gemm_peak_gflops=peak, steady_allocator=steady)
+                    rounds=args.rounds, gemm_peak_gflops=peak, steady_allocator=steady)
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=rows, summary=table), fh, indent=1)
     return 0

@@ -14,10 +14,11 @@ from benchmarks import lenet  # noqa: E402
 
 def test_suite_runner_writes_json_and_markdown(tmp_path, capsys):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    assert suite.main(["--filter", "C1 5x5 1->6 b64", "--repeats", "1", "--no-jax", "--threads", "1",
+    assert suite.main(["--filter", "C1 5x5 1->6 b64", "--repeats", "1", "--rounds", "2", "--no-jax", "--threads", "1",
                        "--json", str(out_json), "--markdown", str(out_md)]) == 0
     data = json.loads(out_json.read_text())
     assert len(data["rows"]) == 1 and len(data["rows"][0]["ratio"]) == 3
+    assert data["meta"]["rounds"] == 2
     assert "| lenet | C1 5x5 1->6 b64 |" in out_md.read_text()
     assert "geometric mean" in capsys.readouterr().out
 
@@ -31,6 +32,24 @@ def test_strategies_runner_times_every_strategy(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[5] for line in lines] == ["fwd", "dgrad", "wgrad"]
     assert all(f" {how} " in line for line in lines for how in STRATEGIES)
+
+
+def test_suite_runner_keeps_each_frameworks_best_over_the_rounds(monkeypatch):
+    """With several rounds the frameworks take turns, and each pass keeps its best time of all rounds."""
+    times = iter([[3.0, 2.0, 5.0], [1.0, 4.0, 4.0], [2.0, 3.0, 1.0], [2.0, 2.0, 2.0]])
+    calls = []
+    monkeypatch.setattr(suite, "bench_convlayer", lambda *a: calls.append("convlayer") or next(times))
+    monkeypatch.setattr(suite, "bench_torch", lambda *a: calls.append("torch") or next(times))
+    problem = next(p for p in suite.SUITE if p.name == "C1 5x5 1->6 b64")
+    row = suite.run([problem], repeats=1, threads=1, with_jax=False, rounds=2)[0]
+    assert calls == ["convlayer", "torch", "convlayer", "torch"]
+    assert row["convlayer"] == [2.0, 2.0, 1.0] and row["torch"] == [1.0, 2.0, 2.0]
+    assert row["ratio"] == [0.5, 1.0, 2.0]
+
+
+def test_suite_runner_rejects_no_rounds():
+    with pytest.raises(SystemExit):
+        suite.main(["--rounds", "0", "--no-jax"])
 
 
 def test_flop_count_matches_definition():

@@ -307,11 +307,9 @@ def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:
     * ResNeXt's 4 x 4 groups (128 x 56 x 56, batch 8), direct / planes: forward 2.6-2.9 / 1.9-2.0, input
       gradient (flipped) 4.7-5.6 / 2.1-2.7.
     """
-    from . import planes
-
     if c_g > 1:  # few channels per group, where the direct kernels would run: the grouped forward
-        return pass_ == "forward" and c_g * k_g <= DIRECT_MAX_CHANNELS and planes.applies_grouped(c_g, plan)
-    if not planes.applies(c_g, plan):
+        return pass_ == "forward" and c_g * k_g <= DIRECT_MAX_CHANNELS and _plane_kernels().applies_grouped(c_g, plan)
+    if not _plane_kernels().applies(c_g, plan):
         return False
     return pass_ != "grad_input" or (k_g == 1 and not plan.unit_stride)
 
@@ -388,6 +386,17 @@ def _implicit():
 def _scratch(dtype):
     """The thread's workspace as a function of the shape, for :mod:`.implicit`."""
     return lambda shape: workspace(shape, dtype)
+
+
+def _plane_kernels():
+    from . import planes  # compiled on first use, like the direct kernels
+
+    return planes
+
+
+def _parallel_kernels(n, k, c_g, plan) -> bool:
+    """Whether the plane kernels run on all threads (see :data:`.direct.KERNEL_PARALLEL_MIN_WORK`)."""
+    return _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
 
 
 def _direct():
@@ -549,10 +558,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         return y
     how = strategy(c_g, k_g, plan, "forward", n)
     if how == "planes":  # reads the unpadded planes
-        from . import planes
-
-        parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return planes.forward(x, w, groups, plan, pads, y, parallel)
+        return _plane_kernels().forward(x, w, groups, plan, pads, y, _parallel_kernels(n, k, c_g, plan))
     if how in ("direct", "lanes"):  # the padding happens plane by plane inside the kernel
         d = _direct()
         d.kernel(_kernel_name("forward", how), _work(n, k, c_g, plan))(
@@ -618,10 +624,7 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     if how == "flipped":
         how = strategy(c_g, k_g, plan, "grad_input", n, flip=False)
     if how == "planes" and _all_finite(w):  # the gradient's zero lanes meet every weight
-        from . import planes
-
-        parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return planes.grad_input(gy, w, plan, pads, in_shape, parallel)
+        return _plane_kernels().grad_input(gy, w, plan, pads, in_shape, _parallel_kernels(n, k, c_g, plan))
     if how == "planes":
         how = "direct"
     if how in ("direct", "lanes"):
@@ -813,10 +816,8 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     c_g, k_g = c // groups, k // groups
     how = strategy(c_g, k_g, plan, "grad_weight", n)
     if how == "planes":
-        from . import planes
-
-        parallel = _work(n, k, c_g, plan) >= _direct().KERNEL_PARALLEL_MIN_WORK
-        return planes.grad_weight(gy, x, groups, plan, pads, parallel).reshape(k, c_g, *kernel_shape)
+        gw = _plane_kernels().grad_weight(gy, x, groups, plan, pads, _parallel_kernels(n, k, c_g, plan))
+        return gw.reshape(k, c_g, *kernel_shape)
     if how in ("direct", "lanes"):
         d = _direct()
         # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.

@@ -584,13 +584,19 @@ def grad_input_interleaves(plan, n: int, dtype, jobs: int) -> bool:
     :data:`INTERLEAVE_MIN_JOBS_PER_THREAD` per thread must remain."""
     from numba import get_num_threads
 
-    return (n > 1 and _round_up(plan.length, NV * lanes(dtype)) > INTERLEAVE_MIN_OVERHANG * plan.length
+    return (_overhangs(_round_up(plan.length, NV * lanes(dtype)), plan.length, n)
             and jobs >= INTERLEAVE_MIN_JOBS_PER_THREAD * get_num_threads())
 
 
 def interleaves(plan, n: int, dtype) -> bool:
     """Whether :func:`forward` interleaves the images' positions (see :data:`INTERLEAVE_MIN_OVERHANG`)."""
-    return n > 1 and _tile_positions(plan.length, dtype) > INTERLEAVE_MIN_OVERHANG * plan.length
+    return _overhangs(_tile_positions(plan.length, dtype), plan.length, n)
+
+
+def _overhangs(covered: int, length: int, n: int) -> bool:
+    """Whether tiles covering ``covered`` positions of an image's ``length`` overhang it enough for ``n`` images
+    to be interleaved."""
+    return n > 1 and covered > INTERLEAVE_MIN_OVERHANG * length
 
 
 def forward(x, w, groups, plan, pads, y, scratch):

@@ -427,6 +427,19 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
+@pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2)])
+def test_pointwise_weight_gradient_both_orientations(c, k, groups, rng):
+    """The 1x1 weight gradient as per-image products, ``gy[b] @ x[b]^T`` or, with more input than output
+    channels per group, ``x[b] @ gy[b]^T`` transposed back."""
+    x = rng.standard_normal((5, c, 6, 7))
+    w = rng.standard_normal((k, c // groups, 1, 1))
+    gy = rng.standard_normal((5, k, 6, 7))
+    _, tgw = _torch_grads(gy, x, w, groups=groups)
+    with force_strategy("taps"):
+        _, gw, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("weight",))
+    assert max_rel_err(gw, tgw) < 1e-12
+
+
 def test_workspace_limit_bounds_memory_and_keeps_results(rng):
     """Chunking the batch (small workspace limit) gives the same numbers; a patch matrix that would not fit
     even for one image is never built (the planner switches to per-tap GEMMs)."""

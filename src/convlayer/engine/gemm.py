@@ -845,9 +845,12 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         gw = blas.matmul(gyg, xg, np.empty((groups, k_g, c_g * plan.n_taps), dtype=x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
-        per_image = np.empty((n, groups, k_g, c_g), dtype=x.dtype)
-        blas.matmul(_planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1).swapaxes(-1, -2),
-                    per_image)
+        gyb, xb = _planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1)
+        if c_g > k_g:  # x[b] @ gy[b]^T, transposed after: OpenBLAS runs these faster with more rows than columns
+            # (Zen 4, one process, ms: ResNet's 1x1 256->64 5.5-5.7 vs 6.2-6.6, MobileNet's 144->24 1.7-1.8 vs 2.0)
+            per_image = blas.matmul(xb, gyb.swapaxes(-1, -2), np.empty((n, groups, c_g, k_g), dtype=x.dtype))
+            return per_image.sum(axis=0).swapaxes(-1, -2).reshape(k, c_g, *kernel_shape)
+        per_image = blas.matmul(gyb, xb.swapaxes(-1, -2), np.empty((n, groups, k_g, c_g), dtype=x.dtype))
         return per_image.sum(axis=0).reshape(k, c_g, *kernel_shape)
     count = math.prod(plan.out)
     if how == "cols" and count >= PER_IMAGE_GEMM_MIN_OUTPUTS:

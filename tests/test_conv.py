@@ -981,6 +981,7 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
         (4, (4, 5, 3), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups
         (2, (7, 9), (3, 3), 40, 9, 1, 1, (1, 2), 0),  # 360 patch rows: two calls of BLOCK_ROWS
         (70, (3, 3), (2, 2), 4, 8, 1, 1, 1, 0),  # a lattice of 280 positions: two blocks of the batch
+        (16, (7, 7), (3, 3), 30, 8, 1, 1, 1, 0),  # 270 patch rows; rows of 80 positions, 32 dropped between
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -1036,6 +1037,44 @@ def _plan_of(x_shape, w_shape, kw):
     return make_plan(full, kernel, stride, dilation, out)
 
 
+@pytest.mark.parametrize(
+    "n, size, kernel, padding",
+    [(64, (14, 14), (5, 5), 0), (256, (14, 14), (5, 5), 0), (1, (14, 14), (5, 5), 0), (3, (9, 30), (3, 3), 1),
+     (16, (8, 8), (2, 2), 1), (5, (4, 5, 3), (3, 2, 3), 1)],
+)
+def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n, size, kernel, padding):
+    """The forward's tiles (:func:`.implicit._tile_starts`), block by block, on one image's lattice or ``n`` images
+    interleaved: none overlap, none starts at a dropped position, every real position of the block is covered
+    once; with LeNet C3's images interleaved they skip the dropped positions, 4 x n after every 10 x n real
+    ones."""
+    from convlayer.engine import direct, implicit
+    from convlayer.engine.windows import make_plan
+
+    rank = len(size)
+    full = tuple(s + 2 * padding for s in size)
+    out = tuple(f - k + 1 for f, k in zip(full, kernel))
+    plan = make_plan(full, kernel, (1,) * rank, (1,) * rank, out)
+    _, _, _, rows, width = direct.run_arrays(plan, True)
+    rows, width, length = rows * n, width * n, plan.length * n
+    nr = implicit.FORWARD_NV * implicit.lanes(np.float32)
+    real = np.zeros(length + nr, dtype=bool)
+    for r in rows:
+        real[r:r + width] = True
+    covered = np.zeros(length + nr, dtype=int)
+    tiles = 0
+    for p0 in range(0, length, implicit.BLOCK_POSITIONS):
+        nc = min(implicit.BLOCK_POSITIONS, length - p0)
+        starts = implicit._tile_starts(rows, width, p0, nc, nr)
+        assert (np.diff(starts) >= nr).all() and (starts < nc).all()
+        assert real[p0 + starts].all()
+        for j in starts:
+            covered[p0 + j:p0 + min(j + nr, nc)] += 1  # each block copies out its own positions only
+        tiles += len(starts)
+    assert (covered[real] == 1).all()
+    if size == (14, 14) and n > 1:  # C3: about 10 / 14 of the tiles over the whole lattice
+        assert tiles < 0.8 * -(-length // nr)
+
+
 def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     """The rule: several images, and tiles covering more than INTERLEAVE_MIN_OVERHANG times the lattice."""
     from convlayer.engine import implicit
@@ -1049,6 +1088,11 @@ def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     assert not implicit.interleaves(exact, 8, np.float32)
     dcgan = make_plan((18, 18), (4, 4), (2, 2), (1, 1), (8, 8))  # 71 lattice positions
     assert implicit.interleaves(dcgan, 16, np.float32) == (width == 48)  # 96 positions for 48-wide tiles, 72 for 24
+    c3 = make_plan((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))  # 136 lattice positions, 144 under the tiles
+    assert implicit._interleaved_positions(c3, 64, np.float32) == 100  # 4 x 64 dropped between rows: skipped
+    assert implicit.interleaves(c3, 64, np.float32)
+    assert implicit._interleaved_positions(c3, 2, np.float32) == 136  # 4 x 2: covered
+    assert not implicit.interleaves(c3, 2, np.float32)
     # the input gradient's tiles, NV vectors wide (96 positions for 71 with 16 lanes, 80 with 8), and its jobs
     threads = implicit.INTERLEAVE_MIN_JOBS_PER_THREAD * numba.get_num_threads()
     assert implicit.grad_input_interleaves(dcgan, 16, np.float32, threads)

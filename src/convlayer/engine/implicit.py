@@ -109,15 +109,20 @@ FORWARD_PREFETCH = 8 if VECTOR_BYTES == 64 else 0
 # were within noise of each other with the 8 x 2 tile.
 BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
-# Forward on small planes: where the tiles would cover more than INTERLEAVE_MIN_OVERHANG times the lattice
-# positions of an image (a tile 48 positions wide over DCGAN's 8 x 9 lattice covers 96 of 72), the images'
-# positions are interleaved, position by position, into one lattice for the whole batch, which the tiles
-# cover with at most one partial tile (see :func:`forward`). The input gradient does the same with its own,
-# NV-vector tiles (:func:`grad_input_interleaves`): DCGAN's transposed 256->128 forward, 71 positions under 96,
-# 8.6-8.8 vs 10.1-10.4 ms (one process), where it has 128 jobs (channels) for the batch; but LeNet C3's
-# input gradient, one job for its 6 channels, ran on one thread: 3.1 vs 2.0 ms at batch 256.
+# Forward on small planes: where the tiles would cover more than INTERLEAVE_MIN_OVERHANG times the positions
+# they cover with the images interleaved (a tile 48 positions wide over DCGAN's 8 x 9 lattice covers 96 of 72;
+# over LeNet C3's 10 x 14, 144 for 100 outputs), the images' positions are interleaved, position by position,
+# into one lattice for the whole batch, which the tiles cover with at most one partial tile per output row
+# (they skip the positions dropped between rows where these are a tile wide, see :func:`_tile_starts`; LeNet
+# C3's forward at batch 256, 0.90-1.03 vs 1.05-1.14 ms, one process; see :func:`forward`). The input gradient
+# does the same with its own, NV-vector tiles, which cover the whole lattice (:func:`grad_input_interleaves`):
+# DCGAN's transposed 256->128 forward, 71 positions under 96, 8.6-8.8 vs 10.1-10.4 ms (one process), where it
+# has 128 jobs (channels) for the batch; but LeNet C3's input gradient, one job for its 6 channels, ran on
+# one thread: 3.1 vs 2.0 ms at batch 256.
 INTERLEAVE_MIN_OVERHANG = 1.125
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
+# Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
+INTERLEAVE_IMAGES = 16
 # Input gradient: lattice positions per pass over the row blocks (32-256 were within noise of each other).
 GRAD_INPUT_POSITIONS = 32
 # Weight gradient: lattice positions per job (the steps of each microkernel call; the job's block of gy,
@@ -252,8 +257,10 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
     ``MR`` output channels, ``(kbs, CT, MR)``, rows past ``K_g`` zero;
     ``rowoff (groups, CT)``: where patch row ``r`` starts in ``xph[b]``.
     One job per (image, group, block of ``block`` lattice positions): the
-    tiles go to a local ``(kbs * MR, block)`` array, then its real
+    tiles go to a local ``(kbs * MR, block + nr)`` array, then its real
     positions (output rows start at lattice positions ``rows``) to ``out``.
+    No tile starts at a dropped position: one that would starts at the
+    next row instead (:func:`_tile_starts`).
     """
     n = xph.shape[0]
     groups, ct = rowoff.shape
@@ -262,20 +269,24 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
     nr = FORWARD_NV * (VECTOR_BYTES // out.itemsize)
     k_g = out.shape[1] // groups
     nblocks = -(-length // block)
+    tstride = block + nr  # a tile may start up to nr - 1 positions before the block's end
     arows = np.arange(mr)
-    crows = np.arange(mr) * block
+    crows = np.arange(mr) * tstride
     for job in prange(n * groups * nblocks):
         b = job // (groups * nblocks)
         g = (job // nblocks) % groups
         p0 = (job % nblocks) * block
         nc = min(block, length - p0)
-        tile = np.empty(kbs * mr * block, dtype=out.dtype)
+        starts = _tile_starts(rows, width, p0, nc, nr)
+        if starts.shape[0] == 0:
+            continue
+        tile = np.empty(kbs * mr * tstride, dtype=out.dtype)
         for r0 in range(0, ct, steps):
             kc = min(steps, ct - r0)
             for kb in range(kbs):
-                for j in range(0, nc, nr):
+                for j in starts:
                     _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, xph[b], p0 + j, rowoff[g], r0,
-                                tile, kb * mr * block + j, crows, kc, r0 > 0)
+                                tile, kb * mr * tstride + j, crows, kc, r0 > 0)
         q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
         while q < rows.shape[0] and rows[q] < p0 + nc:
             lo = max(rows[q], p0)
@@ -284,37 +295,78 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
                 o = q * width + lo - rows[q]
                 for k in range(k_g):
                     dst = out[b, g * k_g + k, o:o + hi - lo]
-                    src = tile[k * block + lo - p0:k * block + hi - p0]
+                    src = tile[k * tstride + lo - p0:k * tstride + hi - p0]
                     for i in range(hi - lo):
                         dst[i] = src[i]
             q += 1
 
 
+@njit(**_FLAGS)
+def _tile_starts(rows, width, p0, nc, nr):  # pragma: no cover - compiled
+    """Offsets from ``p0`` of the tiles (``nr`` positions each, none overlapping) that cover the real positions
+    among lattice positions ``p0 .. p0 + nc - 1``: ``nr`` apart, except that a tile that would start at a dropped
+    position (between output rows, which start at ``rows`` and are ``width`` long) starts at the next row. The
+    rows of interleaved images are ``n`` times as far apart, with ``n`` times as many positions dropped between
+    them as one image has (LeNet's C3: 4 x 64 after every 10 x 64); a tile's overhang into the next row is
+    computed there once, and so is never accumulated twice."""
+    out = np.empty(-(-nc // nr), dtype=np.int64)
+    count = 0
+    q = max(0, np.searchsorted(rows, p0, "right") - 1)
+    j = 0
+    while j < nc:
+        while q < rows.shape[0] and rows[q] + width <= p0 + j:
+            q += 1
+        if q == rows.shape[0]:
+            break
+        j = max(j, rows[q] - p0)
+        if j >= nc:
+            break
+        out[count] = j
+        count += 1
+        j += nr
+    return out[:count]
+
+
 def _fill_interleaved(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
     """``out[c, s * n + b] = filled[b, c, s]``: the planes of :func:`_fill_planes` with their positions
     interleaved over the ``n`` images, one channel per row of ``out (C, cstride)``; the slack after
-    ``size * n`` zeroed. Each plane is filled in a buffer in cache, then spread ``n`` apart."""
+    ``size * n`` zeroed. One job per channel and :data:`INTERLEAVE_IMAGES` images: their planes are
+    filled in a buffer in cache, then written position by position, a run of images at a time."""
     n, c = x.shape[:2]
-    for ch in prange(c):
-        plane = np.empty(size, dtype=out.dtype)
+    m = INTERLEAVE_IMAGES
+    nb = -(-n // m)
+    for job in prange(c * nb):
+        ch = job // nb
+        b0 = (job % nb) * m
+        count = min(m, n - b0)
+        planes = np.empty((m, size), dtype=out.dtype)
+        for i in range(count):
+            _fill(planes[i], x[b0 + i, ch], seg_dst, seg_src, seg_len, step)
         dst = out[ch]
-        for b in range(n):
-            _fill(plane, x[b, ch], seg_dst, seg_src, seg_len, step)
-            for s in range(size):
-                dst[s * n + b] = plane[s]
-        for i in range(size * n, dst.shape[0]):
-            dst[i] = 0
+        for s in range(size):
+            run = dst[s * n + b0:s * n + b0 + count]
+            for i in range(count):
+                run[i] = planes[i, s]
+        if b0 == 0:
+            for i in range(size * n, dst.shape[0]):
+                dst[i] = 0
 
 
 def _deinterleave(src, out):  # pragma: no cover - compiled
-    """``out[b, k, p] = src[k, p * n + b]`` for ``out (n, K, P)``: the interleaved forward's output."""
+    """``out[b, k, p] = src[k, p * n + b]`` for ``out (n, K, P)``: the interleaved forward's output. One job
+    per channel and :data:`INTERLEAVE_IMAGES` images, reading a run of images at a time."""
     n, k_total, count = out.shape
-    for k in prange(k_total):
+    m = INTERLEAVE_IMAGES
+    nb = -(-n // m)
+    for job in prange(k_total * nb):
+        k = job // nb
+        b0 = (job % nb) * m
+        images = min(m, n - b0)
         row = src[k]
-        for b in range(n):
-            dst = out[b, k]
-            for p in range(count):
-                dst[p] = row[p * n + b]
+        for p in range(count):
+            run = row[p * n + b0:p * n + b0 + images]
+            for i in range(images):
+                out[b0 + i, k, p] = run[i]
 
 
 def _embed_interleaved(gy, rows, width, out):  # pragma: no cover - compiled
@@ -590,7 +642,16 @@ def grad_input_interleaves(plan, n: int, dtype, jobs: int) -> bool:
 
 def interleaves(plan, n: int, dtype) -> bool:
     """Whether :func:`forward` interleaves the images' positions (see :data:`INTERLEAVE_MIN_OVERHANG`)."""
-    return _overhangs(_tile_positions(plan.length, dtype), plan.length, n)
+    return _overhangs(_tile_positions(plan.length, dtype), _interleaved_positions(plan, n, dtype), n)
+
+
+def _interleaved_positions(plan, n: int, dtype) -> int:
+    """Positions per image that the forward's tiles cover with ``n`` images interleaved: the real ones, and the
+    dropped ones between two output rows where, ``n`` times as many, they are fewer than a tile's width (the
+    tiles skip the others, see :func:`_tile_starts`)."""
+    _, _, _, rows, width = run_arrays(plan, True)
+    gaps = np.diff(rows) - width
+    return math.prod(plan.out) + int(gaps[gaps * n < FORWARD_NV * lanes(dtype)].sum())
 
 
 def _overhangs(covered: int, length: int, n: int) -> bool:

@@ -58,6 +58,7 @@ input and never check arguments.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from llvmlite import binding as _llvm
@@ -578,9 +579,11 @@ def _planes(x, plan, pads, stride, out, par):
     return out
 
 
+@lru_cache(maxsize=256)
 def _row_offsets(groups, c_g, plan, stride, rows_padded, spread=1):
     """``(groups, rows_padded)``: where patch row ``r = c * T + t`` of each group starts among the planes of one
-    image (``stride`` apart; their positions ``spread`` apart); rows past ``c_g * T`` repeat the group's first."""
+    image (``stride`` apart; their positions ``spread`` apart); rows past ``c_g * T`` repeat the group's first.
+    Cached (read-only): on LeNet C3 at batch 64, it and :func:`_interleaved_positions` took 0.03 of 0.3 ms."""
     n_taps = plan.n_taps
     bases = run_arrays(plan, True)[0] * spread
     r = np.arange(rows_padded)
@@ -645,6 +648,7 @@ def interleaves(plan, n: int, dtype) -> bool:
     return _overhangs(_tile_positions(plan.length, dtype), _interleaved_positions(plan, n, dtype), n)
 
 
+@lru_cache(maxsize=256)
 def _interleaved_positions(plan, n: int, dtype) -> int:
     """Positions per image that the forward's tiles cover with ``n`` images interleaved: the real ones, and the
     dropped ones between two output rows where, ``n`` times as many, they are fewer than a tile's width (the

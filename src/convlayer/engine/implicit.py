@@ -612,7 +612,46 @@ def _pack_rows(mat, out):  # pragma: no cover - compiled
                     block[t, i] = 0
 
 
+def _pack_columns(mat, out):  # pragma: no cover - compiled
+    """``out (groups, R_padded // mr, S, mr)``: the blocks of :func:`_pack_rows` of ``mat``'s transpose, from
+    ``mat (groups, S, R)`` as it lies (each step's ``mr`` entries are contiguous there)."""
+    groups, s, r = mat.shape
+    rbs, mr = out.shape[1], out.shape[3]
+    for job in prange(groups * rbs):
+        g = job // rbs
+        rb = job % rbs
+        block = out[g, rb]
+        count = min(mr, r - rb * mr)
+        for t in range(s):
+            src = mat[g, t, rb * mr:rb * mr + count]
+            dst = block[t]
+            for i in range(count):
+                dst[i] = src[i]
+            for i in range(count, mr):
+                dst[i] = 0
+
+
+def _sum_transposed(parts, ct, k_g, out):  # pragma: no cover - compiled
+    """``out[g, k, r] = sum_t parts[t, g, r, k]`` for ``r < ct``, ``k < k_g``: the weight gradient's per-thread
+    parts ``(threads, groups, CTp, kgp)`` summed and transposed in one pass, blocks of 16 channels per job
+    (NumPy's sum and transposing copy took 0.9 ms for DCGAN's 2048 x 256)."""
+    threads, groups = parts.shape[:2]
+    kbs = -(-k_g // 16)
+    for job in prange(groups * kbs):
+        g = job // kbs
+        k0 = (job % kbs) * 16
+        k1 = min(k_g, k0 + 16)
+        for r in range(ct):
+            for k in range(k0, k1):
+                total = parts[0, g, r, k]
+                for t in range(1, threads):
+                    total += parts[t, g, r, k]
+                out[g, k, r] = total
+
+
 _PACK = _variants(_pack_rows)
+_PACK_COLUMNS = _variants(_pack_columns)
+_SUM_TRANSPOSED = _variants(_sum_transposed)
 
 
 def _blocks_of_rows(mat, mr):
@@ -623,6 +662,15 @@ def _blocks_of_rows(mat, mr):
     groups, r, s = mat.shape
     out = np.empty((groups, -(-r // mr), s, mr), dtype=mat.dtype)
     _PACK[int(out.size >= COPY_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
+    return out.reshape(groups, -1)
+
+
+def _blocks_of_columns(mat, mr):
+    """:func:`_blocks_of_rows` of ``mat (groups, S, R)`` transposed, without transposing it first (NumPy's
+    transposing copy of DCGAN's 256 x 2048 weights took 1.5 ms: rows 8 KiB apart)."""
+    groups, s, r = mat.shape
+    out = np.empty((groups, -(-r // mr), s, mr), dtype=mat.dtype)
+    _PACK_COLUMNS[int(out.size >= COPY_PARALLEL_MIN)](np.ascontiguousarray(mat), out)
     return out.reshape(groups, -1)
 
 
@@ -719,8 +767,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     else:
         _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     rows_padded = _round_up(ct, MR)
-    wt = np.ascontiguousarray(w.reshape(groups, k_g, ct).swapaxes(1, 2))  # (g, CT, K_g)
-    wtpack = _blocks_of_rows(wt, MR)
+    wtpack = _blocks_of_columns(w.reshape(groups, k_g, ct), MR)  # w^T (g, CT, K_g) in blocks of MR rows
     seg_dst, seg_src, seg_len, step, size, complete = fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))
     stride = size * spread + nr
     r = np.arange(rows_padded)
@@ -753,5 +800,6 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     _GRAD_WEIGHT[par](xph.reshape(n, -1), np.ascontiguousarray(gy).reshape(n, k, -1),
                       _row_offsets(groups, c_g, plan, stride, ctp), rows, width, kgp, plan.length, GRAD_WEIGHT_POSITIONS,
                       n_threads, wide, parts)
-    total = parts.sum(axis=0).reshape(groups, ctp, kgp)[:, :ct, :k_g]  # (g, CT, K_g)
-    return np.ascontiguousarray(total.swapaxes(1, 2))  # (g, K_g, CT)
+    gw = np.empty((groups, k_g, ct), dtype=x.dtype)
+    _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
+    return gw

@@ -1075,6 +1075,19 @@ def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n
         assert tiles < 0.8 * -(-length // nr)
 
 
+@pytest.mark.parametrize("length", [1, 100, 511, 512, 513, 838, 1024, 1025, 3246, 12766])
+def test_weight_gradient_blocks_are_as_even_as_can_be(length):
+    """The weight gradient's jobs: as few blocks as GRAD_WEIGHT_POSITIONS allows, no two differing by more than
+    one block's worth of rounding (838 positions: two of 419, not 512 and 326, which one thread got all of)."""
+    from convlayer.engine import implicit
+
+    most = implicit.GRAD_WEIGHT_POSITIONS
+    size = implicit._even_blocks(length, most)
+    blocks = -(-length // size)
+    assert size <= most and blocks == -(-length // most)
+    assert length - (blocks - 1) * size > size - blocks  # the last block is within `blocks` of the others
+
+
 def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     """The rule: several images, and tiles covering more than INTERLEAVE_MIN_OVERHANG times the lattice."""
     from convlayer.engine import implicit

@@ -119,8 +119,10 @@ BLOCK_ROWS = 256
 # does the same with its own, NV-vector tiles, which cover the whole lattice (:func:`grad_input_interleaves`):
 # DCGAN's transposed 256->128 forward, 71 positions under 96, 8.6-8.8 vs 10.1-10.4 ms (one process), where it
 # has 128 jobs (channels) for the batch; but LeNet C3's input gradient, one job for its 6 channels, ran on
-# one thread: 3.1 vs 2.0 ms at batch 256.
-INTERLEAVE_MIN_OVERHANG = 1.125
+# one thread: 3.1 vs 2.0 ms at batch 256. Below INTERLEAVE_MIN_OVERHANG the copies in and out of the
+# interleaved layout cost more than the tiles save: ResNet 3x3/2's 15 x 14 lattice (240 positions under the
+# tiles, 209 interleaved) ran its forward in 5.7 vs 6.1 ms without (one process, Zen 4).
+INTERLEAVE_MIN_OVERHANG = 1.25
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
 INTERLEAVE_IMAGES = 16

@@ -866,6 +866,9 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(3, 64, huge, "grad_weight", n=threads) == "cols"
     many = gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT + 1
     assert gemm.strategy(many, 64, rgb, "grad_weight", n=threads) == "implicit"  # 81 patch rows
+    speech = make_plan((161, 200), (41, 11), (2, 2), (1, 1), (61, 95))  # one channel, 451 patch rows
+    assert 451 > gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS
+    assert gemm.strategy(1, 32, speech, "grad_weight", n=threads) == "implicit"
 
 
 @pytest.mark.parametrize("per_image", [True, False])

@@ -150,6 +150,10 @@ FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # 2 images 17-19 / 13-19 / 10-13, the ResNet stem 27-30 / 19-22 / 15-21; the 1-D stem even (1.0-1.5 /
 # 1.8-2.3 / 1.2-1.9).
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
+# ...and at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS patch rows (C_g * T): with DeepBench's speech layer
+# (one channel, 41 x 11 taps, 451 rows) the implicit GEMM wins, 3.7-4.0 vs 4.1-4.3 ms (one process, Zen 4);
+# the ResNet stem's 147 rows stay with the direct kernels (6.2 vs 7.0 ms).
+FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS = 256
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
@@ -209,6 +213,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
             return "implicit"
         return "lanes" if n >= LANES_MIN_IMAGES else "direct"
     if (pass_ == "grad_weight" and c_g <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT and plan.n_taps > 1
+            and c_g * plan.n_taps <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS
             and n >= blas._threads() and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH):
         return "direct"  # an image per thread at least: the kernel's jobs are images (and groups)
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH

@@ -1,12 +1,13 @@
 """Layers with few input channels (stems, one-channel inputs): the measurements behind two planner rules.
 
-The rules: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` (forwards) and
-``gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT`` (weight gradients), and the lines
-of ``gemm.strategy`` that use them.
+The rules: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` (forwards),
+``gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT`` (weight gradients) and
+``gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS`` (input gradients), and the lines of
+``gemm.strategy`` that use them.
 
-    python -m benchmarks.few_rows [--grad-weight] [--rounds 3] [--repeats 7]
+    python -m benchmarks.few_rows [--grad-weight | --grad-input] [--rounds 3] [--repeats 7]
 
-Times the forward (or, with ``--grad-weight``, the weight gradient) by the
+Times the forward (or, with ``--grad-weight`` or ``--grad-input``, that gradient) by the
 patch matrix, the implicit GEMM and the direct kernels, forced, by the
 planner's choice, and PyTorch's, in turns within one process (``--rounds``
 rounds, best of ``--repeats`` calls each, as the suite times them), and
@@ -43,7 +44,9 @@ def main(argv=None, cases=CASES) -> int:
     from convlayer.engine import gemm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grad-weight", action="store_true", help="time the weight gradient instead of the forward")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--grad-weight", action="store_true", help="time the weight gradient instead of the forward")
+    which.add_argument("--grad-input", action="store_true", help="time the input gradient instead of the forward")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
@@ -55,13 +58,15 @@ def main(argv=None, cases=CASES) -> int:
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         tconv = {3: TF.conv1d, 4: TF.conv2d, 5: TF.conv3d}[x.ndim]
         kw = dict(stride=stride, padding=padding)
-        if args.grad_weight:
+        if args.grad_weight or args.grad_input:
             gy = rng.standard_normal(F.conv(x, w, **kw).shape).astype(np.float32)
             gyt = torch.from_numpy(gy)
             geometry = (stride,) * (x.ndim - 2), (padding,) * (x.ndim - 2), (1,) * (x.ndim - 2)  # and dilation
+            mask = [args.grad_input, args.grad_weight, False]
             fns = {"torch": lambda: torch.ops.aten.convolution_backward(
-                gyt, xt, wt, None, *geometry, False, [0] * (x.ndim - 2), 1, [False, True, False])}
-            call = lambda: F.conv_backward(gy, x, w, **kw, grads=("weight",))  # noqa: E731
+                gyt, xt, wt, None, *geometry, False, [0] * (x.ndim - 2), 1, mask)}
+            grads = ("input",) if args.grad_input else ("weight",)
+            call = lambda: F.conv_backward(gy, x, w, **kw, grads=grads)  # noqa: E731
         else:
             fns = {"torch": lambda: tconv(xt, wt, None, stride, padding)}
             call = lambda: F.conv(x, w, **kw)  # noqa: E731

@@ -117,7 +117,7 @@ def test_steady_allocator_keeps_freed_memory_in_the_process():
 def test_few_rows_runner(capsys):
     from benchmarks import few_rows
 
-    for extra in ([], ["--grad-weight"]):
+    for extra in ([], ["--grad-weight"], ["--grad-input"]):
         assert few_rows.main(["--rounds", "1", "--repeats", "1", *extra], cases=[((2, 1, 40), (8, 1, 5), 2, 1)]) == 0
         (line,) = capsys.readouterr().out.splitlines()
         assert line.startswith("x (2, 1, 40) w (8, 1, 5) stride 2 padding 1: torch ")

@@ -856,7 +856,10 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
     assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
-    assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "cols"
+    # input gradients with few input channels: the implicit GEMM from IMPLICIT_GRAD_INPUT_MIN_ROWS rows
+    assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "implicit"
+    assert 8 * one_d.n_taps < gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS <= 3 * rgb.n_taps
+    assert gemm.strategy(8, 64, one_d, "grad_input", n=8, flip=False) == "cols"
     # weight gradients with few input channels: the direct kernels on the same terms
     threads = gemm.blas._threads()  # from an image per thread
     assert gemm.strategy(1, 64, stem, "grad_weight", n=threads) == "direct"

@@ -156,7 +156,14 @@ FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS = 256
 FLIPPED_MIN_PHASE_POSITIONS = 256
 IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
-IMPLICIT_GRAD_INPUT_MIN_ROWS = 128
+# The input gradients of few input channels per group take the implicit GEMM from IMPLICIT_GRAD_INPUT_MIN_ROWS
+# patch rows (python -m benchmarks.few_rows --grad-input; patch matrix / implicit, ms, Zen 4): one channel 5x5
+# 2.3-2.5 / 1.0-1.3, RGB 3x3 22.7-25.1 / 19.1-20.0, RGB 3x3/2 1.2-1.4 / 0.9-1.1, the 3-D stem's 81 rows
+# 14.2-17.0 / 8.7-9.8; but 1-D 8 -> 64 k=3, 24 rows, 4.7-5.1 / 5.2-6.2 (the 1-D stem's 10 rows: even).
+IMPLICIT_GRAD_INPUT_MIN_ROWS = 25
+# ...and against the direct and lanes kernels (small planes, few channel pairs) from 128 rows, as measured
+# before against the patch matrix (LeNet C3's 150: 2.8 vs 3.8 ms); fewer rows were not measured there.
+IMPLICIT_GRAD_INPUT_MIN_ROWS_DIRECT = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
 IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "planes")
@@ -235,13 +242,16 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
     """Whether the implicit GEMM beats ``instead_of`` on this pass (see :data:`IMPLICIT_MIN_ROWS`).
     Never for one output per image (LeNet's C5): the input as it lies is the patch matrix there."""
     rows = c_g * plan.n_taps
-    if all(o == 1 for o in plan.out) or rows < IMPLICIT_MIN_ROWS:
+    if all(o == 1 for o in plan.out):
+        return False
+    if pass_ == "grad_input":  # its own minimum of rows (see IMPLICIT_GRAD_INPUT_MIN_ROWS)
+        least = IMPLICIT_GRAD_INPUT_MIN_ROWS if instead_of == "cols" else IMPLICIT_GRAD_INPUT_MIN_ROWS_DIRECT
+        return rows >= least and (c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS
+                                  or (not plan.unit_stride and _strided_grad_input_implicit()))
+    if rows < IMPLICIT_MIN_ROWS:
         return False
     if pass_ == "forward":
         return True
-    if pass_ == "grad_input":
-        return rows >= IMPLICIT_GRAD_INPUT_MIN_ROWS and (c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS
-                                                         or (not plan.unit_stride and _strided_grad_input_implicit()))
     return (instead_of == "cols" and rows >= IMPLICIT_GRAD_WEIGHT_MIN_ROWS
             and k_g <= IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS)
 

@@ -331,19 +331,24 @@ def _tile_starts(rows, width, p0, nc, nr):  # pragma: no cover - compiled
     return out[:count]
 
 
+@njit(**_FLAGS)
+def _image_run(job, runs, n):  # pragma: no cover - compiled
+    """``(outer, first, count)`` of job ``job`` of the interleaving copies: ``runs`` runs of
+    :data:`INTERLEAVE_IMAGES` images (the last may be shorter) per outer index (a channel)."""
+    first = (job % runs) * INTERLEAVE_IMAGES
+    return job // runs, first, min(INTERLEAVE_IMAGES, n - first)
+
+
 def _fill_interleaved(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no cover - compiled
     """``out[c, s * n + b] = filled[b, c, s]``: the planes of :func:`_fill_planes` with their positions
     interleaved over the ``n`` images, one channel per row of ``out (C, cstride)``; the slack after
     ``size * n`` zeroed. One job per channel and :data:`INTERLEAVE_IMAGES` images: their planes are
     filled in a buffer in cache, then written position by position, a run of images at a time."""
     n, c = x.shape[:2]
-    m = INTERLEAVE_IMAGES
-    nb = -(-n // m)
+    nb = -(-n // INTERLEAVE_IMAGES)
     for job in prange(c * nb):
-        ch = job // nb
-        b0 = (job % nb) * m
-        count = min(m, n - b0)
-        planes = np.empty((m, size), dtype=out.dtype)
+        ch, b0, count = _image_run(job, nb, n)
+        planes = np.empty((INTERLEAVE_IMAGES, size), dtype=out.dtype)
         for i in range(count):
             _fill(planes[i], x[b0 + i, ch], seg_dst, seg_src, seg_len, step)
         dst = out[ch]
@@ -365,9 +370,7 @@ def _deinterleave(src, out):  # pragma: no cover - compiled
     m = INTERLEAVE_IMAGES
     nb = -(-n // m)
     for job in prange(k_total * nb):
-        k = job // nb
-        b0 = (job % nb) * m
-        images = min(m, n - b0)
+        k, b0, images = _image_run(job, nb, n)
         row = src[k]
         block = np.empty((m, m), dtype=out.dtype)
         for p0 in range(0, count, m):

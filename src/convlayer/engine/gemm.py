@@ -437,6 +437,13 @@ def _dense(plan, pads) -> bool:
 FINITE_CHECK_MIN_SIZE = 1 << 16
 
 
+def _no_dropped(plan) -> bool:
+    """Whether the lattice has no dropped positions (1-D layers, for one): then no input meets a zero of the
+    gradient's padding, and the weight gradients need not look for inf and NaN in it (WaveNet's 16 MB input:
+    0.5 of 9 ms)."""
+    return plan.length == math.prod(plan.out)
+
+
 def _all_finite(a: np.ndarray) -> bool:
     """True when no element is inf or NaN (one read-only pass). Small or strided arrays: a sum is finite only
     if every term is (a finite sum that overflows answers False, which only costs the slower exact path)."""
@@ -838,7 +845,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.
         parts = np.zeros((n if how == "direct" else -(-n // d.LANES), k, c_g, plan.n_taps), dtype=x.dtype)
         if n:
-            whole = _all_finite(x)
+            whole = _no_dropped(plan) or _all_finite(x)
             d.kernel(_kernel_name("grad_weight", how), _work(n, k, c_g, plan))(
                 _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole, how), groups, parts)
         return parts.sum(axis=0).reshape(k, c_g, *kernel_shape)
@@ -846,7 +853,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         return _winograd_grad_weight(gy, x, groups, pads)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
-    if how == "implicit" and not _dense(plan, pads) and _all_finite(x):  # x * 0 at the dropped positions
+    if how == "implicit" and not _dense(plan, pads) and (_no_dropped(plan) or _all_finite(x)):  # x * 0 where dropped
         im = _implicit()
         gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
         for sl in _chunks(n, im.grad_weight_bytes(c, plan, x.shape, pads, x.dtype)):

@@ -257,6 +257,64 @@ def summary(rows, key="ratio"):
     return out
 
 
+# Issue 4's targets, as the runner checks them (see :func:`targets`).
+LOWEST_RATIO = 0.5  # no problem slower than 2x PyTorch
+GROUPED_MIN_RATIO = 2.0  # depthwise and grouped layers (groups > 1): at least 2x faster
+LARGE_MIN_GEMM_SHARE = 0.7  # large standard layers: at least 70% of the machine's GEMM throughput
+# "Large standard layers": one group, at least LARGE_MIN_CHANNELS input and output channels (not a stem or a
+# one-channel input) and at least LARGE_MIN_GFLOP per pass.
+LARGE_MIN_CHANNELS = 16
+LARGE_MIN_GFLOP = 0.5
+
+
+def _is_large(problem: dict, gflop: float) -> bool:
+    return (problem["groups"] == 1 and min(problem["c"], problem["k"]) >= LARGE_MIN_CHANNELS
+            and gflop >= LARGE_MIN_GFLOP)
+
+
+def targets(rows, peak) -> dict:
+    """Issue 4's targets on these rows, ``peak`` the machine's GEMM GFLOP/s: the suite's geometric mean of
+    the ratios per pass (at least 1.0 each), the entries below :data:`LOWEST_RATIO`, the depthwise and
+    grouped entries below :data:`GROUPED_MIN_RATIO`, and the passes of large standard layers
+    (:func:`_is_large`) below :data:`LARGE_MIN_GEMM_SHARE` of ``peak``; each list of
+    ``[category, name, pass, value]``, and ``met`` when every list is empty and every mean at least 1."""
+    means = summary(rows).get("all", [float("nan")] * 3)
+    low, grouped, large, counted = [], [], [], 0
+    for r in rows:
+        p = r["problem"]
+        for i, name in enumerate(PASSES):
+            ratio = r["ratio"][i]
+            where = [p["category"], p["name"], name]
+            if ratio < LOWEST_RATIO:
+                low.append(where + [ratio])
+            if p["groups"] > 1 and ratio < GROUPED_MIN_RATIO:
+                grouped.append(where + [ratio])
+            if _is_large(p, r["gflop"]):
+                counted += 1
+                rate = r["gflop"] / r["convlayer"][i]
+                if rate < LARGE_MIN_GEMM_SHARE * peak:
+                    large.append(where + [rate])
+    met = all(m >= 1.0 for m in means) and not (low or grouped or large)
+    return dict(means=means, below_half=low, grouped_below_2x=grouped, large_passes=counted,
+                large_below_70_percent=large, met=met)
+
+
+def _targets_text(t, peak) -> str:
+    def items(entries, fmt):
+        return "; ".join(f"{c} {n} {p} " + fmt.format(v) for c, n, p, v in entries) or "none"
+
+    means = ", ".join(f"{m:.2f}" for m in t["means"])
+    return "\n".join([
+        "targets of issue 4:",
+        f"  geometric means >= 1.0 (fwd, dgrad, wgrad): {means}",
+        f"  entries below {LOWEST_RATIO}: {items(t['below_half'], 'x{:.2f}')}",
+        f"  depthwise and grouped entries below {GROUPED_MIN_RATIO}x: {items(t['grouped_below_2x'], 'x{:.2f}')}",
+        f"  large standard layers' passes below {LARGE_MIN_GEMM_SHARE:.0%} of {peak:.0f} GFLOP/s "
+        f"({t['large_passes']} passes): {items(t['large_below_70_percent'], '{:.0f} GFLOP/s')}",
+        f"  all met: {'yes' if t['met'] else 'no'}",
+    ])
+
+
 def _summary_table(table) -> str:
     out = "| category | fwd | dgrad | wgrad |\n| --- | ---: | ---: | ---: |\n"
     return out + "\n".join(f"| {cat} | {a:.2f} | {b:.2f} | {c:.2f} |" for cat, (a, b, c) in table.items()) + "\n"
@@ -314,6 +372,8 @@ def main(argv=None) -> int:
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
     for cat, (a, b, c) in table.items():
         print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
+    goals = targets(rows, peak)
+    print("\n" + _targets_text(goals, peak))
     jax_table = summary(rows, "jax_ratio")
     if jax_table:
         print("\ngeometric mean of JAX time / convlayer time (fwd, dgrad, wgrad):")
@@ -321,7 +381,8 @@ def main(argv=None) -> int:
             print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s.\n\n" + markdown(rows, table))
+            fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s.\n\n" + markdown(rows, table)
+                     + "\n```\n" + _targets_text(goals, peak) + "\n```\n")
     if args.json:
         import torch
 
@@ -329,7 +390,7 @@ def main(argv=None) -> int:
                     numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats,
                     rounds=args.rounds, gemm_peak_gflops=peak, steady_allocator=steady)
         with open(args.json, "w") as fh:
-            json.dump(dict(meta=meta, rows=rows, summary=table), fh, indent=1)
+            json.dump(dict(meta=meta, rows=rows, summary=table, targets=goals), fh, indent=1)
     return 0
 
 

@@ -19,8 +19,10 @@ def test_suite_runner_writes_json_and_markdown(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert len(data["rows"]) == 1 and len(data["rows"][0]["ratio"]) == 3
     assert data["meta"]["rounds"] == 2
-    assert "| lenet | C1 5x5 1->6 b64 |" in out_md.read_text()
-    assert "geometric mean" in capsys.readouterr().out
+    assert "| lenet | C1 5x5 1->6 b64 |" in out_md.read_text() and "targets of issue 4:" in out_md.read_text()
+    assert set(data["targets"]) >= {"means", "below_half", "grouped_below_2x", "large_below_70_percent", "met"}
+    out = capsys.readouterr().out
+    assert "geometric mean" in out and "targets of issue 4:" in out
 
 
 def test_strategies_runner_times_every_strategy(capsys):
@@ -45,6 +47,37 @@ def test_suite_runner_keeps_each_frameworks_best_over_the_rounds(monkeypatch):
     assert calls == ["convlayer", "torch", "convlayer", "torch"]
     assert row["convlayer"] == [2.0, 2.0, 1.0] and row["torch"] == [1.0, 2.0, 2.0]
     assert row["ratio"] == [0.5, 1.0, 2.0]
+
+
+def _fake_row(name, ratios, convlayer_s, gflop=1.0):
+    from dataclasses import asdict
+
+    problem = next(p for p in suite.SUITE if p.name == name)
+    return dict(problem=asdict(problem), gflop=gflop, convlayer=list(convlayer_s),
+                torch=[r * t for r, t in zip(ratios, convlayer_s)], ratio=list(ratios), jax=None, jax_ratio=None)
+
+
+def test_targets_report_each_goal_of_issue_4():
+    """The runner's check of issue 4's targets: geometric means, entries below 0.5, depthwise and grouped
+    entries below 2x, and large standard layers' passes below 70% of the GEMM figure (here 100 GFLOP/s)."""
+    fast = 1.0 / 80  # 1 GFLOP in 12.5 ms: 80 GFLOP/s, 80% of 100
+    rows = [_fake_row("3x3 64->64 56", [1.2, 1.1, 1.5], [fast, fast, 1.0 / 60]),  # weight gradient at 60%
+            _fake_row("depthwise 3x3 C144 56", [2.5, 1.9, 3.0], [1e-3] * 3, gflop=0.1),
+            _fake_row("C3 5x5 6->16 b64", [0.49, 1.0, 1.0], [1e-3] * 3, gflop=0.03),
+            _fake_row("stem 7x7/2 3->64 224", [1.0, 1.0, 1.0], [1.0] * 3)]  # 1 GFLOP/s, but a stem: not large
+    t = suite.targets(rows, peak=100.0)
+    assert t["below_half"] == [["lenet", "C3 5x5 6->16 b64", "fwd", 0.49]]
+    assert t["grouped_below_2x"] == [["mobilenet", "depthwise 3x3 C144 56", "dgrad", 1.9]]
+    assert [e[:3] for e in t["large_below_70_percent"]] == [["resnet", "3x3 64->64 56", "wgrad"]]
+    assert t["large_passes"] == 3 and not t["met"]
+    text = suite._targets_text(t, 100.0)
+    assert "resnet 3x3 64->64 56 wgrad 60 GFLOP/s" in text and "all met: no" in text
+    good = [_fake_row("3x3 64->64 56", [1.2, 1.1, 1.5], [fast] * 3),
+            _fake_row("depthwise 3x3 C144 56", [2.5, 2.1, 3.0], [1e-3] * 3, gflop=0.1)]
+    t = suite.targets(good, peak=100.0)
+    assert t["met"] and "all met: yes" in suite._targets_text(t, 100.0)
+    slow = [_fake_row("3x3 64->64 56", [1.2, 0.9, 0.9], [fast] * 3)]  # means below 1 in two passes
+    assert not suite.targets(slow, peak=100.0)["met"]
 
 
 def test_suite_runner_rejects_no_rounds():

@@ -1245,6 +1245,9 @@ def test_strided_input_gradients_take_the_implicit_gemm_without_full_width_avx51
     assert gemm.strategy(64, 128, phases, "grad_input", n=8) == ("flipped" if avx512 else "implicit")
     same = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
     assert gemm.strategy(64, 64, same, "grad_input", n=8) == "flipped"
+    small = make_plan((30, 30), (2, 2), (2, 2), (1, 1), (15, 15))  # 16 channels x 4 taps: 64 rows, too few
+    assert 16 * 4 < gemm.IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS
+    assert gemm.strategy(16, 32, small, "grad_input", n=8, flip=False) == "cols"
     x = rng.standard_normal((2, 16, 13, 12))
     w = rng.standard_normal((24, 16, 3, 3))
     y = CF.conv(x, w, stride=2, padding=1)

@@ -161,9 +161,10 @@ IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 # 2.3-2.5 / 1.0-1.3, RGB 3x3 22.7-25.1 / 19.1-20.0, RGB 3x3/2 1.2-1.4 / 0.9-1.1, the 3-D stem's 81 rows
 # 14.2-17.0 / 8.7-9.8; but 1-D 8 -> 64 k=3, 24 rows, 4.7-5.1 / 5.2-6.2 (the 1-D stem's 10 rows: even).
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 25
-# ...and against the direct and lanes kernels (small planes, few channel pairs) from 128 rows, as measured
-# before against the patch matrix (LeNet C3's 150: 2.8 vs 3.8 ms); fewer rows were not measured there.
-IMPLICIT_GRAD_INPUT_MIN_ROWS_DIRECT = 128
+# Elsewhere, from IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS rows, as measured in earlier rounds: against the direct and
+# lanes kernels (small planes, few channel pairs; LeNet C3's 150 rows: 2.8 vs 3.8 ms), and for the strided input
+# gradients with more channels (see _strided_grad_input_implicit); fewer rows were not measured there.
+IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
 IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "planes")
@@ -244,10 +245,11 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
     rows = c_g * plan.n_taps
     if all(o == 1 for o in plan.out):
         return False
-    if pass_ == "grad_input":  # its own minimum of rows (see IMPLICIT_GRAD_INPUT_MIN_ROWS)
-        least = IMPLICIT_GRAD_INPUT_MIN_ROWS if instead_of == "cols" else IMPLICIT_GRAD_INPUT_MIN_ROWS_DIRECT
-        return rows >= least and (c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS
-                                  or (not plan.unit_stride and _strided_grad_input_implicit()))
+    if pass_ == "grad_input":  # its own minimums of rows (see IMPLICIT_GRAD_INPUT_MIN_ROWS)
+        if c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS and instead_of == "cols":
+            return rows >= IMPLICIT_GRAD_INPUT_MIN_ROWS
+        return rows >= IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS and (
+            c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS or (not plan.unit_stride and _strided_grad_input_implicit()))
     if rows < IMPLICIT_MIN_ROWS:
         return False
     if pass_ == "forward":

@@ -982,6 +982,8 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
         ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest (AVX-512)
         ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
         ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
+        ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # 1-D: each job's window starts and ends outside the input
+        ((400,), (5,), 120, 8, 2, 1, 3, ((2, 9),)),  # 1-D, groups, 300 patch rows: two calls of BLOCK_ROWS
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

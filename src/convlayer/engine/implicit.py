@@ -305,6 +305,56 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
             q += 1
 
 
+def _forward_local(x, wpack, rowoff, span, pad, block, steps, out):  # pragma: no cover - compiled
+    """:func:`_forward` for 1-D layers of stride 1, from the unpadded ``x (n, C, L)``: each job copies the
+    window of its group's channels that its block reads, ``span`` positions from ``p0 - pad`` (zeros outside
+    the input), into a local buffer, where ``rowoff (CT,)`` says where patch row ``r`` starts. No padded copy
+    of the whole input goes through memory (WaveNet's 16 MB: 14% of its forward)."""
+    n, c_total, size = x.shape
+    groups, ct = wpack.shape[0], rowoff.shape[0]
+    c_g = c_total // groups
+    mr = FORWARD_MR
+    kbs = wpack.shape[1] // (ct * mr)
+    nr = FORWARD_NV * (VECTOR_BYTES // out.itemsize)
+    length = out.shape[2]
+    k_g = out.shape[1] // groups
+    nblocks = -(-length // block)
+    tstride = block + nr
+    arows = np.arange(mr)
+    crows = np.arange(mr) * tstride
+    for job in prange(n * groups * nblocks):
+        b = job // (groups * nblocks)
+        g = (job // nblocks) % groups
+        p0 = (job % nblocks) * block
+        nc = min(block, length - p0)
+        local = np.empty(c_g * span, dtype=out.dtype)
+        first = p0 - pad  # the input position of local[0]
+        lo = min(span, max(0, -first))  # local positions before the input's start
+        hi = max(lo, min(span, size - first))  # ...and from its end
+        for cl in range(c_g):
+            dst = local[cl * span:(cl + 1) * span]
+            src = x[b, g * c_g + cl]
+            for i in range(lo):
+                dst[i] = 0
+            inner, part = dst[lo:hi], src[first + lo:first + hi]  # slices: indices from 0, a vector loop
+            for i in range(hi - lo):
+                inner[i] = part[i]
+            for i in range(hi, span):
+                dst[i] = 0
+        tile = np.empty(kbs * mr * tstride, dtype=out.dtype)
+        for r0 in range(0, ct, steps):
+            kc = min(steps, ct - r0)
+            for kb in range(kbs):
+                for j in range(0, nc, nr):
+                    _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, local, j, rowoff, r0,
+                                tile, kb * mr * tstride + j, crows, kc, r0 > 0)
+        for k in range(k_g):
+            dst = out[b, g * k_g + k, p0:p0 + nc]
+            src = tile[k * tstride:k * tstride + nc]
+            for i in range(nc):
+                dst[i] = src[i]
+
+
 @njit(**_FLAGS)
 def _tile_starts(rows, width, p0, nc, nr):  # pragma: no cover - compiled
     """Offsets from ``p0`` of the tiles (``nr`` positions each, none overlapping) that cover the real positions
@@ -542,6 +592,7 @@ _FILL = _variants(_fill_planes)
 _FILL_INTERLEAVED = _variants(_fill_interleaved)
 _DEINTERLEAVE = _variants(_deinterleave)
 _FORWARD = _variants(_forward)
+_FORWARD_LOCAL = _variants(_forward_local)
 _EMBED = _variants(_embed_rows)
 _EMBED_INTERLEAVED = _variants(_embed_interleaved)
 _GRAD_INPUT = _variants(_grad_input)
@@ -761,6 +812,13 @@ def forward(x, w, groups, plan, pads, y, scratch):
         _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
                       BLOCK_ROWS, out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
+        return y
+    if len(plan.out) == 1 and plan.unit_stride:  # 1-D, stride 1: each job pads its own window (_forward_local)
+        bases = run_arrays(plan, True)[0]
+        span = BLOCK_POSITIONS + int(bases.max()) + FORWARD_NV * lanes(x.dtype)  # a tile overhangs its block
+        rowoff = _row_offsets(1, c_g, plan, span, ct)[0]
+        _FORWARD_LOCAL[par](np.ascontiguousarray(x), wpack, rowoff, span, pads[0][0], BLOCK_POSITIONS, BLOCK_ROWS,
+                            y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)

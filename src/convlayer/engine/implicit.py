@@ -305,12 +305,31 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, out):  # pra
             q += 1
 
 
-def _forward_local(x, wpack, rowoff, span, pad, block, steps, out):  # pragma: no cover - compiled
-    """:func:`_forward` for 1-D layers of stride 1, from the unpadded ``x (n, C, L)``: each job copies the
+@njit(**_FLAGS)
+def _window(x, start, size, channels, first, span, out):  # pragma: no cover - compiled
+    """``out[c * span + i] = x[start + c * size + first + i]`` for ``channels`` planes of ``size`` positions
+    starting at ``start`` in the flat ``x``, zero where ``first + i`` falls outside ``[0, size)``: the window
+    of 1-D planes that a block of positions reads, zero-padded (see :func:`_forward_local`)."""
+    lo = min(span, max(0, -first))  # window positions before the input's start
+    hi = max(lo, min(span, size - first))  # ...and from its end
+    for cl in range(channels):
+        dst = out[cl * span:(cl + 1) * span]
+        for i in range(lo):
+            dst[i] = 0
+        inner = dst[lo:hi]  # slices: indices from 0, a vector loop
+        part = x[start + cl * size + first + lo:start + cl * size + first + hi]
+        for i in range(hi - lo):
+            inner[i] = part[i]
+        for i in range(hi, span):
+            dst[i] = 0
+
+
+def _forward_local(x, size, wpack, rowoff, span, pad, block, steps, out):  # pragma: no cover - compiled
+    """:func:`_forward` for 1-D layers of stride 1, from the unpadded ``x (n, C * size)``: each job copies the
     window of its group's channels that its block reads, ``span`` positions from ``p0 - pad`` (zeros outside
-    the input), into a local buffer, where ``rowoff (CT,)`` says where patch row ``r`` starts. No padded copy
-    of the whole input goes through memory (WaveNet's 16 MB: 14% of its forward)."""
-    n, c_total, size = x.shape
+    the input, :func:`_window`), into a local buffer, where ``rowoff (CT,)`` says where patch row ``r``
+    starts. No padded copy of the whole input goes through memory (WaveNet's 16 MB: 14% of its forward)."""
+    n, c_total = x.shape[0], x.shape[1] // size
     groups, ct = wpack.shape[0], rowoff.shape[0]
     c_g = c_total // groups
     mr = FORWARD_MR
@@ -328,19 +347,7 @@ def _forward_local(x, wpack, rowoff, span, pad, block, steps, out):  # pragma: n
         p0 = (job % nblocks) * block
         nc = min(block, length - p0)
         local = np.empty(c_g * span, dtype=out.dtype)
-        first = p0 - pad  # the input position of local[0]
-        lo = min(span, max(0, -first))  # local positions before the input's start
-        hi = max(lo, min(span, size - first))  # ...and from its end
-        for cl in range(c_g):
-            dst = local[cl * span:(cl + 1) * span]
-            src = x[b, g * c_g + cl]
-            for i in range(lo):
-                dst[i] = 0
-            inner, part = dst[lo:hi], src[first + lo:first + hi]  # slices: indices from 0, a vector loop
-            for i in range(hi - lo):
-                inner[i] = part[i]
-            for i in range(hi, span):
-                dst[i] = 0
+        _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
         tile = np.empty(kbs * mr * tstride, dtype=out.dtype)
         for r0 in range(0, ct, steps):
             kc = min(steps, ct - r0)
@@ -539,12 +546,17 @@ def _transpose_block(gy, k0, k_g, rows, width, p0, p1, kgp, out):  # pragma: no 
         q += 1
 
 
-def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wide, parts):  # pragma: no cover - compiled
+def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wide, size, span, pad,
+                 parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``.
 
     ``xph (n, C * stride)`` filled planes, ``gy (n, K, P)`` as given,
     ``rowoff (groups, CTp)`` where patch row ``r`` starts in ``xph[b]``
-    (rows past ``C_g * T`` repeat row 0); the tile is the wide one
+    (rows past ``C_g * T`` repeat row 0); or, with ``span`` (1-D layers of
+    stride 1), ``xph (n, C * size)`` the unpadded input, each job copying
+    the window its block reads, ``span`` positions from ``p0 - pad``, into
+    a buffer of its thread (:func:`_window`), and ``rowoff`` counting in
+    that buffer. The tile is the wide one
     (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group, ``block``
     positions), dealt to the threads in turn. Each job first lays its
     block of ``gy`` out with the channels along the vectors, ``kgp`` apart
@@ -562,23 +574,29 @@ def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wi
     ptable = np.arange(block) * kgp  # step s (position p0 + s) of the buffer
     crow = np.arange(ctp) * kgp
     align = VECTOR_BYTES // parts.itemsize
+    c_g = xph.shape[1] // size // groups if span else 0
     for tid in prange(n_threads):
         raw = np.empty(block * kgp + align, dtype=parts.dtype)
         skip = (-raw.ctypes.data % VECTOR_BYTES) // parts.itemsize  # vector loads that never split a line
         gyt = raw[skip:skip + block * kgp]
+        local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
             b = job // (groups * nblocks)
             g = (job // nblocks) % groups
             p0 = (job % nblocks) * block
             kc = min(block, length - p0)
             _transpose_block(gy[b], g * k_g, k_g, rows, width, p0, p0 + kc, kgp, gyt)
+            src, start = xph[b], p0
+            if span:
+                _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+                src, start = local, 0
             for rb in range(ctp // mr):
                 for kb in range(0, kgp, nr):
                     if wide:
-                        _mk_wide(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
+                        _mk_wide(src, start, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
                                  crow[rb * mr:(rb + 1) * mr], kc, True)
                     else:
-                        _mk(xph[b], p0, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
+                        _mk(src, start, rowoff[g, rb * mr:(rb + 1) * mr], 1, gyt, kb, ptable, 0, parts[tid, g], kb,
                             crow[rb * mr:(rb + 1) * mr], kc, True)
 
 
@@ -817,8 +835,8 @@ def forward(x, w, groups, plan, pads, y, scratch):
         bases = run_arrays(plan, True)[0]
         span = BLOCK_POSITIONS + int(bases.max()) + FORWARD_NV * lanes(x.dtype)  # a tile overhangs its block
         rowoff = _row_offsets(1, c_g, plan, span, ct)[0]
-        _FORWARD_LOCAL[par](np.ascontiguousarray(x), wpack, rowoff, span, pads[0][0], BLOCK_POSITIONS, BLOCK_ROWS,
-                            y.reshape(n, k, -1))
+        _FORWARD_LOCAL[par](np.ascontiguousarray(x).reshape(n, -1), x.shape[2], wpack, rowoff, span, pads[0][0],
+                            BLOCK_POSITIONS, BLOCK_ROWS, y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
@@ -879,16 +897,22 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     mr, nv, wide = _grad_weight_tile(k_g, x.dtype)
     kgp = _round_up(k_g, nv * lanes(x.dtype))
     ctp = _round_up(ct, mr)
-    stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
     par = _parallel(n * k * ct * plan.length)
-    xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
-    _, _, _, rows, width = run_arrays(plan, True)
+    bases, _, _, rows, width = run_arrays(plan, True)
+    block = _even_blocks(plan.length, GRAD_WEIGHT_POSITIONS)
+    if len(plan.out) == 1 and plan.unit_stride:  # 1-D, stride 1: each job pads its own window (_window)
+        span = block + int(bases.max())
+        xph = np.ascontiguousarray(x).reshape(n, -1)
+        rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
+    else:
+        span = 0
+        stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+        xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
+        rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
     n_threads = get_num_threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
-    _GRAD_WEIGHT[par](xph.reshape(n, -1), np.ascontiguousarray(gy).reshape(n, k, -1),
-                      _row_offsets(groups, c_g, plan, stride, ctp), rows, width, kgp, plan.length,
-                      _even_blocks(plan.length, GRAD_WEIGHT_POSITIONS),
-                      n_threads, wide, parts)
+    _GRAD_WEIGHT[par](xph, np.ascontiguousarray(gy).reshape(n, k, -1), rowoff, rows, width, kgp, plan.length, block,
+                      n_threads, wide, x.shape[-1], span, pads[-1][0], parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw

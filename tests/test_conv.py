@@ -984,6 +984,7 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
         ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
         ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # 1-D: each job's window starts and ends outside the input
         ((400,), (5,), 120, 8, 2, 1, 3, ((2, 9),)),  # 1-D, groups, 300 patch rows: two calls of BLOCK_ROWS
+        ((700,), (2,), 12, 64, 1, 1, 4, ((4, 0),)),  # 1-D causal, whole vectors of outputs: nothing to zero
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

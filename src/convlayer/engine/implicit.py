@@ -505,10 +505,12 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
 def _transpose_block(gy, k0, k_g, rows, width, p0, p1, kgp, out):  # pragma: no cover - compiled
     """``out[(p - p0) * kgp + k]`` for the lattice positions ``p0 <= p < p1``: channel ``k0 + k`` of one image's
     ``gy (K, P)`` with its channels along the vectors, zeros at the dropped positions and in the
-    ``kgp - k_g`` padding channels."""
-    for i in range((p1 - p0) * kgp):
-        out[i] = 0
+    ``kgp - k_g`` padding channels (zeroed first unless the block has neither: 1-D layers with whole vectors
+    of channels, such as WaveNet's, 3% of its weight gradient)."""
     q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
+    if k_g < kgp or rows[q] > p0 or rows[q] + width < p1 or (q + 1 < rows.shape[0] and rows[q + 1] < p1):
+        for i in range((p1 - p0) * kgp):
+            out[i] = 0
     while q < rows.shape[0] and rows[q] < p1:
         lo = max(rows[q], p0)
         hi = min(rows[q] + width, p1)

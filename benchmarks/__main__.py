@@ -307,8 +307,8 @@ def _targets_text(t, peak) -> str:
     return "\n".join([
         "targets of issue 4:",
         f"  geometric means >= 1.0 (fwd, dgrad, wgrad): {means}",
-        f"  entries below {LOWEST_RATIO}: {items(t['below_half'], 'x{:.2f}')}",
-        f"  depthwise and grouped entries below {GROUPED_MIN_RATIO}x: {items(t['grouped_below_2x'], 'x{:.2f}')}",
+        f"  entries below {LOWEST_RATIO}: {items(t['below_half'], 'x{:.3f}')}",
+        f"  depthwise and grouped entries below {GROUPED_MIN_RATIO}x: {items(t['grouped_below_2x'], 'x{:.3f}')}",
         f"  large standard layers' passes below {LARGE_MIN_GEMM_SHARE:.0%} of {peak:.0f} GFLOP/s "
         f"({t['large_passes']} passes): {items(t['large_below_70_percent'], '{:.0f} GFLOP/s')}",
         f"  all met: {'yes' if t['met'] else 'no'}",

@@ -508,7 +508,7 @@ def _transpose_block(gy, k0, k_g, rows, width, p0, p1, kgp, out):  # pragma: no 
     ``kgp - k_g`` padding channels (zeroed first unless the block has neither: 1-D layers with whole vectors
     of channels, such as WaveNet's, 3% of its weight gradient)."""
     q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
-    if k_g < kgp or rows[q] > p0 or rows[q] + width < p1 or (q + 1 < rows.shape[0] and rows[q + 1] < p1):
+    if k_g < kgp or rows[q] > p0 or rows[q] + width < p1:  # not one row covering the block: it has gaps
         for i in range((p1 - p0) * kgp):
             out[i] = 0
     while q < rows.shape[0] and rows[q] < p1:
@@ -772,10 +772,17 @@ def _interleaved_positions(plan, n: int, dtype) -> int:
     return math.prod(plan.out) + int(gaps[gaps * n < FORWARD_NV * lanes(dtype)].sum())
 
 
-def _overhangs(covered: int, length: int, n: int) -> bool:
-    """Whether tiles covering ``covered`` positions of an image's ``length`` overhang it enough for ``n`` images
-    to be interleaved."""
-    return n > 1 and covered > INTERLEAVE_MIN_OVERHANG * length
+def _windowed(plan) -> bool:
+    """Whether :func:`forward` and :func:`grad_weight` read the input where it lies, each job copying the
+    window it needs (:func:`_window`), instead of a padded copy of the whole input: 1-D layers of stride 1,
+    whose lattice is the output itself."""
+    return len(plan.out) == 1 and plan.unit_stride
+
+
+def _overhangs(covered: int, interleaved: int, n: int) -> bool:
+    """Whether the tiles, covering ``covered`` positions of an image alone and ``interleaved`` per image with
+    the ``n`` images interleaved, cover enough more alone for the images to be interleaved."""
+    return n > 1 and covered > INTERLEAVE_MIN_OVERHANG * interleaved
 
 
 def forward(x, w, groups, plan, pads, y, scratch):
@@ -805,7 +812,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
                       BLOCK_ROWS, 1, 0, 0, out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
         return y
-    if len(plan.out) == 1 and plan.unit_stride:  # 1-D, stride 1: each job pads its own window (_window)
+    if _windowed(plan):
         span = BLOCK_POSITIONS + int(run_arrays(plan, True)[0].max()) + FORWARD_NV * lanes(x.dtype)  # overhang
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ct), groups, axis=0)
         _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width, plan.length,
@@ -873,7 +880,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     par = _parallel(n * k * ct * plan.length)
     bases, _, _, rows, width = run_arrays(plan, True)
     block = _even_blocks(plan.length, GRAD_WEIGHT_POSITIONS)
-    if len(plan.out) == 1 and plan.unit_stride:  # 1-D, stride 1: each job pads its own window (_window)
+    if _windowed(plan):
         span = block + int(bases.max())
         xph = np.ascontiguousarray(x).reshape(n, -1)
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)

@@ -1047,6 +1047,64 @@ def test_weight_gradient_dot_products_cover_every_block_edge(size, kernel, c, k,
     assert max_rel_err(gw, wt.grad.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
 
 
+def test_forward_channels_along_vectors_only_for_one_vector_of_channels():
+    """LeNet C3's 16 output channels fill one float32 vector: channels along the vectors; DCGAN's 256 (16
+    vectors, the input broadcast again for each) and 10 (6 of 16 lanes padding) keep the interleaved tiles."""
+    from convlayer.engine import implicit
+
+    width = implicit.lanes(np.float32)
+    assert implicit.channels_fit(width, np.float32)
+    assert implicit.channels_fit(width * 7 // 8, np.float32)
+    assert not implicit.channels_fit(16 * width, np.float32)
+    assert not implicit.channels_fit(2 * width, np.float32)
+    assert not implicit.channels_fit(width * 5 // 8, np.float32)
+
+
+@pytest.mark.parametrize(
+    "n, size, kernel, c, k, groups, stride, dilation, padding",
+    [
+        (9, (14, 14), (5, 5), 6, 16, 1, 1, 1, 0),  # LeNet C3: the planes as they lie; 900 positions, a partial tile
+        (5, (8, 8), (4, 4), 12, 32, 1, 2, 1, 1),  # DCGAN's 4x4/2: filled planes, 2 (float32) or 4 vectors of outputs
+        (3, (13,), (5,), 9, 42, 3, 2, 2, ((3, 1),)),  # 1-D, groups of 14 outputs: padded to 16
+        (4, (4, 5, 3), (3, 2, 3), 6, 32, 2, (1, 2, 1), 1, 1),  # 3-D, groups
+        (7, (6, 6), (5, 5), 16, 120, 1, 1, 1, 0),  # LeNet C5's kernel, 4 positions per image: a tile spans images
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_with_channels_along_vectors(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng,
+                                             monkeypatch):
+    """The forward on small planes with the output channels along the vectors (on by default with AVX-512 and
+    one vector of channels only, forced here) gives PyTorch's results, and an image's inf and NaN reach none of the other images' outputs."""
+    from convlayer.engine import implicit
+
+    calls = []
+    monkeypatch.setattr(implicit, "CHANNELS", True)
+    monkeypatch.setattr(implicit, "CHANNELS_MAX_VECTORS", 16)  # more than one vector of channels, too
+    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_OVERHANG", 0.0)
+    monkeypatch.setattr(implicit, "forward_channels", lambda *a, f=implicit.forward_channels: calls.append(1) or f(*a))
+    x = rng.standard_normal((n, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    x[0].flat[::7] = np.inf
+    x[0].flat[3::7] = np.nan
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    with force_strategy("implicit"):
+        y = CF.conv(x, w, **kw)
+    assert calls
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    expected = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
+                                torch.tensor(w.astype(np.float64)), stride=stride, dilation=dilation,
+                                groups=groups).numpy()
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert np.isfinite(y[1:]).all()
+    np.testing.assert_array_equal(np.isnan(y[0]), np.isnan(expected[0]))
+    finite = np.isfinite(expected[0])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert max_rel_err(y[1:], expected[1:]) < tol
+    assert max_rel_err(np.where(finite, y[0], 0), np.where(finite, expected[0], 0)) < tol
+
+
 @pytest.mark.parametrize(
     "n, size, kernel, c, k, groups, stride, dilation, padding",
     [

@@ -1012,36 +1012,39 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
 
 
 @pytest.mark.parametrize(
-    "size, kernel, c, k, groups, dilation, padding",
+    "size, kernel, c, k, groups, stride, dilation, padding",
     [
-        ((300,), (9,), 40, 20, 1, 1, 4),  # blocks of 38 and 34 positions (tails of 6 and 2); 20 outputs: 4 padded
-        ((50,), (3,), 6, 4, 2, 20, ((30, 7),)),  # groups; 9 patch rows: 3 padded; windows start and end outside
-        ((700,), (2,), 12, 64, 1, 4, ((4, 0),)),  # causal, 64 outputs: two padded
-        ((16,), (1,), 8, 6, 1, 1, 0),  # one whole vector of positions, no tail
+        ((300,), (9,), 40, 20, 1, 1, 1, 4),  # blocks of 38 and 34 positions (tails of 6 and 2); 20 outputs: 4 padded
+        ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # groups; 9 patch rows: 3 padded; windows start and end outside
+        ((700,), (2,), 12, 64, 1, 1, 4, ((4, 0),)),  # causal, 64 outputs: two padded
+        ((16,), (1,), 8, 6, 1, 1, 1, 0),  # one whole vector of positions, no tail
+        ((1600,), (10,), 1, 64, 1, 5, 1, 0),  # the strided stem: the filled planes' phases, 319 positions
+        ((203,), (5,), 6, 8, 2, 3, 2, ((4, 1),)),  # strided, dilated, groups, uneven padding
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_weight_gradient_dot_products_cover_every_block_edge(size, kernel, c, k, groups, dilation, padding, dtype,
-                                                             rng, monkeypatch):
+def test_weight_gradient_dot_products_cover_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding,
+                                                             dtype, rng, monkeypatch):
     """The 1-D weight gradient as dot products along the positions (on by default with AVX-512 only, forced
-    here): blocks of positions full and partial, the masked tail of each, padded patch rows and outputs."""
+    here): blocks of positions full and partial, the masked tail of each, padded patch rows and outputs; the
+    input's window where the stride is 1, the filled planes otherwise."""
     from convlayer.engine import implicit
 
     calls = []
     monkeypatch.setattr(implicit, "DOT", True)
     monkeypatch.setattr(implicit, "DOT_POSITIONS", 40)
-    monkeypatch.setattr(implicit, "_grad_weight_windows",
-                        lambda *a, f=implicit._grad_weight_windows: calls.append(1) or f(*a))
+    monkeypatch.setattr(implicit, "_grad_weight_rows",
+                        lambda *a, f=implicit._grad_weight_rows: calls.append(1) or f(*a))
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
-    kw = dict(dilation=dilation, groups=groups, padding=padding)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
     gy = rng.standard_normal(CF.conv(x, w, **kw).shape).astype(dtype)
     with force_strategy("implicit"):
         gw = CF.conv_backward(gy, x, w, **kw, grads=("weight",))[1]
     assert calls
-    pads = G.resolve_padding(padding, size, kernel, (1,), (dilation,))
+    pads = G.resolve_padding(padding, size, kernel, (stride,), (dilation,))
     wt = torch.tensor(w.astype(np.float64), requires_grad=True)
-    F.conv1d(F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)), wt, dilation=dilation,
+    F.conv1d(F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)), wt, stride=stride, dilation=dilation,
              groups=groups).backward(torch.tensor(gy.astype(np.float64)))
     assert gw.dtype == dtype
     assert max_rel_err(gw, wt.grad.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
@@ -1074,7 +1077,8 @@ def test_forward_channels_along_vectors_only_for_one_vector_of_channels():
 def test_forward_with_channels_along_vectors(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng,
                                              monkeypatch):
     """The forward on small planes with the output channels along the vectors (on by default with AVX-512 and
-    one vector of channels only, forced here) gives PyTorch's results, and an image's inf and NaN reach none of the other images' outputs."""
+    one vector of channels only, forced here) gives PyTorch's results, and an image's inf and NaN reach none
+    of the other images' outputs."""
     from convlayer.engine import implicit
 
     calls = []

@@ -41,9 +41,9 @@ kernel instead, which reads its operands where they lie:
      elements broadcast, ``gy`` laid out block by block with its channels
      along the vectors, the positions ``p`` as the steps (``MR x NV``, or
      ``WIDE_MR x WIDE_NV`` where the outputs per group fill it). For 1-D
-     layers of stride 1 with AVX-512, where both operands run along the
-     positions, :func:`make_dot_microkernel`'s tile of dot products
-     instead (``DOT_MR x DOT_NR``), with no transposed copy.
+     layers with AVX-512, where both operands run along the positions,
+     :func:`make_dot_microkernel`'s tile of dot products instead
+     (``DOT_MR x DOT_NR``), with no transposed copy.
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
    256, with tiles of their own): the accumulators fill most of the
@@ -146,14 +146,16 @@ GRAD_INPUT_POSITIONS = 32
 # (:func:`_even_blocks`; the steps of each microkernel call; the job's block of gy,
 # transposed, is 512 x 64 channels, 128 KiB of float32, in L2).
 GRAD_WEIGHT_POSITIONS = 512
-# The weight gradient of 1-D layers of stride 1 (:func:`_windowed`) with AVX-512: dot products along the
-# positions (:func:`make_dot_microkernel`), 4 rows of the input's window by 6 output channels (24 of 32
-# registers), in jobs of at most DOT_POSITIONS positions, which amortize the tile's horizontal sums; gy is
-# read where it lies, not transposed block by block. Zen 4, one process, alternating (a one-off script):
-# WaveNet's 6.3-7.3 ms against 8.4-12.0 with the transposed blocks, 160 GFLOP/s where the tile of
-# :func:`make_microkernel` gets 125; 1-D k=9 even (25-28 vs 25-30 ms). 4 x 6 and 6 x 4 ran alike, 4 x 4
-# and 3 x 8 slower; blocks of 1024-8192 positions within noise of each other on WaveNet, 1024 slower on
-# k=9. Unmeasured with AVX2, whose 16 registers hold fewer accumulators: off there.
+# The weight gradient of 1-D layers with AVX-512: dot products along the positions
+# (:func:`make_dot_microkernel`), 4 patch rows by 6 output channels (24 of 32 registers), in jobs of at most
+# DOT_POSITIONS positions, which amortize the tile's horizontal sums; gy is read where it lies, not
+# transposed block by block. The rows are the input's window with stride 1, the filled planes' phases
+# otherwise. Zen 4, one process, alternating (one-off scripts): WaveNet's 6.3-7.3 ms against 8.4-12.0 with
+# the transposed blocks, 160 GFLOP/s where the tile of :func:`make_microkernel` gets 125; 1-D k=9 even
+# (25-28 vs 25-30 ms); strided 64->64 k=3/2, 128->128 k=4/4 and 32->64 k=5/2 over 8000-16000 positions
+# 98-145 GFLOP/s against 71-125. 4 x 6 and 6 x 4 ran alike, 4 x 4 and 3 x 8 slower; blocks of 1024-8192
+# positions within noise of each other on WaveNet, 1024 slower on k=9. Unmeasured with AVX2, whose 16
+# registers hold fewer accumulators: off there.
 DOT_MR, DOT_NR = 4, 6
 DOT_POSITIONS = 4096
 DOT = VECTOR_BYTES == 64
@@ -698,19 +700,22 @@ def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wi
 
 def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, pad,
                      parts):  # pragma: no cover - compiled
-    """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p window[r][p] gy[k, p]``
-    for 1-D layers of stride 1 (:func:`_windowed`), as dot products along the positions
+    """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p row_r[p] gy[k, p]``
+    for 1-D layers, as dot products along the ``length`` output positions
     (:func:`make_dot_microkernel`).
 
-    ``x (n, C * size)`` the unpadded input, ``gy (n, K * length)``,
-    ``rowoff (groups, CTp)`` where patch row ``r`` starts in a job's window
-    (rows past ``C_g * T`` repeat row 0), ``grow (groups, kgp)`` where
-    output channel ``k`` of the group starts in ``gy[b]`` (channels past
-    ``K_g`` repeat the group's last). Jobs are (image, group, ``block``
-    positions), dealt to the threads in turn; each copies the window of its
-    block, ``span`` positions from ``p0 - pad``, zeros outside the input
-    (:func:`_window`), into a buffer of its thread, then adds its tiles into
-    the thread's own part.
+    ``gy (n, K * length)``; ``grow (groups, kgp)`` where output channel
+    ``k`` of the group starts in ``gy[b]`` (channels past ``K_g`` repeat
+    the group's last). With ``span`` (stride 1, :func:`_windowed`):
+    ``x (n, C * size)`` the unpadded input and ``rowoff (groups, CTp)``
+    where patch row ``r`` starts in a job's window (rows past ``C_g * T``
+    repeat row 0); each job copies the window of its block, ``span``
+    positions from ``p0 - pad``, zeros outside the input (:func:`_window`),
+    into a buffer of its thread. Without: ``x (n, C * stride)`` the filled
+    planes, ``rowoff`` where row ``r`` starts in them, and ``pad`` where
+    the output's first position lies in the lattice. Jobs are (image,
+    group, ``block`` positions), dealt to the threads in turn; each adds
+    its tiles into the thread's own part.
     """
     n = x.shape[0]
     groups, ctp = rowoff.shape
@@ -719,17 +724,20 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     jobs = n * groups * nblocks
     crow = np.arange(ctp) * kgp
     for tid in prange(n_threads):
-        local = np.empty(c_g * span, dtype=parts.dtype)
+        local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
             b = job // (groups * nblocks)
             g = (job // nblocks) % groups
             p0 = (job % nblocks) * block
             kc = min(block, length - p0)
-            _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+            src, start = x[b], pad + p0
+            if span:
+                _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+                src, start = local, 0
             for rb in range(ctp // DOT_MR):
                 rows = rowoff[g, rb * DOT_MR:(rb + 1) * DOT_MR]
                 for kb in range(0, kgp, DOT_NR):
-                    _dk(local, 0, rows, gy[b], p0, grow[g, kb:kb + DOT_NR], parts[tid, g], kb,
+                    _dk(src, start, rows, gy[b], p0, grow[g, kb:kb + DOT_NR], parts[tid, g], kb,
                         crow[rb * DOT_MR:(rb + 1) * DOT_MR], kc)
 
 
@@ -1143,8 +1151,8 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     kgp = _round_up(k_g, nv * lanes(x.dtype))
     ctp = _round_up(ct, mr)
     par = _parallel(n * k * ct * plan.length)
-    if DOT and _windowed(plan):
-        return _grad_weight_windows(gy, x, groups, plan, pads, par)
+    if DOT and len(plan.out) == 1:
+        return _grad_weight_rows(gy, x, groups, plan, pads, scratch, par)
     bases, _, _, rows, width = run_arrays(plan, True)
     block = _even_blocks(plan.length, GRAD_WEIGHT_POSITIONS)
     if _windowed(plan):
@@ -1165,8 +1173,9 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     return gw
 
 
-def _grad_weight_windows(gy, x, groups, plan, pads, par):
-    """:func:`grad_weight` for 1-D layers of stride 1 with AVX-512, by :func:`_grad_weight_dot`."""
+def _grad_weight_rows(gy, x, groups, plan, pads, scratch, par):
+    """:func:`grad_weight` for 1-D layers with AVX-512, by :func:`_grad_weight_dot`: of stride 1 on the input as
+    it lies (a window per job), otherwise on the filled planes, whose phases make each tap's row contiguous."""
     from numba import get_num_threads
 
     n, c = x.shape[:2]
@@ -1174,15 +1183,22 @@ def _grad_weight_windows(gy, x, groups, plan, pads, par):
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
     ctp, kgp = _round_up(ct, DOT_MR), _round_up(k_g, DOT_NR)
-    block = _even_blocks(plan.length, DOT_POSITIONS)
-    span = block + int(run_arrays(plan, True)[0].max())
-    rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
-    grow = (np.arange(groups)[:, None] * k_g + np.minimum(np.arange(kgp), k_g - 1)[None, :]) * plan.length
+    length = plan.out[0]
+    block = _even_blocks(length, DOT_POSITIONS)
+    if _windowed(plan):
+        span, first = block + int(run_arrays(plan, True)[0].max()), pads[-1][0]
+        xph = np.ascontiguousarray(x).reshape(n, -1)
+        rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
+    else:
+        span, first = 0, int(run_arrays(plan, True)[3][0])  # where the output starts in the lattice
+        stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+        xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
+        rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
+    grow = (np.arange(groups)[:, None] * k_g + np.minimum(np.arange(kgp), k_g - 1)[None, :]) * length
     n_threads = get_num_threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
-    _GRAD_WEIGHT_DOT[par](np.ascontiguousarray(x).reshape(n, -1), np.ascontiguousarray(gy).reshape(n, -1), rowoff,
-                          np.ascontiguousarray(grow, dtype=np.int64), kgp, plan.length, block, n_threads, x.shape[-1],
-                          span, pads[-1][0], parts)
+    _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
+                          kgp, length, block, n_threads, x.shape[-1], span, first, parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw

@@ -1023,15 +1023,17 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_weight_gradient_dot_products_cover_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding,
-                                                             dtype, rng, monkeypatch):
+@pytest.mark.parametrize("dot", [True, False])
+def test_one_dimensional_weight_gradients_cover_every_block_edge(size, kernel, c, k, groups, stride, dilation,
+                                                                 padding, dtype, dot, rng, monkeypatch):
     """The 1-D weight gradient as dot products along the positions (on by default with AVX-512 only, forced
-    here): blocks of positions full and partial, the masked tail of each, padded patch rows and outputs; the
-    input's window where the stride is 1, the filled planes otherwise."""
+    here) and with the transposed blocks of gy (AVX2's): blocks of positions full and partial, the masked tail
+    of each, padded patch rows and outputs; the input's window where the stride is 1, the filled planes
+    otherwise."""
     from convlayer.engine import implicit
 
     calls = []
-    monkeypatch.setattr(implicit, "DOT", True)
+    monkeypatch.setattr(implicit, "DOT", dot)
     monkeypatch.setattr(implicit, "DOT_POSITIONS", 40)
     monkeypatch.setattr(implicit, "_grad_weight_rows",
                         lambda *a, f=implicit._grad_weight_rows: calls.append(1) or f(*a))
@@ -1041,7 +1043,7 @@ def test_weight_gradient_dot_products_cover_every_block_edge(size, kernel, c, k,
     gy = rng.standard_normal(CF.conv(x, w, **kw).shape).astype(dtype)
     with force_strategy("implicit"):
         gw = CF.conv_backward(gy, x, w, **kw, grads=("weight",))[1]
-    assert calls
+    assert bool(calls) == dot
     pads = G.resolve_padding(padding, size, kernel, (stride,), (dilation,))
     wt = torch.tensor(w.astype(np.float64), requires_grad=True)
     F.conv1d(F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)), wt, stride=stride, dilation=dilation,

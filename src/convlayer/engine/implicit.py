@@ -166,6 +166,22 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
+def _ir_helpers(context, builder, signature):
+    """``(data, const, at)`` for a tile's code generation: the data pointer of array argument ``k``, an i64
+    constant, a pointer ``offset`` elements past ``ptr``."""
+
+    def data(k, value):
+        return context.make_array(signature.args[k])(context, builder, value).data
+
+    def const(v):
+        return ir.Constant(ir.IntType(64), v)
+
+    def at(ptr, offset):
+        return builder.gep(ptr, [offset])
+
+    return data, const, at
+
+
 def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, steps_table: bool = False):
     """A Numba intrinsic ``mk(a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta)``.
 
@@ -198,17 +214,8 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, ste
             fty = context.get_value_type(dtype)
             width = vector_bytes // (4 if dtype == types.float32 else 8)
             vt = ir.VectorType(fty, width)
-            i64 = ir.IntType(64)
             align = 4 if dtype == types.float32 else 8
-
-            def data(k, value):
-                return context.make_array(signature.args[k])(context, builder, value).data
-
-            def const(v):
-                return ir.Constant(i64, v)
-
-            def at(ptr, offset):
-                return builder.gep(ptr, [offset])
+            data, const, at = _ir_helpers(context, builder, signature)
 
             def table(ptr, i):
                 return builder.load(at(ptr, i))
@@ -295,19 +302,11 @@ def make_dot_microkernel(mr: int, nr: int, vector_bytes: int):
             fty = context.get_value_type(dtype)
             width = vector_bytes // (4 if dtype == types.float32 else 8)
             vt, it = ir.VectorType(fty, width), ir.VectorType(ir.IntType(32), width)
-            i64, i32 = ir.IntType(64), ir.IntType(32)
+            i32 = ir.IntType(32)
             align = 4 if dtype == types.float32 else 8
             suffix = f"v{width}{'f32' if dtype == types.float32 else 'f64'}"
             module = builder.module
-
-            def data(k, value):
-                return context.make_array(signature.args[k])(context, builder, value).data
-
-            def const(v):
-                return ir.Constant(i64, v)
-
-            def at(ptr, offset):
-                return builder.gep(ptr, [offset])
+            data, const, at = _ir_helpers(context, builder, signature)
 
             def rows(ptr, off, table, count):
                 return [at(ptr, builder.add(off, builder.load(at(table, const(i))))) for i in range(count)]
@@ -644,6 +643,22 @@ def _transpose_block(gy, k0, k_g, rows, width, p0, p1, kgp, out):  # pragma: no 
         q += 1
 
 
+@njit(**_FLAGS)
+def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, pad, local):  # pragma: no cover - compiled
+    """``(b, g, p0, kc, src, start)`` of the weight gradients' job ``job`` (image ``b``, group ``g``, the ``kc``
+    positions from ``p0``): its patch rows lie in ``src`` from ``start``. With ``span``, ``x[b]`` is the unpadded
+    input and the window of the block, ``span`` positions from ``p0 - pad``, is copied into ``local``
+    (:func:`_window`); otherwise ``x[b]`` holds the rows, the block's from ``p0``."""
+    b = job // (groups * nblocks)
+    g = (job // nblocks) % groups
+    p0 = (job % nblocks) * block
+    kc = min(block, length - p0)
+    if span:
+        _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+        return b, g, p0, kc, local, 0
+    return b, g, p0, kc, x[b], p0
+
+
 def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wide, size, span, pad,
                  parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``.
@@ -679,15 +694,8 @@ def _grad_weight(xph, gy, rowoff, rows, width, kgp, length, block, n_threads, wi
         gyt = raw[skip:skip + block * kgp]
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
-            b = job // (groups * nblocks)
-            g = (job // nblocks) % groups
-            p0 = (job % nblocks) * block
-            kc = min(block, length - p0)
+            b, g, p0, kc, src, start = _job_rows(xph, job, groups, nblocks, block, length, c_g, size, span, pad, local)
             _transpose_block(gy[b], g * k_g, k_g, rows, width, p0, p0 + kc, kgp, gyt)
-            src, start = xph[b], p0
-            if span:
-                _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
-                src, start = local, 0
             for rb in range(ctp // mr):
                 for kb in range(0, kgp, nr):
                     if wide:
@@ -712,8 +720,8 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     repeat row 0); each job copies the window of its block, ``span``
     positions from ``p0 - pad``, zeros outside the input (:func:`_window`),
     into a buffer of its thread. Without: ``x (n, C * stride)`` the filled
-    planes, ``rowoff`` where row ``r`` starts in them, and ``pad`` where
-    the output's first position lies in the lattice. Jobs are (image,
+    planes and ``rowoff`` where row ``r`` starts in them (see
+    :func:`_job_rows`). Jobs are (image,
     group, ``block`` positions), dealt to the threads in turn; each adds
     its tiles into the thread's own part.
     """
@@ -726,14 +734,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     for tid in prange(n_threads):
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
-            b = job // (groups * nblocks)
-            g = (job // nblocks) % groups
-            p0 = (job % nblocks) * block
-            kc = min(block, length - p0)
-            src, start = x[b], pad + p0
-            if span:
-                _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
-                src, start = local, 0
+            b, g, p0, kc, src, start = _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, pad, local)
             for rb in range(ctp // DOT_MR):
                 rows = rowoff[g, rb * DOT_MR:(rb + 1) * DOT_MR]
                 for kb in range(0, kgp, DOT_NR):
@@ -1186,11 +1187,11 @@ def _grad_weight_rows(gy, x, groups, plan, pads, scratch, par):
     length = plan.out[0]
     block = _even_blocks(length, DOT_POSITIONS)
     if _windowed(plan):
-        span, first = block + int(run_arrays(plan, True)[0].max()), pads[-1][0]
+        span = block + int(run_arrays(plan, True)[0].max())
         xph = np.ascontiguousarray(x).reshape(n, -1)
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
     else:
-        span, first = 0, int(run_arrays(plan, True)[3][0])  # where the output starts in the lattice
+        span = 0  # the rows from the planes' lattice position 0, the output's first
         stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
         xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
         rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
@@ -1198,7 +1199,7 @@ def _grad_weight_rows(gy, x, groups, plan, pads, scratch, par):
     n_threads = get_num_threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
-                          kgp, length, block, n_threads, x.shape[-1], span, first, parts)
+                          kgp, length, block, n_threads, x.shape[-1], span, pads[-1][0], parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw

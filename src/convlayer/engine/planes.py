@@ -291,29 +291,39 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
 
         def codegen(context, builder, signature, args):
             (x_arr, xoff, cstride, cg, h, w, w_arr, woff, y_arr, yoff, ystride, ho, wo, pt, pl, dh, dw) = args
-            v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
+            dtype = signature.args[0].dtype
+            v = _Vectors(context, builder, dtype, vector_bytes)
             lanes, const, b = v.lanes, v.const, builder
+            # A row's last vector, where it holds at most half a vector of outputs (56-wide rows: 8 of 16
+            # lanes), runs on half-width vectors: on Zen 4 two 256-bit operations cost as much as one 512-bit.
+            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None
 
             x_base = b.gep(v.data(signature.args[0], x_arr), [xoff])
             y_ptr = b.gep(v.data(signature.args[8], y_arr), [yoff])
             w_ptr = b.gep(v.data(signature.args[6], w_arr), [woff])
             taps = kh * kw
-            accs = [[cgutils.alloca_once_value(b, v.zero) for _ in range(2)] for _ in range(kb)]
 
-            def vector(q, j, pair):
-                """Output vectors ``(q, j)`` (and ``(q + 1, j)`` with ``pair``) of the ``kb`` outputs. Branch-free:
-                every load is masked, by the columns inside the row (computed once per vector) and by the row
-                being inside the plane; the lanes masked off read as zeros (0 * inf is NaN as in the
-                reference)."""
+            def accumulators(u):
+                return [[cgutils.alloca_once_value(b, u.zero) for _ in range(2)] for _ in range(kb)]
+
+            accs = {v: accumulators(v)}
+            if half is not None:
+                accs[half] = accumulators(half)
+
+            def vector(u, q, j, pair):
+                """Output vectors ``(q, j)`` (and ``(q + 1, j)`` with ``pair``) of the ``kb`` outputs, in vectors
+                of ``u``. Branch-free: every load is masked, by the columns inside the row (computed once per
+                vector) and by the row being inside the plane; the lanes masked off read as zeros (0 * inf is
+                NaN as in the reference)."""
                 outputs = 2 if pair else 1
                 for o in range(kb):
                     for p in range(outputs):
-                        b.store(v.zero, accs[o][p])
+                        b.store(u.zero, accs[u][o][p])
                 masks = []
                 for s in range(kw):
-                    cols = b.add(v.splat(b.sub(b.add(j, b.mul(const(s), dw)), pl), v.it), v.lane)
-                    masks.append(b.and_(b.icmp_signed(">=", cols, v.splat(ir.Constant(v.i32, 0), v.it)),
-                                        b.icmp_signed("<", cols, v.splat(w, v.it))))
+                    cols = b.add(u.splat(b.sub(b.add(j, b.mul(const(s), dw)), pl), u.it), u.lane)
+                    masks.append(b.and_(b.icmp_signed(">=", cols, u.splat(ir.Constant(u.i32, 0), u.it)),
+                                        b.icmp_signed("<", cols, u.splat(w, u.it))))
                 none = ir.Constant(masks[0].type, None)
                 with cgutils.for_range(b, cg) as channels:
                     c = channels.index
@@ -325,17 +335,18 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                         vectors = []
                         for s in range(kw):
                             col = b.sub(b.add(j, b.mul(const(s), dw)), pl)
-                            ptr = b.bitcast(b.gep(row, [col]), v.vt.as_pointer())
+                            ptr = b.bitcast(b.gep(row, [col]), u.vt.as_pointer())
                             mask = b.select(inside, masks[s], none)
-                            vectors.append(b.call(v.mload, [ptr, ir.Constant(v.i32, v.align), mask, v.zero]))
-                        add_row(k, c, outputs, vectors)
+                            vectors.append(b.call(u.mload, [ptr, ir.Constant(u.i32, u.align), mask, u.zero]))
+                        add_row(u, k, c, outputs, vectors)
                 index = b.add(b.mul(q, wo), j)
                 for o in range(kb):
                     plane_ptr = b.gep(y_ptr, [b.mul(const(o), ystride)])
                     for p in range(outputs):
-                        v.store(b.load(accs[o][p]), plane_ptr, b.add(index, b.mul(const(p), wo)), b.mul(ho, wo), j, wo)
+                        u.store(b.load(accs[u][o][p]), plane_ptr, b.add(index, b.mul(const(p), wo)), b.mul(ho, wo), j,
+                                wo)
 
-            def add_row(k, c, outputs, vectors):
+            def add_row(u, k, c, outputs, vectors):
                 """Input row ``k`` of channel ``c`` into kernel row ``k - p`` of each output row ``p``, for each
                 of the ``kb`` outputs."""
                 for o in range(kb):
@@ -344,19 +355,28 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                         r = k - p
                         if not 0 <= r < kh:
                             continue
-                        acc = b.load(accs[o][p])
+                        acc = b.load(accs[u][o][p])
                         for s in range(kw):
-                            acc = v.fmadd(v.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
-                        b.store(acc, accs[o][p])
+                            acc = u.fmadd(u.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
+                        b.store(acc, accs[u][o][p])
 
+            full = b.sdiv(wo, const(lanes))  # whole vectors per output row
             count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
+            left = b.sub(wo, b.mul(full, const(lanes)))
+            short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
+            if half is None:
+                short = ir.Constant(ir.IntType(1), 0)
+            whole = b.select(short, full, count)  # the full-width vectors of a row, the short last one apart
 
             def rows_of(first, stop, pair):
                 step = 2 if pair else 1
                 with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
-                    with cgutils.for_range(b, count) as vectors:  # last to first, see make_plane_kernel
-                        j = b.mul(b.sub(b.sub(count, const(1)), vectors.index), const(lanes))
-                        vector(q, j, pair)
+                    if half is not None:  # the short last vector first: the vectors run last to first
+                        with b.if_then(short):
+                            vector(half, q, b.mul(full, const(lanes)), pair)
+                    with cgutils.for_range(b, whole) as vectors:  # last to first, see make_plane_kernel
+                        j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
+                        vector(v, q, j, pair)
 
             paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
             rows_of(const(0), paired, True)

@@ -171,37 +171,44 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
 
         def codegen(context, builder, signature, args):
             x_arr, xoff, h, w, w_arr, woff, y_arr, yoff, ho, wo, pt, pl, dh, dw = args
-            v = _Vectors(context, builder, signature.args[0].dtype, vector_bytes)
+            dtype = signature.args[0].dtype
+            v = _Vectors(context, builder, dtype, vector_bytes)
             lanes, const, b = v.lanes, v.const, builder
-            evens = ir.Constant(ir.VectorType(v.i32, lanes), list(range(0, 2 * lanes, 2)))
+            # A row's last vector, where it holds at most half a vector of outputs (MobileNet's 56-wide rows),
+            # runs on half-width vectors, as in make_group_kernel.
+            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None
+            widths = [v] if half is None else [v, half]
 
             x_ptr = b.gep(v.data(signature.args[0], x_arr), [xoff])
             y_ptr = b.gep(v.data(signature.args[6], y_arr), [yoff])
             w_ptr = b.gep(v.data(signature.args[4], w_arr), [woff])
             taps = [(r, c) for r in range(kh) for c in range(kw)]
+            evens = {u: ir.Constant(ir.VectorType(u.i32, u.lanes), list(range(0, 2 * u.lanes, 2))) for u in widths}
             if grad_weight:
-                sums = {t: cgutils.alloca_once_value(b, v.zero) for t in taps}
+                sums = {u: {t: cgutils.alloca_once_value(b, u.zero) for t in taps} for u in widths}
             else:
-                weights = {(r, c): v.splat(b.load(b.gep(w_ptr, [const(r * kw + c)]))) for r, c in taps}
-                accs = [[cgutils.alloca_once_value(b, v.zero) for _ in range(kh)] for _ in range(2)]
+                scalars = {(r, c): b.load(b.gep(w_ptr, [const(r * kw + c)])) for r, c in taps}
+                weights = {u: {t: u.splat(scalars[t]) for t in taps} for u in widths}
+                accs = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(kh)] for _ in range(2)]
+                        for u in widths}
 
-            def vector(q, j, pair):
-                """Output vector ``(q, j)``, and with ``pair`` also ``(q + 1, j)`` (stride and dilation 1 down
-                the rows): each input row's loads serve both rows' kernel rows, ``kh + 1`` rows of loads for
-                two vectors instead of ``2 kh``."""
+            def vector(u, q, j, pair):
+                """Output vector ``(q, j)`` in vectors of ``u``, and with ``pair`` also ``(q + 1, j)`` (stride
+                and dilation 1 down the rows): each input row's loads serve both rows' kernel rows, ``kh + 1``
+                rows of loads for two vectors instead of ``2 kh``."""
                 index = b.add(b.mul(q, wo), j)
                 outputs = 2 if pair else 1
                 used = g = None
                 if grad_weight:  # the gradient's vectors (zeros past their row's end) and the inputs they meet
-                    g = [v.load(b.gep(y_ptr, [b.add(index, b.mul(const(o), wo))]), j, lanes, wo)[0]
+                    g = [u.load(b.gep(y_ptr, [b.add(index, b.mul(const(o), wo))]), j, u.lanes, wo)[0]
                          for o in range(outputs)]
                     used = b.mul(b.sub(wo, j), const(sw))
-                    used = b.trunc(b.select(b.icmp_signed("<", used, const(sw * lanes)), used, const(sw * lanes)),
-                                   v.i32)
+                    used = b.trunc(b.select(b.icmp_signed("<", used, const(sw * u.lanes)), used,
+                                            const(sw * u.lanes)), u.i32)
                 for o in range(outputs):
                     for r in range(kh):
                         if not grad_weight:
-                            b.store(v.zero, accs[o][r])
+                            b.store(u.zero, accs[u][o][r])
                 for k in range(kh + outputs - 1):  # input rows, from output row q's first
                     xr = b.sub(b.add(b.mul(q, const(sh)), b.mul(const(k), dh)), pt)
                     inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
@@ -211,19 +218,19 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                             vectors = []
                             for c in range(kw):
                                 col = b.sub(b.add(b.mul(j, const(sw)), b.mul(const(c), dw)), pl)
-                                got = v.load(b.gep(row, [col]), col, sw * lanes, w, used)
-                                vectors.append(got[0] if sw == 1 else b.shuffle_vector(got[0], got[1], evens))
-                            add_row(k, outputs, vectors, g)
+                                got = u.load(b.gep(row, [col]), col, sw * u.lanes, w, used)
+                                vectors.append(got[0] if sw == 1 else b.shuffle_vector(got[0], got[1], evens[u]))
+                            add_row(u, k, outputs, vectors, g)
                         with padding:  # a row of zeros: no load, but 0 * inf is NaN as in the reference
-                            add_row(k, outputs, [v.zero] * kw, g)
+                            add_row(u, k, outputs, [u.zero] * kw, g)
                 if not grad_weight:
                     for o in range(outputs):
-                        total = b.load(accs[o][0])
+                        total = b.load(accs[u][o][0])
                         for r in range(1, kh):
-                            total = b.fadd(total, b.load(accs[o][r]))
-                        v.store(total, y_ptr, b.add(index, b.mul(const(o), wo)), b.mul(ho, wo), j, wo)
+                            total = b.fadd(total, b.load(accs[u][o][r]))
+                        u.store(total, y_ptr, b.add(index, b.mul(const(o), wo)), b.mul(ho, wo), j, wo)
 
-            def add_row(k, outputs, vectors, g):
+            def add_row(u, k, outputs, vectors, g):
                 """Input row ``k``'s vectors (one per kernel column) into the kernel row ``k - o`` of each
                 output row ``o``."""
                 for o in range(outputs):
@@ -232,24 +239,34 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                         continue
                     if grad_weight:
                         for c in range(kw):
-                            b.store(v.fmadd(g[o], vectors[c], b.load(sums[r, c])), sums[r, c])
+                            b.store(u.fmadd(g[o], vectors[c], b.load(sums[u][r, c])), sums[u][r, c])
                     else:
-                        acc = v.zero
+                        acc = u.zero
                         for c in range(kw):
-                            acc = v.fmadd(weights[r, c], vectors[c], acc)
-                        b.store(acc, accs[o][r])
+                            acc = u.fmadd(weights[u][r, c], vectors[c], acc)
+                        b.store(acc, accs[u][o][r])
 
+            full = b.sdiv(wo, const(lanes))  # whole vectors per output row
             count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
+            left = b.sub(wo, b.mul(full, const(lanes)))
+            short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
+            if half is None:
+                short = ir.Constant(ir.IntType(1), 0)
+            whole = b.select(short, full, count)  # the full-width vectors of a row, the short last one apart
 
             def rows_of(first, stop, pair):
                 """Output rows ``first``, ``first + 1 + pair``, ... below ``stop``, one or two at a time, each
-                row's vectors last to first: a vector's lanes past its row's end land on the next row's first
-                outputs, which a later vector writes (:meth:`_Vectors.store`)."""
+                row's vectors last to first (the short last one, on half-width vectors, first of all): a
+                vector's lanes past its row's end land on the next row's first outputs, which a later vector
+                writes (:meth:`_Vectors.store`)."""
                 step = 2 if pair else 1
                 with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
-                    with cgutils.for_range(b, count) as vectors:
-                        j = b.mul(b.sub(b.sub(count, const(1)), vectors.index), const(lanes))
-                        vector(q, j, pair)
+                    if half is not None:
+                        with b.if_then(short):
+                            vector(half, q, b.mul(full, const(lanes)), pair)
+                    with cgutils.for_range(b, whole) as vectors:
+                        j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
+                        vector(v, q, j, pair)
 
             if sh == 1:  # rows in pairs where the kernel's rows are adjacent
                 paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
@@ -259,10 +276,12 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                 rows_of(const(0), ho, False)
             if grad_weight:
                 for r, c in taps:
-                    vec = b.load(sums[r, c])
-                    total = b.extract_element(vec, ir.Constant(v.i32, 0))
-                    for i in range(1, lanes):
-                        total = b.fadd(total, b.extract_element(vec, ir.Constant(v.i32, i)))
+                    total = None
+                    for u in widths:
+                        vec = b.load(sums[u][r, c])
+                        for i in range(u.lanes):
+                            lane = b.extract_element(vec, ir.Constant(u.i32, i))
+                            total = lane if total is None else b.fadd(total, lane)
                     b.store(total, b.gep(w_ptr, [const(r * kw + c)]))
             return context.get_dummy_value()
 

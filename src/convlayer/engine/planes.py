@@ -24,6 +24,10 @@ the unpadded input where it lies:
 * where a load would cross the row's ends (the first and last vectors of
   a row: the zero padding), a masked load reads only the lanes inside
   the row and zeros the others;
+* with 512-bit vectors, a row's last vector, where it holds at most half
+  a vector of outputs (56-wide rows: 8 of 16 lanes), runs on 256-bit
+  vectors, which cost half as much on Zen 4 (its 512-bit operations are
+  two 256-bit ones);
 * the forward stores whole vectors, the lanes past a row's end landing on
   the next row's first outputs, which are written after them; only the
   plane's last vector is stored under a mask;

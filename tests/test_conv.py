@@ -456,16 +456,28 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
-@pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2)])
-def test_pointwise_weight_gradient_both_orientations(c, k, groups, rng):
+@pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2),
+                                          (10, 14, 2)])
+@pytest.mark.parametrize("dot", [True, False])
+def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, rng, monkeypatch):
     """The 1x1 weight gradient as per-image products, ``gy[b] @ x[b]^T`` or, with more input than output
-    channels per group, ``x[b] @ gy[b]^T`` transposed back."""
+    channels per group, ``x[b] @ gy[b]^T`` transposed back; or (AVX-512's default, forced here) as dot products
+    along the positions, in blocks of 21 positions (whole vectors and a masked tail), with
+    padded rows and outputs (5 and 7 channels per group)."""
+    from convlayer.engine import implicit
+
+    monkeypatch.setattr(implicit, "DOT", dot)
+    monkeypatch.setattr(implicit, "DOT_POSITIONS", 21)
     x = rng.standard_normal((5, c, 6, 7))
     w = rng.standard_normal((k, c // groups, 1, 1))
     gy = rng.standard_normal((5, k, 6, 7))
     _, tgw = _torch_grads(gy, x, w, groups=groups)
+    calls = []
+    monkeypatch.setattr(implicit, "grad_weight_pointwise",
+                        lambda *a, f=implicit.grad_weight_pointwise: calls.append(1) or f(*a))
     with force_strategy("taps"):
         _, gw, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("weight",))
+    assert bool(calls) == dot
     assert max_rel_err(gw, tgw) < 1e-12
 
 

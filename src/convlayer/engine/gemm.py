@@ -868,6 +868,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
         gw = blas.matmul(gyg, xg, np.empty((groups, k_g, c_g * plan.n_taps), dtype=x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
+    if how == "taps" and _pointwise(plan, pads) and _implicit().DOT:
+        # Dot products along the positions, x and gy read as they lie (AVX-512; Zen 4, one process, ms: ResNet's
+        # 1x1 256->64 5.3-5.6 vs 6.0-6.5 for OpenBLAS's per-image products, MobileNet's 144->24 1.0-1.9 vs 1.8-2.8)
+        gw = _implicit().grad_weight_pointwise(gy, x, groups, _parallel_kernels(n, k, c_g, plan))
+        return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
         gyb, xb = _planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1)
         if c_g > k_g:  # x[b] @ gy[b]^T, transposed after: OpenBLAS runs these faster with more rows than columns

@@ -1203,3 +1203,27 @@ def _grad_weight_rows(gy, x, groups, plan, pads, scratch, par):
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
+
+
+def grad_weight_pointwise(gy, x, groups, par):
+    """``(groups, K_g, C_g)``: the weight gradient of a 1x1 stride-1 layer without padding, summed over the
+    batch, as dot products along the positions (:func:`_grad_weight_dot`): ``x`` and ``gy`` are read as they
+    lie, each channel's plane one row."""
+    from numba import get_num_threads
+
+    n, c = x.shape[:2]
+    k = gy.shape[1]
+    c_g, k_g = c // groups, k // groups
+    length = math.prod(x.shape[2:])
+    ctp, kgp = _round_up(c_g, DOT_MR), _round_up(k_g, DOT_NR)
+    r = np.arange(ctp)
+    rowoff = (np.arange(groups)[:, None] * c_g + np.where(r < c_g, r, 0)[None, :]) * length
+    grow = (np.arange(groups)[:, None] * k_g + np.minimum(np.arange(kgp), k_g - 1)[None, :]) * length
+    n_threads = get_num_threads() if par else 1
+    parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
+    _GRAD_WEIGHT_DOT[par](np.ascontiguousarray(x).reshape(n, -1), np.ascontiguousarray(gy).reshape(n, -1),
+                          np.ascontiguousarray(rowoff, np.int64), np.ascontiguousarray(grow, np.int64), kgp, length,
+                          _even_blocks(length, DOT_POSITIONS), n_threads, length, 0, 0, parts)
+    gw = np.empty((groups, k_g, c_g), dtype=x.dtype)
+    _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), c_g, k_g, gw)
+    return gw

@@ -456,6 +456,31 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
+@pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (24, 24, 2, (5, 7)), (40, 12, 4, (20, 13)),
+                                                (16, 48, 1, (11, 9))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, kernel, rng, monkeypatch):
+    """The 1x1 forward with at most as many outputs as inputs per group on the implicit GEMM's tile, reading
+    ``x`` as it lies (AVX-512's default, forced here), over the positions whole tiles cover, the rest (99 and
+    260 positions; 35, fewer than a float32 tile) by BLAS; with more outputs than inputs, and without the tile, one
+    GEMM per image."""
+    from convlayer.engine import implicit
+
+    monkeypatch.setattr(implicit, "POINTWISE_FORWARD", kernel)
+    calls = []
+    monkeypatch.setattr(implicit, "forward_pointwise",
+                        lambda *a, f=implicit.forward_pointwise: calls.append(1) or f(*a))
+    x = rng.standard_normal((3, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    with force_strategy("taps"):
+        y = CF.conv(x, w, groups=groups)
+    assert bool(calls) == (kernel and k <= c)
+    expected = F.conv2d(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), groups=groups)
+    assert y.dtype == dtype
+    assert max_rel_err(y, expected.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2),
                                           (10, 14, 2)])
 @pytest.mark.parametrize("dot", [True, False])

@@ -73,6 +73,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import blas
 from .direct import _FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, _fill, _unfill, fill_arrays, run_arrays
 
 
@@ -137,6 +138,9 @@ INTERLEAVE_MIN_OVERHANG = 1.25
 CHANNELS_MR = 24
 CHANNELS_MAX_VECTORS = 1
 CHANNELS = VECTOR_BYTES == 64
+# Whether 1x1 forwards with at most as many outputs as inputs run on the forward's tile from x as it lies
+# (:func:`forward_pointwise`, :mod:`.gemm` for the measurements): with AVX-512, where they were measured.
+POINTWISE_FORWARD = VECTOR_BYTES == 64
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
 INTERLEAVE_IMAGES = 16
@@ -1227,3 +1231,24 @@ def grad_weight_pointwise(gy, x, groups, par):
     gw = np.empty((groups, k_g, c_g), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), c_g, k_g, gw)
     return gw
+
+
+def forward_pointwise(x, w, groups, y, par):
+    """``y (n, K, *S)``: the forward of a 1x1 stride-1 layer without padding from ``x`` as it lies, each
+    channel's plane one patch row (:func:`_forward`, no filled copy), over the positions that whole tiles
+    cover; the few after them (fewer than a tile, which would read past the input's end) by BLAS."""
+    n, c = x.shape[:2]
+    k = w.shape[0]
+    c_g, k_g = c // groups, k // groups
+    length = math.prod(x.shape[2:])
+    whole = length // (FORWARD_NV * lanes(x.dtype)) * FORWARD_NV * lanes(x.dtype)
+    x = np.ascontiguousarray(x)
+    if whole:
+        rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
+        _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
+                      np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
+                      BLOCK_ROWS, 1, 0, 0, y.reshape(n, k, -1))
+    if whole < length:
+        blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],
+                    y.reshape(n, groups, k_g, length)[..., whole:])
+    return y

@@ -41,9 +41,9 @@ kernel instead, which reads its operands where they lie:
      elements broadcast, ``gy`` laid out block by block with its channels
      along the vectors, the positions ``p`` as the steps (``MR x NV``, or
      ``WIDE_MR x WIDE_NV`` where the outputs per group fill it). For 1-D
-     layers with AVX-512, where both operands run along the positions,
-     :func:`make_dot_microkernel`'s tile of dot products instead
-     (``DOT_MR x DOT_NR``), with no transposed copy.
+     and 1x1 layers with AVX-512, where both operands run along the
+     positions, :func:`make_dot_microkernel`'s tile of dot products
+     instead (``DOT_MR x DOT_NR``), with no transposed copy.
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
    256, with tiles of their own): the accumulators fill most of the

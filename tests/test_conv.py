@@ -895,6 +895,21 @@ def test_plane_kernels_take_empty_batches(how):
             np.testing.assert_allclose(gw, wt.grad.numpy(), atol=1e-12)
 
 
+@pytest.mark.parametrize("how", STRATEGIES)
+@pytest.mark.parametrize("size, kernel, kw", [((5, 5), (1, 1), {}), ((40,), (3,), dict(padding=1)),
+                                              ((14, 14), (5, 5), {}), ((9, 9), (3, 3), dict(stride=2, padding=1))])
+def test_every_strategy_takes_an_empty_batch(how, size, kernel, kw):
+    """No images under every strategy, forced (1x1 layers included, whose per-image products once failed to
+    reshape an empty gy): the forward and the input gradient keep their shapes, the weight gradient is zero."""
+    x = np.zeros((0, 8, *size), dtype=np.float32)
+    w = np.ones((4, 8, *kernel), dtype=np.float32)
+    with force_strategy(how):
+        y = CF.conv(x, w, **kw)
+        gx, gw, _ = CF.conv_backward(np.zeros(y.shape, dtype=np.float32), x, w, **kw)
+    assert y.shape[:2] == (0, 4) and gx.shape == x.shape and gx.dtype == gw.dtype == np.float32
+    assert gw.shape == w.shape and not gw.any()
+
+
 def _torch_depthwise_grads(gy, x, w, pads, torch_kw):
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     wt = torch.tensor(w.astype(np.float64), requires_grad=True)

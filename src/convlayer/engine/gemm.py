@@ -648,6 +648,8 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     n, k = gy.shape[:2]
     c = in_shape[1]
     c_g, k_g = c // groups, k // groups
+    if n == 0:
+        return np.zeros(in_shape, dtype=gy.dtype)
     how = strategy(c_g, k_g, plan, "grad_input", n)
     if how == "flipped" and _all_finite(w):  # the padded zeros meet every weight
         return _grad_input_flipped(gy, w, groups, plan, in_shape, pads)
@@ -844,6 +846,8 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
+    if n == 0:  # the sum over no images
+        return np.zeros((k, c_g, *kernel_shape), dtype=x.dtype)
     how = strategy(c_g, k_g, plan, "grad_weight", n)
     if how == "planes":
         gw = _plane_kernels().grad_weight(gy, x, groups, plan, pads, _parallel_kernels(n, k, c_g, plan))

@@ -498,8 +498,7 @@ def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, rng, mon
     gy = rng.standard_normal((5, k, 6, 7))
     _, tgw = _torch_grads(gy, x, w, groups=groups)
     calls = []
-    monkeypatch.setattr(implicit, "grad_weight_pointwise",
-                        lambda *a, f=implicit.grad_weight_pointwise: calls.append(1) or f(*a))
+    monkeypatch.setattr(implicit, "grad_weight_rows", lambda *a, f=implicit.grad_weight_rows: calls.append(1) or f(*a))
     with force_strategy("taps"):
         _, gw, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("weight",))
     assert bool(calls) == dot
@@ -1087,8 +1086,7 @@ def test_one_dimensional_weight_gradients_cover_every_block_edge(size, kernel, c
     calls = []
     monkeypatch.setattr(implicit, "DOT", dot)
     monkeypatch.setattr(implicit, "DOT_POSITIONS", 40)
-    monkeypatch.setattr(implicit, "_grad_weight_rows",
-                        lambda *a, f=implicit._grad_weight_rows: calls.append(1) or f(*a))
+    monkeypatch.setattr(implicit, "grad_weight_rows", lambda *a, f=implicit.grad_weight_rows: calls.append(1) or f(*a))
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
     kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)

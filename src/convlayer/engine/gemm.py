@@ -881,7 +881,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     if how == "taps" and _pointwise(plan, pads) and _implicit().DOT:
         # Dot products along the positions, x and gy read as they lie (AVX-512; Zen 4, one process, ms: ResNet's
         # 1x1 256->64 5.3-5.6 vs 6.0-6.5 for OpenBLAS's per-image products, MobileNet's 144->24 1.0-1.9 vs 1.8-2.8)
-        gw = _implicit().grad_weight_pointwise(gy, x, groups, _parallel_kernels(n, k, c_g, plan))
+        gw = _implicit().grad_weight_rows(gy, x, groups, plan, pads, _scratch(x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T
         gyb, xb = _planes(gy).reshape(n, groups, k_g, -1), _planes(x).reshape(n, groups, c_g, -1)

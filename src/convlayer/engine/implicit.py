@@ -1086,22 +1086,22 @@ def forward_channels(x, w, groups, plan, pads, y, scratch, par):
     kgp = _round_up(k_g, lanes(x.dtype))
     wpack = np.zeros((groups, ct, kgp), dtype=x.dtype)
     wpack[:, :, :k_g] = w.reshape(groups, k_g, ct).transpose(0, 2, 1)
-    seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
-    if step == 1 and size == math.prod(x.shape[2:]) and np.array_equal(seg_dst, seg_src) and seg_len.sum() == size:
-        xph = np.ascontiguousarray(x)  # the planes as they lie: no padding, no phases
-    else:
-        xph = _planes(x, plan, pads, size, scratch((n, c, size)), par)
+    size = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+    xph = np.ascontiguousarray(x) if _as_given(plan, x.shape, pads) else \
+        _planes(x, plan, pads, size, scratch((n, c, size)), par)
     steps, at = _channel_tables(plan, groups, c_g, size, n)
-    n_threads = _threads() if par else 1
+    n_threads = blas._threads() if par else 1
     _FORWARD_CHANNELS[par](xph.reshape(-1), wpack.reshape(groups, -1), steps, at, n * math.prod(plan.out), kgp, k_g,
                            n_threads, y.reshape(n, k, -1))
     return y
 
 
-def _threads() -> int:
-    from numba import get_num_threads
-
-    return get_num_threads()
+def _as_given(plan, x_shape, pads) -> bool:
+    """Whether the filled planes of an input of shape ``x_shape`` are its planes as they lie: no padding, no
+    phases (stride 1), so that the kernels can read the input instead of a filled copy."""
+    seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))
+    return (step == 1 and size == math.prod(x_shape[2:]) and np.array_equal(seg_dst, seg_src)
+            and int(seg_len.sum()) == size)
 
 
 def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
@@ -1146,8 +1146,8 @@ def _even_blocks(length: int, most: int) -> int:
 def grad_weight(gy, x, groups, plan, pads, scratch):
     """``(groups, K_g, C_g * T)``: the gradient of :func:`forward` with respect to ``w``, summed over the
     batch. ``x`` must be finite."""
-    from numba import get_num_threads
-
+    if DOT and len(plan.out) == 1:
+        return grad_weight_rows(gy, x, groups, plan, pads, scratch)
     n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
@@ -1156,8 +1156,6 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     kgp = _round_up(k_g, nv * lanes(x.dtype))
     ctp = _round_up(ct, mr)
     par = _parallel(n * k * ct * plan.length)
-    if DOT and len(plan.out) == 1:
-        return _grad_weight_rows(gy, x, groups, plan, pads, scratch, par)
     bases, _, _, rows, width = run_arrays(plan, True)
     block = _even_blocks(plan.length, GRAD_WEIGHT_POSITIONS)
     if _windowed(plan):
@@ -1169,7 +1167,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
         xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
         rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
-    n_threads = get_num_threads() if par else 1
+    n_threads = blas._threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT[par](xph, np.ascontiguousarray(gy).reshape(n, k, -1), rowoff, rows, width, kgp, plan.length, block,
                       n_threads, wide, x.shape[-1], span, pads[-1][0], parts)
@@ -1178,58 +1176,38 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
     return gw
 
 
-def _grad_weight_rows(gy, x, groups, plan, pads, scratch, par):
-    """:func:`grad_weight` for 1-D layers with AVX-512, by :func:`_grad_weight_dot`: of stride 1 on the input as
-    it lies (a window per job), otherwise on the filled planes, whose phases make each tap's row contiguous."""
-    from numba import get_num_threads
-
+def grad_weight_rows(gy, x, groups, plan, pads, scratch):
+    """:func:`grad_weight` by :func:`_grad_weight_dot`, for layers whose lattice drops no positions: 1-D layers
+    (with AVX-512, from :func:`grad_weight`) and 1x1 stride-1 layers without padding (from :mod:`.gemm`). The
+    rows come from the input as it lies where no padding or stride makes the filled planes differ from it
+    (:func:`_as_given`: the 1x1 layers, unpadded 1-D ones), from a window per job for the other 1-D layers of
+    stride 1, otherwise from the filled planes, whose phases make each tap's row contiguous."""
     n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
     ctp, kgp = _round_up(ct, DOT_MR), _round_up(k_g, DOT_NR)
-    length = plan.out[0]
+    length = math.prod(plan.out)  # the lattice's first positions, no dropped ones
+    par = _parallel(n * k * ct * length)
     block = _even_blocks(length, DOT_POSITIONS)
-    if _windowed(plan):
+    stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+    span = 0  # the rows from the planes' lattice position 0, the output's first
+    if _as_given(plan, x.shape, pads):
+        xph = np.ascontiguousarray(x).reshape(n, -1)
+    elif _windowed(plan):
         span = block + int(run_arrays(plan, True)[0].max())
         xph = np.ascontiguousarray(x).reshape(n, -1)
-        rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
     else:
-        span = 0  # the rows from the planes' lattice position 0, the output's first
-        stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
         xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
-        rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
+    rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0) if span else \
+        _row_offsets(groups, c_g, plan, stride, ctp)
     grow = (np.arange(groups)[:, None] * k_g + np.minimum(np.arange(kgp), k_g - 1)[None, :]) * length
-    n_threads = get_num_threads() if par else 1
+    n_threads = blas._threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
                           kgp, length, block, n_threads, x.shape[-1], span, pads[-1][0], parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
-    return gw
-
-
-def grad_weight_pointwise(gy, x, groups, par):
-    """``(groups, K_g, C_g)``: the weight gradient of a 1x1 stride-1 layer without padding, summed over the
-    batch, as dot products along the positions (:func:`_grad_weight_dot`): ``x`` and ``gy`` are read as they
-    lie, each channel's plane one row."""
-    from numba import get_num_threads
-
-    n, c = x.shape[:2]
-    k = gy.shape[1]
-    c_g, k_g = c // groups, k // groups
-    length = math.prod(x.shape[2:])
-    ctp, kgp = _round_up(c_g, DOT_MR), _round_up(k_g, DOT_NR)
-    r = np.arange(ctp)
-    rowoff = (np.arange(groups)[:, None] * c_g + np.where(r < c_g, r, 0)[None, :]) * length
-    grow = (np.arange(groups)[:, None] * k_g + np.minimum(np.arange(kgp), k_g - 1)[None, :]) * length
-    n_threads = get_num_threads() if par else 1
-    parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
-    _GRAD_WEIGHT_DOT[par](np.ascontiguousarray(x).reshape(n, -1), np.ascontiguousarray(gy).reshape(n, -1),
-                          np.ascontiguousarray(rowoff, np.int64), np.ascontiguousarray(grow, np.int64), kgp, length,
-                          _even_blocks(length, DOT_POSITIONS), n_threads, length, 0, 0, parts)
-    gw = np.empty((groups, k_g, c_g), dtype=x.dtype)
-    _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), c_g, k_g, gw)
     return gw
 
 

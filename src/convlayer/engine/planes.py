@@ -136,6 +136,20 @@ class _Vectors:
             vectors.append(phi)
         return vectors
 
+    def row_vectors(self, wo, half):
+        """``(whole, short, tail)`` for output rows of ``wo``: the full-width vectors a row takes (its last,
+        partial one included unless it is short), whether its last vector holds at most half a vector of
+        outputs and so runs on ``half``'s half-width vectors (never without ``half``), and that vector's
+        column."""
+        b, const, lanes = self.b, self.const, self.lanes
+        full = b.sdiv(wo, const(lanes))  # whole vectors per output row
+        count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
+        left = b.sub(wo, b.mul(full, const(lanes)))
+        short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
+        if half is None:
+            short = ir.Constant(ir.IntType(1), 0)
+        return b.select(short, full, count), short, b.mul(full, const(lanes))
+
     def store(self, value, base, index, size, col, width):
         """``value`` to ``base[index:]`` (column ``col`` of a row of ``width``, in a plane of ``size``): a whole
         vector where it fits in the plane, the lanes past the row's end landing on the next row's first
@@ -250,13 +264,7 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                             acc = u.fmadd(weights[u][r, c], vectors[c], acc)
                         b.store(acc, accs[u][o][r])
 
-            full = b.sdiv(wo, const(lanes))  # whole vectors per output row
-            count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
-            left = b.sub(wo, b.mul(full, const(lanes)))
-            short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
-            if half is None:
-                short = ir.Constant(ir.IntType(1), 0)
-            whole = b.select(short, full, count)  # the full-width vectors of a row, the short last one apart
+            whole, short, tail = v.row_vectors(wo, half)
 
             def rows_of(first, stop, pair):
                 """Output rows ``first``, ``first + 1 + pair``, ... below ``stop``, one or two at a time, each
@@ -267,7 +275,7 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                 with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
                     if half is not None:
                         with b.if_then(short):
-                            vector(half, q, b.mul(full, const(lanes)), pair)
+                            vector(half, q, tail, pair)
                     with cgutils.for_range(b, whole) as vectors:
                         j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
                         vector(v, q, j, pair)
@@ -383,20 +391,14 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                             acc = u.fmadd(u.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
                         b.store(acc, accs[u][o][p])
 
-            full = b.sdiv(wo, const(lanes))  # whole vectors per output row
-            count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
-            left = b.sub(wo, b.mul(full, const(lanes)))
-            short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
-            if half is None:
-                short = ir.Constant(ir.IntType(1), 0)
-            whole = b.select(short, full, count)  # the full-width vectors of a row, the short last one apart
+            whole, short, tail = v.row_vectors(wo, half)
 
             def rows_of(first, stop, pair):
                 step = 2 if pair else 1
                 with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
                     if half is not None:  # the short last vector first: the vectors run last to first
                         with b.if_then(short):
-                            vector(half, q, b.mul(full, const(lanes)), pair)
+                            vector(half, q, tail, pair)
                     with cgutils.for_range(b, whole) as vectors:  # last to first, see make_plane_kernel
                         j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
                         vector(v, q, j, pair)

@@ -399,8 +399,9 @@ def _check_nan_inf(rng):
                                                               (2, 2, 1, 0)])
 def test_weight_gradients_keep_inf_and_nan_where_pytorch_has_them(how, rank, stride, dilation, padding, rng):
     """The inputs' inf and NaN reach exactly the weight-gradient entries they reach in PyTorch. 1-D lattices drop
-    no positions, so there the check for them is skipped; in 2-D, inputs at the start of a row meet the
-    positions dropped at the end of the row before (0 * inf), so it is not."""
+    no positions, so there the direct kernels skip the check for them; in 2-D, inputs at the start of a row meet
+    the positions dropped at the end of the row before (0 * inf), so the direct kernels check, and the implicit
+    GEMM's steps skip those positions (it runs on such inputs too)."""
     size = (60,) if rank == 1 else (9, 10)
     x = rng.standard_normal((17, 4, *size))
     x[(3, 1) + (7,) * (rank == 1) + (4, 0) * (rank == 2)] = np.inf
@@ -1263,6 +1264,27 @@ def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n
         assert tiles < 0.8 * -(-length // nr)
 
 
+@pytest.mark.parametrize("size, kernel, stride, dilation", [
+    ((28, 28), (3, 3), (2, 2), (1, 1)),  # ResNet 3x3/2: a 15 x 14 lattice, one column dropped per row
+    ((64, 64), (3, 3), (1, 1), (4, 4)),  # dilated d4: 8 columns dropped per row
+    ((10, 12, 12), (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # 3-D: columns and rows dropped
+    ((100,), (9,), (1,), (1,)),  # 1-D: none dropped
+])
+def test_weight_gradient_steps_are_the_output_positions_in_the_lattice(size, kernel, stride, dilation):
+    """The weight gradient's tile steps over the output positions only, in gy's order, each where it lies in the
+    lattice: the dropped columns between output rows are not multiplied."""
+    from convlayer.engine import implicit
+    from convlayer.engine.windows import lattice_mask, make_plan
+
+    padded = tuple(s + k - 1 for s, k in zip(size, kernel))  # "same"-like padding by k - 1 in all
+    out = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(padded, kernel, stride, dilation))
+    plan = make_plan(padded, kernel, stride, dilation, out)
+    steps = implicit._output_steps(plan)
+    assert steps.shape == (math.prod(out),)
+    assert np.array_equal(steps, np.flatnonzero(lattice_mask(plan)))
+    assert (len(size) == 1) == (steps[-1] == plan.length - 1 == steps.shape[0] - 1)  # gaps but in 1-D
+
+
 @pytest.mark.parametrize("length", [1, 100, 511, 512, 513, 838, 1024, 1025, 3246, 12766])
 def test_weight_gradient_blocks_are_as_even_as_can_be(length):
     """The weight gradient's jobs: as few blocks as GRAD_WEIGHT_POSITIONS allows, no two differing by more than
@@ -1411,19 +1433,22 @@ def test_strided_input_gradients_take_the_implicit_gemm_without_full_width_avx51
     assert max_rel_err(gx, _torch_grads(gy, x, w, stride=2, padding=1)[0]) < 1e-12
 
 
-@pytest.mark.parametrize("vector_bytes, mr, nv, prefetch",
-                         [(32, 4, 2, 0), (32, 6, 2, 0), (64, 8, 2, 0), (64, 3, 2, 0), (32, 4, 3, 0), (32, 4, 3, 8), (64, 8, 3, 8),
-                          (64, 6, 4, 0)])
+@pytest.mark.parametrize("vector_bytes, mr, nv, prefetch, steps_table",
+                         [(32, 4, 2, 0, False), (32, 6, 2, 0, False), (64, 8, 2, 0, False), (64, 3, 2, 0, False),
+                          (32, 4, 3, 0, False), (32, 4, 3, 8, False), (64, 8, 3, 8, False), (64, 6, 4, 0, False),
+                          (64, 8, 2, 0, True), (64, 6, 4, 0, True), (64, 24, 1, 0, True), (32, 6, 2, 0, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, prefetch, dtype, rng):
+def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, prefetch, steps_table, dtype, rng):
     """The LLVM tile of the implicit GEMM, as built for AVX-512 and for 256-bit machines, on tables of rows
-    at arbitrary offsets, overwriting and accumulating; prefetching changes no result."""
+    at arbitrary offsets, overwriting and accumulating; prefetching changes no result. With ``steps_table``
+    (the weight gradient's and the channels-along-vectors forward's tiles, whose loop is not unrolled), the
+    steps of ``A`` from a table of arbitrary offsets instead of a stride."""
     from numba import njit
 
     from convlayer.engine.implicit import make_microkernel
 
     width = vector_bytes // np.dtype(dtype).itemsize * nv
-    mk = make_microkernel(mr, nv, vector_bytes, prefetch)
+    mk = make_microkernel(mr, nv, vector_bytes, prefetch, steps_table)
 
     @njit
     def tile(a, arows, astride, b, brows, c, crows, kc, beta):
@@ -1434,14 +1459,16 @@ def test_microkernel_tile_for_every_register_width(vector_bytes, mr, nv, prefetc
     b = rng.standard_normal(2000).astype(dtype)
     arows = rng.permutation(100)[:mr].astype(np.int64)
     brows = rng.permutation(1000)[:kc + 1].astype(np.int64)  # step s reads brows[1 + s]
-    crows = (rng.permutation(8)[:mr] * width).astype(np.int64)
-    c = rng.standard_normal(3 + 8 * width).astype(dtype)
+    crows = (rng.permutation(max(8, mr))[:mr] * width).astype(np.int64)
+    c = rng.standard_normal(3 + max(8, mr) * width).astype(dtype)
+    steps = rng.permutation(250)[:kc].astype(np.int64)  # step s of A at offset steps[s]
     for astride, beta in ((1, False), (7, True)):
+        at = steps + astride if steps_table else np.arange(kc) * astride
         expected = c.copy()
-        amat = np.array([[a[1 + arows[i] + s * astride] for s in range(kc)] for i in range(mr)])
+        amat = np.array([[a[1 + arows[i] + at[s]] for s in range(kc)] for i in range(mr)])
         bmat = np.array([b[2 + brows[1 + s]:2 + brows[1 + s] + width] for s in range(kc)])
         for i in range(mr):
             row = expected[3 + crows[i]:3 + crows[i] + width]
             row[...] = (row if beta else 0) + amat[i] @ bmat
-        tile(a, arows, astride, b, brows, c, crows, kc, beta)
+        tile(a, arows, at if steps_table else astride, b, brows, c, crows, kc, beta)
         assert max_rel_err(c, expected) < (1e-6 if dtype == np.float32 else 1e-14)

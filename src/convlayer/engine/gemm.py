@@ -865,7 +865,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         return _winograd_grad_weight(gy, x, groups, pads)
     if how == "winograd":  # inf and NaN would spread over whole tiles: take the exact path
         how = "cols"
-    if how == "implicit" and not _dense(plan, pads) and (_no_dropped(plan) or _all_finite(x)):  # x * 0 where dropped
+    if how == "implicit" and not _dense(plan, pads):  # its steps skip the dropped positions: inf and NaN as they are
         im = _implicit()
         gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
         for sl in _chunks(n, im.grad_weight_bytes(c, plan, x.shape, pads, x.dtype)):

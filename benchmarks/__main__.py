@@ -12,6 +12,11 @@ geometric mean of the ratios per category and over the suite; with JAX
 installed, the same for ``JAX time / convlayer time``. Freed memory stays
 in the process (:func:`benchmarks.steady_allocator`; ``--os-allocator``
 keeps glibc's defaults), so no timing includes the OS's page faults.
+Before the problems it measures the machine's float32 GEMM throughput
+(the ceiling of the compute-bound layers, and the measure of the 70%
+target) and its memory read bandwidth, which it measures again after
+them (:func:`memory_bandwidth`: the memory-bound layers' ceiling, which
+a shared machine's other tenants move during a run).
 """
 
 from __future__ import annotations
@@ -231,6 +236,15 @@ def gemm_peak(threads: int, size: int = 2048) -> float:
     return 2.0 * size**3 / t / 1e9
 
 
+def memory_bandwidth(megabytes: int = 128) -> float:
+    """The machine's memory read bandwidth (GB/s) at the moment, one thread: NumPy's sum over an array four
+    times the development machine's 32 MB of L3 cache. The depthwise, grouped and 1-D layers read and write
+    as many bytes as they compute flops, within a few times; their times follow this figure, which the other
+    tenants of a shared machine move, far more than the GEMM's (see BENCHMARKS.md)."""
+    a = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    return a.nbytes / _best(a.sum, 5) / 1e9
+
+
 def _format_row(p, row):
     cells = []
     for i, name in enumerate(PASSES):
@@ -367,7 +381,11 @@ def main(argv=None) -> int:
           f"best of {args.repeats}{turns}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")
     peak = gemm_peak(args.threads)
     print(f"machine float32 GEMM (NumPy/OpenBLAS, 2048^3): {peak:.1f} GFLOP/s")
+    memory = [memory_bandwidth()]
+    print(f"machine memory read bandwidth (NumPy sum over 128 MB, 1 thread): {memory[0]:.1f} GB/s")
     rows = run(problems, args.repeats, args.threads, with_jax=not args.no_jax, rounds=args.rounds)
+    memory.append(memory_bandwidth())
+    print(f"machine memory read bandwidth after the problems: {memory[1]:.1f} GB/s")
     table = summary(rows)
     print("\ngeometric mean of ratios (fwd, dgrad, wgrad):")
     for cat, (a, b, c) in table.items():
@@ -381,14 +399,16 @@ def main(argv=None) -> int:
             print(f"  {cat:<10} {a:5.2f} {b:5.2f} {c:5.2f}")
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s.\n\n" + markdown(rows, table)
+            fh.write(f"Machine float32 GEMM throughput: {peak:.1f} GFLOP/s; memory read bandwidth "
+                     f"{memory[0]:.1f} GB/s before the problems, {memory[1]:.1f} after.\n\n" + markdown(rows, table)
                      + "\n```\n" + _targets_text(goals, peak) + "\n```\n")
     if args.json:
         import torch
 
         meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
                     numpy=np.__version__, torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                    rounds=args.rounds, gemm_peak_gflops=peak, steady_allocator=steady)
+                    rounds=args.rounds, gemm_peak_gflops=peak, memory_read_gbps=memory,
+                    steady_allocator=steady)
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=rows, summary=table, targets=goals), fh, indent=1)
     return 0

@@ -698,8 +698,8 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     cache, then adds its products into the thread's own part, so no two
     threads write one entry. The tile's steps are the block's output
     positions only, read from the lattice through ``steps``: the dropped
-    lattice columns between output rows (14 of 210 positions on ResNet
-    3x3/2's 14 x 14 outputs, 8 of 72 on DCGAN 256->128's) are not
+    lattice columns between output rows (13 of 209 positions on ResNet
+    3x3/2's 14 x 14 outputs, 7 of 71 on DCGAN 256->128's) are not
     multiplied.
     """
     n = xph.shape[0]

@@ -1116,6 +1116,75 @@ def test_forward_channels_along_vectors_only_for_one_vector_of_channels():
     assert not implicit.channels_fit(width * 5 // 8, np.float32)
 
 
+def test_forward_channels_on_the_wide_tile_where_the_tiles_cover_many_positions_more(monkeypatch):
+    """With AVX-512's widths: ResNet 3x3/2 (the tiles cover 1.22 times its outputs) and the 3-D C64 layer (1.14)
+    take the wide channels-along-vectors tile; the dilated d4 (1.125), DeepBench C128 (1.10), ResNet 3x3 (1.04),
+    a 1-D layer and outputs per group that are not a multiple of the tile's 64 channels do not."""
+    from convlayer.engine import implicit
+    from convlayer.engine.windows import make_plan
+
+    monkeypatch.setattr(implicit, "VECTOR_BYTES", 64)
+    monkeypatch.setattr(implicit, "WIDE_NV", 4)
+    monkeypatch.setattr(implicit, "FORWARD_NV", 3)
+    monkeypatch.setattr(implicit, "CHANNELS", True)
+    plans = {"3x3/2": ((30, 30), (3, 3), (2, 2), (1, 1), (14, 14)), "3-D": ((10, 30, 30), (3,) * 3, (1,) * 3, (1,) * 3,
+             (8, 28, 28)), "d4": ((72, 72), (3, 3), (1, 1), (4, 4), (64, 64)), "C128": ((30, 30), (3, 3), (1, 1),
+             (1, 1), (28, 28)), "3x3": ((58, 58), (3, 3), (1, 1), (1, 1), (56, 56)), "1-D": ((16008,), (9,), (1,), (1,),
+             (16000,))}
+    wide = {name for name, args in plans.items() if implicit.channels_wide(make_plan(*args), 256, np.float32)}
+    assert wide == {"3x3/2", "3-D"}
+    assert not implicit.channels_wide(make_plan(*plans["3x3/2"]), 96, np.float32)  # 1.5 tiles of channels
+    assert implicit.channels_wide(make_plan(*plans["3-D"]), 32, np.float64)  # 4 vectors of 8 doubles
+    assert not implicit.channels_wide(make_plan(*plans["3x3/2"]), 32, np.float64)  # tiles of 24 doubles: 1.10
+    monkeypatch.setattr(implicit, "CHANNELS", False)  # without AVX-512: never
+    assert not implicit.channels_wide(make_plan(*plans["3x3/2"]), 256, np.float32)
+
+
+@pytest.mark.parametrize(
+    "n, size, kernel, c, k, groups, stride, dilation, padding",
+    [
+        (3, (9, 9), (3, 3), 32, 64, 1, 2, 1, 1),  # filled planes; 288 steps, two chunks; 75 positions, a partial block
+        (2, (5, 7, 6), (3, 3, 3), 8, 128, 2, 1, 1, 1),  # 3-D, two groups of 64 outputs
+        (2, (30,), (3,), 16, 64, 1, 1, 4, 4),  # 1-D, dilated: the unpadded input would be read where it lies
+        (4, (6, 6), (5, 5), 64, 64, 1, 1, 1, 0),  # 4 positions per image: blocks and tiles span images
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_with_channels_along_vectors_on_the_wide_tile(n, size, kernel, c, k, groups, stride, dilation, padding,
+                                                              dtype, rng, monkeypatch):
+    """The forward with the output channels along the vectors on the wide tile (blocks of
+    CHANNELS_WIDE_POSITIONS positions, steps CHANNELS_WIDE_STEPS at a time; on by default with AVX-512 where
+    the usual tiles would cover many positions more than the outputs, forced here) gives PyTorch's results, and
+    an image's inf and NaN reach none of the other images' outputs."""
+    from convlayer.engine import implicit
+
+    calls = []
+    monkeypatch.setattr(implicit, "CHANNELS", True)
+    monkeypatch.setattr(implicit, "CHANNELS_WIDE_MIN_COVER", 0.0)
+    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_OVERHANG", 1e9)  # never interleaved
+    monkeypatch.setattr(implicit, "forward_channels", lambda *a, f=implicit.forward_channels: calls.append(1) or f(*a))
+    x = rng.standard_normal((n, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    x[0].flat[::7] = np.inf
+    x[0].flat[3::7] = np.nan
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    with force_strategy("implicit"):
+        y = CF.conv(x, w, **kw)
+    assert calls
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    expected = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
+                                torch.tensor(w.astype(np.float64)), stride=stride, dilation=dilation,
+                                groups=groups).numpy()
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert np.isfinite(y[1:]).all()
+    np.testing.assert_array_equal(np.isnan(y[0]), np.isnan(expected[0]))
+    finite = np.isfinite(expected[0])
+    assert max_rel_err(y[1:], expected[1:]) < (1e-12 if dtype == np.float64 else 1e-5)
+    assert max_rel_err(y[0][finite], expected[0][finite]) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize(
     "n, size, kernel, c, k, groups, stride, dilation, padding",
     [

@@ -141,6 +141,23 @@ INTERLEAVE_MIN_OVERHANG = 1.25
 CHANNELS_MR = 24
 CHANNELS_MAX_VECTORS = 1
 CHANNELS = VECTOR_BYTES == 64
+# Where the forward's tiles (positions along the vectors, :data:`BLOCK_POSITIONS` per job) would cover at least
+# CHANNELS_WIDE_MIN_COVER times the outputs (the lattice's dropped positions and the tiles' overhang) and K_g fills
+# the weight gradient's wide tile (WIDE_NV vectors), with AVX-512, the channels-along-vectors forward runs with
+# that tile instead, WIDE_MR output positions by WIDE_NV vectors of channels, which steps over the outputs only:
+# CHANNELS_WIDE_POSITIONS positions per job, their tiles taking CHANNELS_WIDE_STEPS steps at a time. One process,
+# the two alternating 8 times (one-off scripts; Zen 4, where one variant moved by 5% between runs): ResNet 3x3/2
+# (cover 1.22) 5.96 vs 6.71 ms, and 4.91-5.30 vs 5.73-5.89 in two of three earlier runs; the 3-D C64 layer (1.14)
+# forward 13.5 vs 14.9, input gradient (its flipped forward, the same shape) 14.4 vs 15.5. Below 1.13 no gain
+# that held: the dilated d4 layer (1.125) 6.55 vs 6.94 forward but 7.26 vs 6.90 input gradient (the same
+# problem), DeepBench C128 (1.10) forward 19.1 vs 20.4 but input gradient 20.8 vs 19.8, DCGAN 128->64's input
+# gradient (a forward on 16 x 16 outputs, 1.125) mostly slower (7.3-10.1 ms against 7.2-7.7), ResNet 3x3 (1.04)
+# 9.49 vs 9.30. Before the steps-table tile was kept from unrolling (:func:`_no_unroll`) the channels-along-vectors
+# forward lost on these layers (12 x 2: 15.4 vs 6.1 ms). Jobs of 24 positions ran slower on ResNet 3x3/2,
+# 96-192 positions and chunks of 128-512 steps within noise of 48 and 256.
+CHANNELS_WIDE_MIN_COVER = 1.13
+CHANNELS_WIDE_POSITIONS = 48
+CHANNELS_WIDE_STEPS = 256
 # Whether 1x1 forwards with at most as many outputs as inputs run on the forward's tile from x as it lies
 # (:func:`forward_pointwise`, :mod:`.gemm` for the measurements): with AVX-512, where they were measured.
 POINTWISE_FORWARD = VECTOR_BYTES == 64
@@ -769,7 +786,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
                         crow[rb * DOT_MR:(rb + 1) * DOT_MR], kc)
 
 
-def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, y):  # pragma: no cover - compiled
+def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, wide, y):  # pragma: no cover - compiled
     """``y (n, K, P)``: the forward with the output channels along the vectors and the input broadcast.
 
     ``x`` the planes of the whole batch, flat; ``wpack (groups, S * kgp)``
@@ -777,36 +794,53 @@ def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, y):  # pr
     ``K_g``); ``steps (groups, S)`` where step ``s`` of each group reads,
     relative to a position; ``at`` where output position ``i`` of the
     batch (image ``i // P``, position ``i % P``) lies in ``x``, ``count``
-    of them, padded to whole tiles by repeats of the first. Jobs are
-    (group, tile of CHANNELS_MR positions, one vector of channels), dealt
-    to the threads in turn; each tile is computed into a buffer of its
-    thread, then written to ``y`` one channel at a time, position runs
-    within an image contiguous.
+    of them, padded to whole blocks by repeats of the first. The tile is
+    ``CHANNELS_MR`` positions by one vector of channels, or with ``wide``
+    ``WIDE_MR`` positions by ``WIDE_NV`` vectors (:data:`CHANNELS_WIDE_MIN_COVER`).
+    Jobs are (group, block of positions, the tile's channels), dealt to the
+    threads in turn: a block is one tile, or with ``wide``
+    :data:`CHANNELS_WIDE_POSITIONS` positions whose tiles take the steps
+    :data:`CHANNELS_WIDE_STEPS` at a time, each chunk of the weights
+    serving all of them. Each block is computed into a buffer of its thread,
+    then written to ``y`` one channel at a time, position runs within an
+    image contiguous.
     """
     n, _, p_img = y.shape
     groups, s = steps.shape
     width = VECTOR_BYTES // y.itemsize
-    tiles = -(-count // CHANNELS_MR)
-    kbs = kgp // width
-    jobs = groups * tiles * kbs
+    mr = WIDE_MR if wide else CHANNELS_MR
+    nr = WIDE_NV * width if wide else width
+    pb = CHANNELS_WIDE_POSITIONS if wide else CHANNELS_MR
+    sb = CHANNELS_WIDE_STEPS if wide else s
+    blocks = -(-count // pb)
+    kbs = kgp // nr
+    jobs = groups * blocks * kbs
     brow = np.arange(s) * kgp
-    crow = np.arange(CHANNELS_MR) * width
+    crow = np.arange(mr) * nr
     for tid in prange(n_threads):
-        local = np.empty(CHANNELS_MR * width, dtype=y.dtype)
+        local = np.empty(pb * nr, dtype=y.dtype)
         for job in range(tid, jobs, n_threads):
-            g = job // (tiles * kbs)
-            i0 = (job // kbs) % tiles * CHANNELS_MR
-            kb = (job % kbs) * width
-            _mk_channels(x, 0, at[i0:i0 + CHANNELS_MR], steps[g], wpack[g], kb, brow, 0, local, 0, crow, s, False)
-            used = min(CHANNELS_MR, count - i0)
+            g = job // (blocks * kbs)
+            i0 = (job // kbs) % blocks * pb
+            kb = (job % kbs) * nr
+            used = min(pb, count - i0)
+            for s0 in range(0, s, sb):
+                kc = min(sb, s - s0)
+                for t in range(0, used, mr):
+                    if wide:
+                        _mk_wide(x, 0, at[i0 + t:i0 + t + mr], steps[g, s0:s0 + kc], wpack[g], kb, brow, s0, local,
+                                 t * nr, crow, kc, s0 > 0)
+                    else:
+                        _mk_channels(x, 0, at[i0 + t:i0 + t + mr], steps[g, s0:s0 + kc], wpack[g], kb, brow, s0,
+                                     local, t * nr, crow, kc, s0 > 0)
             i = 0
             while i < used:
                 b, p = (i0 + i) // p_img, (i0 + i) % p_img
                 run = min(used - i, p_img - p)
-                for kk in range(min(width, k_g - kb)):
+                for kk in range(min(nr, k_g - kb)):
                     dst = y[b, g * k_g + kb + kk, p:p + run]
                     for j in range(run):
-                        dst[j] = local[(i + j) * width + kk]
+                        dst[j] = local[(i + j) * nr + kk]
                 i += run
 
 
@@ -1037,6 +1071,8 @@ def forward(x, w, groups, plan, pads, y, scratch):
     par = _parallel(n * k * ct * plan.length)
     if CHANNELS and interleaves(plan, n, x.dtype) and channels_fit(k_g, x.dtype):
         return forward_channels(x, w, groups, plan, pads, y, scratch, par)
+    if channels_wide(plan, k_g, x.dtype) and not interleaves(plan, n, x.dtype):
+        return forward_channels(x, w, groups, plan, pads, y, scratch, par)
     wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), FORWARD_MR)  # (g, kbs * CT * FORWARD_MR)
     _, _, _, rows, width = run_arrays(plan, True)
     if interleaves(plan, n, x.dtype):
@@ -1065,6 +1101,14 @@ def forward(x, w, groups, plan, pads, y, scratch):
     return y
 
 
+def channels_wide(plan, k_g: int, dtype) -> bool:
+    """Whether the forward runs with the channels along the vectors on the wide tile
+    (:data:`CHANNELS_WIDE_MIN_COVER`): ``K_g`` a multiple of its ``WIDE_NV`` vectors, and the positions-along-vectors
+    tiles covering at least that many times the outputs."""
+    return (CHANNELS and k_g % (WIDE_NV * lanes(dtype)) == 0
+            and _tile_positions(plan.length, dtype) >= CHANNELS_WIDE_MIN_COVER * math.prod(plan.out))
+
+
 def channels_fit(k_g: int, dtype) -> bool:
     """Whether ``K_g`` output channels fill at most :data:`CHANNELS_MAX_VECTORS` vectors, up to a quarter of them
     padding (:func:`forward_channels`)."""
@@ -1073,14 +1117,15 @@ def channels_fit(k_g: int, dtype) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _channel_tables(plan, groups: int, c_g: int, stride: int, n: int):
-    """``(steps, at)`` of :func:`_forward_channels` for planes ``stride`` apart (cached, read-only)."""
+def _channel_tables(plan, groups: int, c_g: int, stride: int, n: int, block: int):
+    """``(steps, at)`` of :func:`_forward_channels` for planes ``stride`` apart, ``at`` padded to whole blocks of
+    ``block`` positions (cached, read-only)."""
     bases, _, _, rows, width = run_arrays(plan, True)
     s = np.arange(c_g * plan.n_taps)
     steps = (np.arange(groups)[:, None] * c_g + s[None, :] // plan.n_taps) * stride + bases[s % plan.n_taps][None, :]
     positions = (rows[:, None] + np.arange(width)[None, :]).ravel()
     count = n * positions.size
-    i = np.arange(_round_up(count, CHANNELS_MR))
+    i = np.arange(_round_up(count, block))
     i = np.where(i < count, i, 0)
     at = (i // positions.size) * (groups * c_g * stride) + positions[i % positions.size]
     return np.ascontiguousarray(steps, dtype=np.int64), np.ascontiguousarray(at, dtype=np.int64)
@@ -1098,24 +1143,28 @@ def forward_channels(x, w, groups, plan, pads, y, scratch, par):
     process, alternating (a one-off script), LeNet C3 at batch 256:
     0.97-1.22 ms against 1.25-1.62 interleaved (one round of six at 1.59
     against 1.84; the machine was noisy), at batch 64 0.24-0.33 against
-    0.36-0.41 in a quieter run. On larger planes (ResNet 3x3/2, DeepBench
-    C128, the 3-D 3x3x3) the positions-along-vectors tiles were as fast
-    or faster.
+    0.36-0.41 in a quieter run. On larger planes whose lattices drop many
+    positions, or whose outputs the positions-along-vectors tiles overhang
+    (:func:`channels_wide`), with a wide tile of ``WIDE_MR`` positions by
+    ``WIDE_NV`` vectors of channels, which broadcasts each input element
+    for four vectors: ResNet 3x3/2, the 3-D C64 layer (see
+    :data:`CHANNELS_WIDE_MIN_COVER`).
     """
     n, c = x.shape[:2]
     k = w.shape[0]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
-    kgp = _round_up(k_g, lanes(x.dtype))
+    wide = channels_wide(plan, k_g, x.dtype)
+    kgp = _round_up(k_g, (WIDE_NV if wide else 1) * lanes(x.dtype))
     wpack = np.zeros((groups, ct, kgp), dtype=x.dtype)
     wpack[:, :, :k_g] = w.reshape(groups, k_g, ct).transpose(0, 2, 1)
     size = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
     xph = np.ascontiguousarray(x) if _as_given(plan, x.shape, pads) else \
         _planes(x, plan, pads, size, scratch((n, c, size)), par)
-    steps, at = _channel_tables(plan, groups, c_g, size, n)
+    steps, at = _channel_tables(plan, groups, c_g, size, n, CHANNELS_WIDE_POSITIONS if wide else CHANNELS_MR)
     n_threads = blas._threads() if par else 1
     _FORWARD_CHANNELS[par](xph.reshape(-1), wpack.reshape(groups, -1), steps, at, n * math.prod(plan.out), kgp, k_g,
-                           n_threads, y.reshape(n, k, -1))
+                           n_threads, wide, y.reshape(n, k, -1))
     return y
 
 

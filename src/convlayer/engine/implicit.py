@@ -811,7 +811,7 @@ def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, wide, y):
     mr = WIDE_MR if wide else CHANNELS_MR
     nr = WIDE_NV * width if wide else width
     pb = CHANNELS_WIDE_POSITIONS if wide else CHANNELS_MR
-    sb = CHANNELS_WIDE_STEPS if wide else s
+    sb = CHANNELS_WIDE_STEPS
     blocks = -(-count // pb)
     kbs = kgp // nr
     jobs = groups * blocks * kbs
@@ -824,15 +824,15 @@ def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, wide, y):
             i0 = (job // kbs) % blocks * pb
             kb = (job % kbs) * nr
             used = min(pb, count - i0)
-            for s0 in range(0, s, sb):
-                kc = min(sb, s - s0)
-                for t in range(0, used, mr):
-                    if wide:
-                        _mk_wide(x, 0, at[i0 + t:i0 + t + mr], steps[g, s0:s0 + kc], wpack[g], kb, brow, s0, local,
+            srow = steps[g]
+            if wide:
+                for s0 in range(0, s, sb):
+                    kc = min(sb, s - s0)
+                    for t in range(0, used, mr):
+                        _mk_wide(x, 0, at[i0 + t:i0 + t + mr], srow[s0:s0 + kc], wpack[g], kb, brow, s0, local,
                                  t * nr, crow, kc, s0 > 0)
-                    else:
-                        _mk_channels(x, 0, at[i0 + t:i0 + t + mr], steps[g, s0:s0 + kc], wpack[g], kb, brow, s0,
-                                     local, t * nr, crow, kc, s0 > 0)
+            else:  # one tile, all the steps: the batch-64 LeNet C3's jobs are short (0.24 vs 0.28 ms for the loops)
+                _mk_channels(x, 0, at[i0:i0 + mr], srow, wpack[g], kb, brow, 0, local, 0, crow, s, False)
             i = 0
             while i < used:
                 b, p = (i0 + i) // p_img, (i0 + i) % p_img

@@ -238,9 +238,9 @@ def gemm_peak(threads: int, size: int = 2048) -> float:
 
 def memory_bandwidth(megabytes: int = 128) -> float:
     """The machine's memory read bandwidth (GB/s) at the moment, one thread: NumPy's sum over an array four
-    times the development machine's 32 MB of L3 cache. The depthwise, grouped and 1-D layers read and write
-    as many bytes as they compute flops, within a few times; their times follow this figure, which the other
-    tenants of a shared machine move, far more than the GEMM's (see BENCHMARKS.md)."""
+    times the development machine's 32 MB of L3 cache. The depthwise and grouped layers do 2-9 flops per byte
+    they move (WaveNet's 32), a large GEMM hundreds: their times follow this figure, which the other tenants of
+    a shared machine move, more than the GEMM's (see BENCHMARKS.md)."""
     a = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
     return a.nbytes / _best(a.sum, 5) / 1e9
 

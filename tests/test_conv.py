@@ -1156,33 +1156,8 @@ def test_forward_with_channels_along_vectors_on_the_wide_tile(n, size, kernel, c
     CHANNELS_WIDE_POSITIONS positions, steps CHANNELS_WIDE_STEPS at a time; on by default with AVX-512 where
     the usual tiles would cover many positions more than the outputs, forced here) gives PyTorch's results, and
     an image's inf and NaN reach none of the other images' outputs."""
-    from convlayer.engine import implicit
-
-    calls = []
-    monkeypatch.setattr(implicit, "CHANNELS", True)
-    monkeypatch.setattr(implicit, "CHANNELS_WIDE_MIN_COVER", 0.0)
-    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_OVERHANG", 1e9)  # never interleaved
-    monkeypatch.setattr(implicit, "forward_channels", lambda *a, f=implicit.forward_channels: calls.append(1) or f(*a))
-    x = rng.standard_normal((n, c, *size)).astype(dtype)
-    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
-    x[0].flat[::7] = np.inf
-    x[0].flat[3::7] = np.nan
-    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
-    with force_strategy("implicit"):
-        y = CF.conv(x, w, **kw)
-    assert calls
-    rank = len(size)
-    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
-                             G.normalize_tuple(dilation, rank, "d"))
-    expected = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
-                                torch.tensor(w.astype(np.float64)), stride=stride, dilation=dilation,
-                                groups=groups).numpy()
-    assert y.dtype == dtype and y.shape == expected.shape
-    assert np.isfinite(y[1:]).all()
-    np.testing.assert_array_equal(np.isnan(y[0]), np.isnan(expected[0]))
-    finite = np.isfinite(expected[0])
-    assert max_rel_err(y[1:], expected[1:]) < (1e-12 if dtype == np.float64 else 1e-5)
-    assert max_rel_err(y[0][finite], expected[0][finite]) < (1e-12 if dtype == np.float64 else 1e-5)
+    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+                            CHANNELS_WIDE_MIN_COVER=0.0, INTERLEAVE_MIN_OVERHANG=1e9)  # never interleaved
 
 
 @pytest.mark.parametrize(
@@ -1201,12 +1176,20 @@ def test_forward_with_channels_along_vectors(n, size, kernel, c, k, groups, stri
     """The forward on small planes with the output channels along the vectors (on by default with AVX-512 and
     one vector of channels only, forced here) gives PyTorch's results, and an image's inf and NaN reach none
     of the other images' outputs."""
+    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+                            CHANNELS_MAX_VECTORS=16, INTERLEAVE_MIN_OVERHANG=0.0)  # more than one vector, too
+
+
+def _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+                            **settings):
+    """The channels-along-vectors forward, forced on (``CHANNELS``) with the module ``settings`` of
+    :mod:`.implicit`, against PyTorch in float64, with inf and NaN in the first image."""
     from convlayer.engine import implicit
 
     calls = []
     monkeypatch.setattr(implicit, "CHANNELS", True)
-    monkeypatch.setattr(implicit, "CHANNELS_MAX_VECTORS", 16)  # more than one vector of channels, too
-    monkeypatch.setattr(implicit, "INTERLEAVE_MIN_OVERHANG", 0.0)
+    for name, value in settings.items():
+        monkeypatch.setattr(implicit, name, value)
     monkeypatch.setattr(implicit, "forward_channels", lambda *a, f=implicit.forward_channels: calls.append(1) or f(*a))
     x = rng.standard_normal((n, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)

@@ -19,7 +19,11 @@ kernel instead, which reads its operands where they lie:
    that one lattice spans the batch (:func:`interleaves`); with AVX-512,
    the forward of layers with one vector of output channels per group
    puts the channels along the vectors there instead
-   (:func:`forward_channels`).
+   (:func:`forward_channels`), and so does the forward of layers with
+   multiples of four vectors of them wherever the lattice and the tiles'
+   overhang would add many positions to the outputs
+   (:func:`channels_wide`), on a wider tile that steps over the outputs
+   only.
 2. **Microkernel.** :func:`make_microkernel` emits, as LLVM IR with
    explicit vector types, the register tile of a GEMM: ``mr`` rows times
    ``nv`` vectors of columns, accumulated over ``kc`` steps with fused

@@ -1156,7 +1156,7 @@ def test_forward_with_channels_along_vectors_on_the_wide_tile(n, size, kernel, c
     CHANNELS_WIDE_POSITIONS positions, steps CHANNELS_WIDE_STEPS at a time; on by default with AVX-512 where
     the usual tiles would cover many positions more than the outputs, forced here) gives PyTorch's results, and
     an image's inf and NaN reach none of the other images' outputs."""
-    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch, True,
                             CHANNELS_WIDE_MIN_COVER=0.0, INTERLEAVE_MIN_OVERHANG=1e9)  # never interleaved
 
 
@@ -1176,21 +1176,23 @@ def test_forward_with_channels_along_vectors(n, size, kernel, c, k, groups, stri
     """The forward on small planes with the output channels along the vectors (on by default with AVX-512 and
     one vector of channels only, forced here) gives PyTorch's results, and an image's inf and NaN reach none
     of the other images' outputs."""
-    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+    _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch, False,
                             CHANNELS_MAX_VECTORS=16, INTERLEAVE_MIN_OVERHANG=0.0)  # more than one vector, too
 
 
-def _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch,
+def _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, padding, dtype, rng, monkeypatch, wide,
                             **settings):
     """The channels-along-vectors forward, forced on (``CHANNELS``) with the module ``settings`` of
-    :mod:`.implicit`, against PyTorch in float64, with inf and NaN in the first image."""
+    :mod:`.implicit`, on the ``wide`` tile or the narrow one, against PyTorch in float64, with inf and NaN in
+    the first image."""
     from convlayer.engine import implicit
 
     calls = []
     monkeypatch.setattr(implicit, "CHANNELS", True)
     for name, value in settings.items():
         monkeypatch.setattr(implicit, name, value)
-    monkeypatch.setattr(implicit, "forward_channels", lambda *a, f=implicit.forward_channels: calls.append(1) or f(*a))
+    monkeypatch.setattr(implicit, "forward_channels",
+                        lambda *a, wide, f=implicit.forward_channels: calls.append(wide) or f(*a, wide=wide))
     x = rng.standard_normal((n, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
     x[0].flat[::7] = np.inf
@@ -1198,7 +1200,7 @@ def _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, pad
     kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
     with force_strategy("implicit"):
         y = CF.conv(x, w, **kw)
-    assert calls
+    assert calls and set(calls) == {wide}
     rank = len(size)
     pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
                              G.normalize_tuple(dilation, rank, "d"))

@@ -662,12 +662,11 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     if how in ("direct", "lanes"):
         d = _direct()
         gx = np.empty(in_shape, dtype=gy.dtype)
-        if n:
-            whole = _all_finite(w)
-            complete = d.fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))[-1]
-            d.kernel(_kernel_name("grad_input", how), _work(n, k, c_g, plan))(
-                _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
-                *_direct_args(d, plan, in_shape, pads, whole, how), groups, complete, gx.reshape(n, c, -1))
+        whole = _all_finite(w)
+        complete = d.fill_arrays(plan, tuple(in_shape[2:]), tuple(pads))[-1]
+        d.kernel(_kernel_name("grad_input", how), _work(n, k, c_g, plan))(
+            _planes(gy), np.ascontiguousarray(w.reshape(k, c_g, plan.n_taps)),
+            *_direct_args(d, plan, in_shape, pads, whole, how), groups, complete, gx.reshape(n, c, -1))
         return gx
     flipped = _flipped_pads(plan, pads, in_shape[2:]) if how == "winograd" else None
     if flipped is not None and _all_finite(w) and _all_finite(gy):
@@ -856,10 +855,9 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         d = _direct()
         # Each image's (or block of LANES images') share, summed after: no two jobs write one entry.
         parts = np.zeros((n if how == "direct" else -(-n // d.LANES), k, c_g, plan.n_taps), dtype=x.dtype)
-        if n:
-            whole = _no_dropped(plan) or _all_finite(x)
-            d.kernel(_kernel_name("grad_weight", how), _work(n, k, c_g, plan))(
-                _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole, how), groups, parts)
+        whole = _no_dropped(plan) or _all_finite(x)
+        d.kernel(_kernel_name("grad_weight", how), _work(n, k, c_g, plan))(
+            _planes(gy), _planes(x), *_direct_args(d, plan, x.shape, pads, whole, how), groups, parts)
         return parts.sum(axis=0).reshape(k, c_g, *kernel_shape)
     if how == "winograd" and _all_finite(gy) and _all_finite(x):
         return _winograd_grad_weight(gy, x, groups, pads)

@@ -1074,13 +1074,14 @@ def forward(x, w, groups, plan, pads, y, scratch):
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
     par = _parallel(n * k * ct * plan.length)
-    if CHANNELS and interleaves(plan, n, x.dtype) and channels_fit(k_g, x.dtype):
-        return forward_channels(x, w, groups, plan, pads, y, scratch, par)
-    if channels_wide(plan, k_g, x.dtype) and not interleaves(plan, n, x.dtype):
-        return forward_channels(x, w, groups, plan, pads, y, scratch, par)
+    interleaved = interleaves(plan, n, x.dtype)
+    if CHANNELS and interleaved and channels_fit(k_g, x.dtype):
+        return forward_channels(x, w, groups, plan, pads, y, scratch, par, wide=False)
+    if not interleaved and channels_wide(plan, k_g, x.dtype):
+        return forward_channels(x, w, groups, plan, pads, y, scratch, par, wide=True)
     wpack = _blocks_of_rows(w.reshape(groups, k_g, ct), FORWARD_MR)  # (g, kbs * CT * FORWARD_MR)
     _, _, _, rows, width = run_arrays(plan, True)
-    if interleaves(plan, n, x.dtype):
+    if interleaved:
         seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
         cstride = size * n + BLOCK_POSITIONS  # a block reads up to BLOCK_POSITIONS past the lattice
         count = y[0, 0].size
@@ -1136,7 +1137,7 @@ def _channel_tables(plan, groups: int, c_g: int, stride: int, n: int, block: int
     return np.ascontiguousarray(steps, dtype=np.int64), np.ascontiguousarray(at, dtype=np.int64)
 
 
-def forward_channels(x, w, groups, plan, pads, y, scratch, par):
+def forward_channels(x, w, groups, plan, pads, y, scratch, par, wide):
     """:func:`forward` with the output channels along the vectors (:func:`_forward_channels`), for small planes.
 
     The interleaved forward spends a third of LeNet C3's time copying
@@ -1150,16 +1151,15 @@ def forward_channels(x, w, groups, plan, pads, y, scratch, par):
     against 1.84; the machine was noisy), at batch 64 0.24-0.33 against
     0.36-0.41 in a quieter run. On larger planes whose lattices drop many
     positions, or whose outputs the positions-along-vectors tiles overhang
-    (:func:`channels_wide`), with a wide tile of ``WIDE_MR`` positions by
+    (:func:`channels_wide`), with ``wide`` a tile of ``WIDE_MR`` positions by
     ``WIDE_NV`` vectors of channels, which broadcasts each input element
     for four vectors: ResNet 3x3/2, the 3-D C64 layer (see
-    :data:`CHANNELS_WIDE_MIN_COVER`).
+    :data:`CHANNELS_WIDE_MIN_COVER`). :func:`forward` chooses.
     """
     n, c = x.shape[:2]
     k = w.shape[0]
     c_g, k_g = c // groups, k // groups
     ct = c_g * plan.n_taps
-    wide = channels_wide(plan, k_g, x.dtype)
     kgp = _round_up(k_g, (WIDE_NV if wide else 1) * lanes(x.dtype))
     wpack = np.zeros((groups, ct, kgp), dtype=x.dtype)
     wpack[:, :, :k_g] = w.reshape(groups, k_g, ct).transpose(0, 2, 1)

@@ -136,19 +136,35 @@ class _Vectors:
             vectors.append(phi)
         return vectors
 
-    def row_vectors(self, wo, half):
-        """``(whole, short, tail)`` for output rows of ``wo``: the full-width vectors a row takes (its last,
-        partial one included unless it is short), whether its last vector holds at most half a vector of
-        outputs and so runs on ``half``'s half-width vectors (never without ``half``), and that vector's
-        column."""
+    def each_vector(self, half, ho, wo, dh, pairs, vector):
+        """Emit ``vector(u, q, j, pair)`` for every output vector of an ``ho x wo`` plane: rows ``q`` two at a
+        time (``pair``) where ``pairs`` and the dilation down the rows ``dh`` is 1, else one at a time; each
+        row's vectors ``j`` last to first, so that a vector's lanes past its row's end land on the next row's
+        first outputs, which a later vector writes (:meth:`store`). A row's last vector, where it holds at most
+        half a vector of outputs (56-wide rows: 8 of 16 lanes), comes first of all and in vectors of ``half``
+        (with 512-bit vectors; ``None`` otherwise): on Zen 4 two 256-bit operations cost as much as one
+        512-bit."""
         b, const, lanes = self.b, self.const, self.lanes
         full = b.sdiv(wo, const(lanes))  # whole vectors per output row
         count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
         left = b.sub(wo, b.mul(full, const(lanes)))
         short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
-        if half is None:
-            short = ir.Constant(ir.IntType(1), 0)
-        return b.select(short, full, count), short, b.mul(full, const(lanes))
+        whole = count if half is None else b.select(short, full, count)
+
+        def rows_of(first, stop, pair):
+            with cgutils.for_range_slice(b, first, stop, const(2 if pair else 1), inc=True) as (q, _):
+                if half is not None:
+                    with b.if_then(short):
+                        vector(half, q, b.mul(full, const(lanes)), pair)
+                with cgutils.for_range(b, whole) as vectors:
+                    vector(self, q, b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes)), pair)
+
+        if pairs:
+            paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
+            rows_of(const(0), paired, True)
+            rows_of(paired, ho, False)
+        else:
+            rows_of(const(0), ho, False)
 
     def store(self, value, base, index, size, col, width):
         """``value`` to ``base[index:]`` (column ``col`` of a row of ``width``, in a plane of ``size``): a whole
@@ -191,10 +207,8 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
             x_arr, xoff, h, w, w_arr, woff, y_arr, yoff, ho, wo, pt, pl, dh, dw = args
             dtype = signature.args[0].dtype
             v = _Vectors(context, builder, dtype, vector_bytes)
-            lanes, const, b = v.lanes, v.const, builder
-            # A row's last vector, where it holds at most half a vector of outputs (MobileNet's 56-wide rows),
-            # runs on half-width vectors, as in make_group_kernel.
-            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None
+            const, b = v.const, builder
+            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None  # each_vector
             widths = [v] if half is None else [v, half]
 
             x_ptr = b.gep(v.data(signature.args[0], x_arr), [xoff])
@@ -264,28 +278,7 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                             acc = u.fmadd(weights[u][r, c], vectors[c], acc)
                         b.store(acc, accs[u][o][r])
 
-            whole, short, tail = v.row_vectors(wo, half)
-
-            def rows_of(first, stop, pair):
-                """Output rows ``first``, ``first + 1 + pair``, ... below ``stop``, one or two at a time, each
-                row's vectors last to first (the short last one, on half-width vectors, first of all): a
-                vector's lanes past its row's end land on the next row's first outputs, which a later vector
-                writes (:meth:`_Vectors.store`)."""
-                step = 2 if pair else 1
-                with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
-                    if half is not None:
-                        with b.if_then(short):
-                            vector(half, q, tail, pair)
-                    with cgutils.for_range(b, whole) as vectors:
-                        j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
-                        vector(v, q, j, pair)
-
-            if sh == 1:  # rows in pairs where the kernel's rows are adjacent
-                paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
-                rows_of(const(0), paired, True)
-                rows_of(paired, ho, False)
-            else:
-                rows_of(const(0), ho, False)
+            v.each_vector(half, ho, wo, dh, sh == 1, vector)  # rows in pairs where the kernel's rows are adjacent
             if grad_weight:
                 for r, c in taps:
                     total = None
@@ -324,10 +317,8 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
             (x_arr, xoff, cstride, cg, h, w, w_arr, woff, y_arr, yoff, ystride, ho, wo, pt, pl, dh, dw) = args
             dtype = signature.args[0].dtype
             v = _Vectors(context, builder, dtype, vector_bytes)
-            lanes, const, b = v.lanes, v.const, builder
-            # A row's last vector, where it holds at most half a vector of outputs (56-wide rows: 8 of 16
-            # lanes), runs on half-width vectors: on Zen 4 two 256-bit operations cost as much as one 512-bit.
-            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None
+            const, b = v.const, builder
+            half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None  # each_vector
 
             x_base = b.gep(v.data(signature.args[0], x_arr), [xoff])
             y_ptr = b.gep(v.data(signature.args[8], y_arr), [yoff])
@@ -391,21 +382,7 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                             acc = u.fmadd(u.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
                         b.store(acc, accs[u][o][p])
 
-            whole, short, tail = v.row_vectors(wo, half)
-
-            def rows_of(first, stop, pair):
-                step = 2 if pair else 1
-                with cgutils.for_range_slice(b, first, stop, const(step), inc=True) as (q, _):
-                    if half is not None:  # the short last vector first: the vectors run last to first
-                        with b.if_then(short):
-                            vector(half, q, tail, pair)
-                    with cgutils.for_range(b, whole) as vectors:  # last to first, see make_plane_kernel
-                        j = b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes))
-                        vector(v, q, j, pair)
-
-            paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
-            rows_of(const(0), paired, True)
-            rows_of(paired, ho, False)
+            v.each_vector(half, ho, wo, dh, True, vector)
             return context.get_dummy_value()
 
         return sig, codegen

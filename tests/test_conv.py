@@ -89,7 +89,7 @@ def _check_conv_against_torch(case, seed):
     if b is None:
         assert gb is None
     else:
-        assert max_rel_err(gb, bt.grad.numpy()) < 1e-12
+        _assert_bias_grad(gb, gy)
 
 
 @st.composite
@@ -110,6 +110,15 @@ def transposed_case(draw):
     return dict(rank=rank, groups=groups, cin=cin, cout=cout_g * groups, kernel=kernel, stride=stride,
                 dilation=dilation, padding=padding, output_padding=output_padding, size=size,
                 n=draw(st.integers(1, 2)), bias=draw(st.booleans()))
+
+
+def _assert_bias_grad(gb, gy):
+    """The bias gradient, a sum of ``gy`` per channel, within the dot product's rounding bound of the exact sum
+    (``math.fsum``). Not PyTorch's: with cancellation (650 terms summing to -0.0062 of 499 in absolute value)
+    its own sum was 1.2e-14 from the exact one, ours 2.6e-15, and a relative comparison of the two failed."""
+    per_channel = np.moveaxis(gy, 1, 0).reshape(gy.shape[1], -1)
+    exact = np.array([math.fsum(row) for row in per_channel])
+    assert_within_bound(gb, exact, np.abs(per_channel).sum(axis=1), per_channel.shape[1])
 
 
 @settings(max_examples=200)
@@ -134,7 +143,7 @@ def test_conv_transpose_matches_torch(case, seed):
     assert max_rel_err(gx, xt.grad.numpy()) < 1e-12
     assert max_rel_err(gw, wt.grad.numpy()) < 1e-12
     if b is not None:
-        assert max_rel_err(gb, bt.grad.numpy()) < 1e-12
+        _assert_bias_grad(gb, gy)
 
 
 # --- beyond PyTorch: the float64 reference ----------------------------------------------------

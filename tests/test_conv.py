@@ -884,6 +884,54 @@ def test_grouped_plane_kernel_matches_torch(c_g, k_g, size, padding, dilation, d
     _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x, w_finite, pads, torch_kw)[0], tol)
 
 
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+@pytest.mark.parametrize("kb", [4, 1])
+def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
+    """The grouped kernel's row pairs by F(2, 3), built for 256-bit (AVX2) and 512-bit vectors alike: float32
+    within the documented bound of :mod:`convlayer.engine.planes` (``(3 C_g + 4) * 2 * eps * sum |x||w|``)
+    of the float64 reference, float64 within 1e-12; rows shorter and longer than a vector, an odd number of
+    output rows (the last one direct), padding on any side. Then finite inputs whose transform overflows
+    (``d1 + d2`` past float32's largest) where the direct sums do not: those row pairs are computed again by
+    the direct sums, finite and within the direct kernel's bound."""
+    from numba import njit
+
+    from convlayer.engine import planes
+
+    kernel = planes.make_group_kernel(3, 3, kb, vector_bytes, winograd=True)
+
+    @njit
+    def run(x, c_g, h, wd, w, y, ho, wo, pt, pl, wu):
+        kernel(x, 0, h * wd, c_g, h, wd, w, 0, y, 0, ho * wo, ho, wo, pt, pl, 1, 1, wu, 0)
+
+    for c_g, (h, wd), ((pt, pb), (pl, pr)) in ((4, (9, 21), ((1, 1), (1, 1))), (1, (6, 5), ((0, 2), (2, 0))),
+                                               (7, (12, 40), ((2, 1), (0, 1)))):
+        ho, wo = h + pt + pb - 2, wd + pl + pr - 2
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal((c_g, h, wd)).astype(dtype)
+            w = rng.standard_normal((kb, c_g, 3, 3)).astype(dtype)
+            y = np.full(kb * ho * wo + 64, -7.0, dtype=dtype)
+            run(x.ravel(), c_g, h, wd, w.ravel(), y, ho, wo, pt, pl, planes.winograd_rows(w).ravel())
+            args = (None, (1, 1), ((pt, pb), (pl, pr)), (1, 1), 1, ("zeros", "zeros"))
+            exact = ref.conv(x[None].astype(np.float64), w.astype(np.float64), *args)[0]
+            got = y[:kb * ho * wo].reshape(kb, ho, wo)
+            assert (y[kb * ho * wo:] == -7.0).all()
+            if dtype == np.float64:
+                assert max_rel_err(got, exact) < 1e-12
+                continue
+            magnitude = ref.conv(np.abs(x[None]).astype(np.float64), np.abs(w).astype(np.float64), *args)[0]
+            assert_within_bound(got, exact, magnitude, 3 * c_g + 4, np.float32, planes.WINOGRAD_ROWS_GROWTH)
+            huge = x.copy()
+            huge[:, 1::2] = np.float32(3e38)  # rows of alternate signs: d2 - d1 overflows in every pair
+            huge[:, 0::2] = np.float32(-3e38)
+            small = (w / 1e3).astype(np.float32)
+            run(huge.ravel(), c_g, h, wd, small.ravel(), y, ho, wo, pt, pl, planes.winograd_rows(small).ravel())
+            exact = ref.conv(huge[None].astype(np.float64), small.astype(np.float64), *args)[0]
+            magnitude = ref.conv(np.abs(huge[None]).astype(np.float64), np.abs(small).astype(np.float64), *args)[0]
+            got = y[:kb * ho * wo].reshape(kb, ho, wo)
+            assert np.isfinite(got).all()
+            assert_within_bound(got, exact, magnitude, 9 * c_g, np.float32)
+
+
 @pytest.mark.parametrize("how", ["planes", None])
 def test_plane_kernels_take_empty_batches(how):
     """No images, or planes of one pixel, through the plane kernels (forced, and as the planner picks): every

@@ -321,8 +321,8 @@ def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:
       1.6.
     * The stride-2 input gradient, direct / depthwise: 4.9-6.4 / 1.4-2.4 with freed memory kept, as in the
       suite; 4.5-4.7 / 3.4-3.6 with new pages for each gradient.
-    * ResNeXt's 4 x 4 groups (128 x 56 x 56, batch 8), direct / planes: forward 2.6-2.9 / 1.9-2.0, input
-      gradient (flipped) 4.7-5.6 / 2.1-2.7.
+    * ResNeXt's 4 x 4 groups (128 x 56 x 56, batch 8), direct / planes (direct sums, before F(2, 3) down the
+      rows): forward 2.6-2.9 / 1.9-2.0, input gradient (flipped) 4.7-5.6 / 2.1-2.7.
     """
     if c_g > 1:  # few channels per group, where the direct kernels would run: the grouped forward
         return pass_ == "forward" and c_g * k_g <= DIRECT_MAX_CHANNELS and _plane_kernels().applies_grouped(c_g, plan)

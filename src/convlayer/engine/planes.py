@@ -3,7 +3,7 @@
 Depthwise layers of stride 1 or 2: forward and weight gradient (:func:`make_plane_kernel`), and the
 stride-2 input gradient (:func:`make_grad_input2_kernel`; the stride-1 one is a forward of the flipped
 kernel, see :mod:`.gemm`). Layers with a few channels per group (ResNeXt's 4 x 4): the stride-1 forward,
-four outputs at a time (:func:`make_group_kernel`).
+four outputs at a time, by Winograd's F(2, 3) down the rows (:func:`make_group_kernel`).
 
 The direct kernels of :mod:`.direct` first copy each plane into a padded,
 phase-split buffer, then sum the taps row by row, each output row a
@@ -36,9 +36,42 @@ the unpadded input where it lies:
   lanes at the end: one image's share per job, summed over the batch
   after.
 
-Every output is the sum of the nine products with the input where it
-exists, so inf and NaN spread exactly as in the reference; only the order
-of the additions differs from the other strategies.
+Every depthwise output is the sum of the nine products with the input
+where it exists, so inf and NaN spread exactly as in the reference; only
+the order of the additions differs from the other strategies.
+
+The grouped kernel (:func:`make_group_kernel`) loads each input vector
+once for four outputs and, on row pairs, computes them by Winograd's
+F(2, 3) down the rows (Lavin & Gray, 2016): from the four input rows
+``d0 .. d3`` under two output rows, per kernel column,
+``t = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)``; each output sums
+``M_i += u_i t_i`` over its group's channels and the kernel columns,
+``u = G g`` the kernel column's three taps transformed
+(:func:`winograd_rows`), and its two rows are ``M0 + M1 + M2`` and
+``M1 - M2 - M3``. That is 4 multiply-adds per output, channel and
+column for the two rows where the direct sums take 6, plus 4 additions
+shared by the block's four outputs; on Zen 4 the additions run on two
+pipes of their own beside the two of the multiply-adds. One image of
+ResNeXt's layer (32 groups of 4 x 4 on 56 x 56 planes), one thread, in
+cache: 0.25-0.27 against 0.33-0.35 ms (one-off script; in the suite the
+pass is bound by memory, see BENCHMARKS.md).
+
+Rounding. Each product ``x_p * w_q`` reaches an output with a total
+weight of at most ``WINOGRAD_ROWS_GROWTH = 2`` (the largest
+``sum_i |A^T[r, i]| |G[i, q]| |B^T[i, p]|``), rounded in the input
+transform (1 step), the kernel transform (1, computed in float64), the
+sum over the ``3 C_g`` channel and column terms, and the output transform
+(2). Hence the bound, checked by ``tests/test_conv.py`` against the
+float64 reference::
+
+    |y - y_exact| <= (3 C_g + 4) * WINOGRAD_ROWS_GROWTH * eps * sum |x| |w|
+
+over each output's ``9 C_g`` terms: for ResNeXt's ``C_g = 4``, 32 against
+the patch-matrix GEMM's ``9 C_g = 36``. A transform would spread inf and
+NaN over both rows (and overflow where the direct sums do not), so a row
+pair whose outputs are not all finite (their sum minus itself is NaN) is
+computed again by the direct sums: inf and NaN spread exactly as in the
+reference, at the direct kernel's speed.
 """
 
 from __future__ import annotations
@@ -51,10 +84,20 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import blas
 from .direct import _compile
 from .implicit import VECTOR_BYTES
 
 KH = KW = 3
+
+# Winograd's F(2, 3) down the rows of the grouped kernel (make_group_kernel): two output rows y = A^T [(G g) (.)
+# (B^T d)] from four input rows d and three kernel rows g. Only G is applied as a matrix (winograd_rows); B^T
+# and A^T are written out in the kernel.
+_ROWS_G = np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]])
+_ROWS_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
+_ROWS_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
+# The largest weight with which one product x_p * w_q reaches an output: 2 (see the module doc).
+WINOGRAD_ROWS_GROWTH = float(np.einsum("ri,iq,ip->rpq", np.abs(_ROWS_AT), np.abs(_ROWS_G), np.abs(_ROWS_BT)).max())
 
 
 class _Vectors:
@@ -295,10 +338,10 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
     return plane
 
 
-def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
-    """A Numba intrinsic ``k(x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw)``:
-    ``kb`` output planes of a stride-1 ``kh x kw`` cross-correlation over ``cg`` input planes (a group of a
-    grouped layer),
+def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int, winograd: bool = False):
+    """A Numba intrinsic ``k(x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw, wu,
+    wuoff)``: ``kb`` output planes of a stride-1 ``kh x kw`` cross-correlation over ``cg`` input planes (a group
+    of a grouped layer),
 
     ``y[yoff + o * ystride + q * wo + i] = sum_{c, r, s} wts[woff + (o * cg + c) * kh * kw + r * kw + s]
     * x[xoff + c * cstride + xr * w + xc]``
@@ -306,33 +349,74 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
     with ``xr`` and ``xc`` as in :func:`make_plane_kernel` (stride 1). Each input vector loaded serves the
     ``kb`` outputs (and, with dilation 1 down the rows, two output rows), its weights broadcast from memory:
     ``kb`` times the multiply-adds of the depthwise kernel per load.
+
+    With ``winograd`` (``kh == 3``), each pair of output rows is Winograd's F(2, 3) down the rows
+    (:func:`winograd_rows`): per input channel and kernel column, the four input rows' vectors ``d`` become
+    ``t = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)``, each output sums ``M_i += u_i t_i`` with the transformed
+    weights ``wu[wuoff + ((o * cg + c) * kw + s) * 4 + i]``, and its two rows are ``M0 + M1 + M2`` and
+    ``M1 - M2 - M3``: per output, channel and kernel column, 4 multiply-adds for the pair where the direct sums
+    take 6, plus 4 additions shared by the ``kb`` outputs. A pair whose outputs are not all finite is computed again the direct way,
+    so inf and NaN spread exactly as in the reference (see the module doc). ``wu`` is ignored without
+    ``winograd``.
     """
+    assert not winograd or kh == 3
 
     @intrinsic
-    def group(typingctx, x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw):
+    def group(typingctx, x, xoff, cstride, cg, h, w, wts, woff, y, yoff, ystride, ho, wo, pt, pl, dh, dw, wu, wuoff):
         ip = types.intp
-        sig = types.void(x, ip, ip, ip, ip, ip, wts, ip, y, ip, ip, ip, ip, ip, ip, ip, ip)
+        sig = types.void(x, ip, ip, ip, ip, ip, wts, ip, y, ip, ip, ip, ip, ip, ip, ip, ip, wu, ip)
 
         def codegen(context, builder, signature, args):
-            (x_arr, xoff, cstride, cg, h, w, w_arr, woff, y_arr, yoff, ystride, ho, wo, pt, pl, dh, dw) = args
+            (x_arr, xoff, cstride, cg, h, w, w_arr, woff, y_arr, yoff, ystride, ho, wo, pt, pl, dh, dw, wu_arr,
+             wuoff) = args
             dtype = signature.args[0].dtype
             v = _Vectors(context, builder, dtype, vector_bytes)
             const, b = v.const, builder
             half = _Vectors(context, builder, dtype, vector_bytes // 2) if vector_bytes > 32 else None  # each_vector
+            widths = [v] if half is None else [v, half]
 
             x_base = b.gep(v.data(signature.args[0], x_arr), [xoff])
             y_ptr = b.gep(v.data(signature.args[8], y_arr), [yoff])
             w_ptr = b.gep(v.data(signature.args[6], w_arr), [woff])
+            wu_ptr = b.gep(v.data(signature.args[17], wu_arr), [wuoff])
             taps = kh * kw
+            accs = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(2)] for _ in range(kb)] for u in widths}
+            if winograd:
+                sums = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(4)] for _ in range(kb)]
+                        for u in widths}
 
-            def accumulators(u):
-                return [[cgutils.alloca_once_value(b, u.zero) for _ in range(2)] for _ in range(kb)]
+            def column_masks(u, j):
+                """Per kernel column, the lanes of vector ``j`` whose input column lies in the row."""
+                masks = []
+                for s in range(kw):
+                    cols = b.add(u.splat(b.sub(b.add(j, b.mul(const(s), dw)), pl), u.it), u.lane)
+                    masks.append(b.and_(b.icmp_signed(">=", cols, u.splat(ir.Constant(u.i32, 0), u.it)),
+                                        b.icmp_signed("<", cols, u.splat(w, u.it))))
+                return masks
 
-            accs = {v: accumulators(v)}
-            if half is not None:
-                accs[half] = accumulators(half)
+            def row_loads(u, x_ptr, q, k, j, masks):
+                """Input row ``k`` (from output row ``q``'s first) at each kernel column's shift, masked: zeros
+                outside the row and, for a row outside the plane, everywhere."""
+                xr = b.sub(b.add(q, b.mul(const(k), dh)), pt)
+                inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
+                row = b.gep(x_ptr, [b.mul(xr, w)])
+                none = ir.Constant(masks[0].type, None)
+                vectors = []
+                for s in range(kw):
+                    ptr = b.bitcast(b.gep(row, [b.sub(b.add(j, b.mul(const(s), dw)), pl)]), u.vt.as_pointer())
+                    vectors.append(b.call(u.mload, [ptr, ir.Constant(u.i32, u.align), b.select(inside, masks[s], none),
+                                                    u.zero]))
+                return vectors
 
-            def vector(u, q, j, pair):
+            def store_outputs(u, q, j, values):
+                """``values[o][p]`` to output ``o``'s row ``q + p`` at column ``j``."""
+                index = b.add(b.mul(q, wo), j)
+                for o in range(kb):
+                    plane_ptr = b.gep(y_ptr, [b.mul(const(o), ystride)])
+                    for p, value in enumerate(values[o]):
+                        u.store(value, plane_ptr, b.add(index, b.mul(const(p), wo)), b.mul(ho, wo), j, wo)
+
+            def direct(u, q, j, pair):
                 """Output vectors ``(q, j)`` (and ``(q + 1, j)`` with ``pair``) of the ``kb`` outputs, in vectors
                 of ``u``. Branch-free: every load is masked, by the columns inside the row (computed once per
                 vector) and by the row being inside the plane; the lanes masked off read as zeros (0 * inf is
@@ -341,32 +425,13 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                 for o in range(kb):
                     for p in range(outputs):
                         b.store(u.zero, accs[u][o][p])
-                masks = []
-                for s in range(kw):
-                    cols = b.add(u.splat(b.sub(b.add(j, b.mul(const(s), dw)), pl), u.it), u.lane)
-                    masks.append(b.and_(b.icmp_signed(">=", cols, u.splat(ir.Constant(u.i32, 0), u.it)),
-                                        b.icmp_signed("<", cols, u.splat(w, u.it))))
-                none = ir.Constant(masks[0].type, None)
+                masks = column_masks(u, j)
                 with cgutils.for_range(b, cg) as channels:
                     c = channels.index
                     x_ptr = b.gep(x_base, [b.mul(c, cstride)])
                     for k in range(kh + outputs - 1):  # input rows, from output row q's first
-                        xr = b.sub(b.add(q, b.mul(const(k), dh)), pt)
-                        inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
-                        row = b.gep(x_ptr, [b.mul(xr, w)])
-                        vectors = []
-                        for s in range(kw):
-                            col = b.sub(b.add(j, b.mul(const(s), dw)), pl)
-                            ptr = b.bitcast(b.gep(row, [col]), u.vt.as_pointer())
-                            mask = b.select(inside, masks[s], none)
-                            vectors.append(b.call(u.mload, [ptr, ir.Constant(u.i32, u.align), mask, u.zero]))
-                        add_row(u, k, c, outputs, vectors)
-                index = b.add(b.mul(q, wo), j)
-                for o in range(kb):
-                    plane_ptr = b.gep(y_ptr, [b.mul(const(o), ystride)])
-                    for p in range(outputs):
-                        u.store(b.load(accs[u][o][p]), plane_ptr, b.add(index, b.mul(const(p), wo)), b.mul(ho, wo), j,
-                                wo)
+                        add_row(u, k, c, outputs, row_loads(u, x_ptr, q, k, j, masks))
+                store_outputs(u, q, j, [[b.load(accs[u][o][p]) for p in range(outputs)] for o in range(kb)])
 
             def add_row(u, k, c, outputs, vectors):
                 """Input row ``k`` of channel ``c`` into kernel row ``k - p`` of each output row ``p``, for each
@@ -382,12 +447,62 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int):
                             acc = u.fmadd(u.splat(b.load(b.gep(wrow, [const(r * kw + s)]))), vectors[s], acc)
                         b.store(acc, accs[u][o][p])
 
+            def winograd_pair(u, q, j):
+                """Output rows ``q`` and ``q + 1`` at vector ``j`` by F(2, 3) down the rows (dilation 1), stored;
+                returns whether any of their lanes is inf or NaN (their sum, minus itself, is NaN then)."""
+                for o in range(kb):
+                    for i in range(4):
+                        b.store(u.zero, sums[u][o][i])
+                masks = column_masks(u, j)
+                with cgutils.for_range(b, cg) as channels:
+                    c = channels.index
+                    x_ptr = b.gep(x_base, [b.mul(c, cstride)])
+                    d = [row_loads(u, x_ptr, q, k, j, masks) for k in range(4)]
+                    for s in range(kw):
+                        t = [b.fsub(d[0][s], d[2][s]), b.fadd(d[1][s], d[2][s]), b.fsub(d[2][s], d[1][s]),
+                             b.fsub(d[1][s], d[3][s])]
+                        for o in range(kb):
+                            urow = b.gep(wu_ptr, [b.mul(b.add(b.mul(b.add(b.mul(const(o), cg), c), const(kw)),
+                                                              const(s)), const(4))])
+                            for i in range(4):
+                                m = u.fmadd(u.splat(b.load(b.gep(urow, [const(i)]))), t[i], b.load(sums[u][o][i]))
+                                b.store(m, sums[u][o][i])
+                values = []
+                for o in range(kb):
+                    m = [b.load(sums[u][o][i]) for i in range(4)]
+                    values.append([b.fadd(b.fadd(m[0], m[1]), m[2]), b.fsub(b.fsub(m[1], m[2]), m[3])])
+                total = None
+                for pair in values:
+                    for value in pair:
+                        total = value if total is None else b.fadd(total, value)
+                nan = b.fcmp_unordered("uno", b.fsub(total, total), u.zero)
+                bad = b.icmp_unsigned("!=", b.bitcast(nan, ir.IntType(u.lanes)), ir.Constant(ir.IntType(u.lanes), 0))
+                store_outputs(u, q, j, values)
+                return bad
+
+            def vector(u, q, j, pair):
+                if winograd and pair:
+                    with b.if_then(winograd_pair(u, q, j), likely=False):  # inf or NaN: the exact sums
+                        direct(u, q, j, pair)
+                else:
+                    direct(u, q, j, pair)
+
             v.each_vector(half, ho, wo, dh, True, vector)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return group
+
+
+def winograd_rows(w: np.ndarray) -> np.ndarray:
+    """``w (K, C_g, 3, kw)`` to ``(K, C_g, kw, 4)``: per kernel column, its three taps down the rows times
+    F(2, 3)'s ``G``, ``(g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)`` (computed in float64)."""
+    k, c_g, _, kw = w.shape
+    taps = np.moveaxis(w, 2, 0).reshape(3, k * c_g * kw).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf from infinite taps: NaN, whose pairs the direct sums redo
+        u = blas.matmul(_ROWS_G, taps, np.empty((4, k * c_g * kw)))  # (4, K * C_g * kw)
+    return np.ascontiguousarray(u.T.astype(w.dtype)).reshape(k, c_g, kw, 4)
 
 
 def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
@@ -464,8 +579,8 @@ _grad_weight1 = make_plane_kernel(KH, KW, 1, 1, VECTOR_BYTES, grad_weight=True)
 _grad_weight2 = make_plane_kernel(KH, KW, 2, 2, VECTOR_BYTES, grad_weight=True)
 _grad_input2 = make_grad_input2_kernel(KH, KW, VECTOR_BYTES)
 GROUP_OUTPUTS = 4  # outputs per pass of the grouped kernel (each input vector loaded serves them all)
-_group_block = make_group_kernel(KH, KW, GROUP_OUTPUTS, VECTOR_BYTES)
-_group_one = make_group_kernel(KH, KW, 1, VECTOR_BYTES)
+_group_block = make_group_kernel(KH, KW, GROUP_OUTPUTS, VECTOR_BYTES, winograd=True)
+_group_one = make_group_kernel(KH, KW, 1, VECTOR_BYTES, winograd=True)
 
 
 def _forward(x, w, groups, stride, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
@@ -505,7 +620,7 @@ def _grad_input(gy, w, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover 
         _grad_input2(gy[b, ch], 0, ho, wo, w[ch], 0, out[b, ch], 0, h, wd, pt, pl, dh, dw)
 
 
-def _forward_grouped(x, w, groups, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
+def _forward_grouped(x, w, wu, groups, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragma: no cover - compiled
     """``out (n, K, ho * wo)`` from ``x (n, C, h * wd)`` and ``w (K, C_g * 9)``, stride 1, with ``C_g`` input
     channels per group. One job per (image, group, block of GROUP_OUTPUTS outputs)."""
     n, k_total = out.shape[:2]
@@ -520,14 +635,15 @@ def _forward_grouped(x, w, groups, h, wd, ho, wo, pt, pl, dh, dw, out):  # pragm
         k1 = min(k0 + GROUP_OUTPUTS, (g + 1) * k_g)
         xb = x[b].ravel()
         wf = w.ravel()
+        wuf = wu.ravel()
         yb = out[b].ravel()
         if k1 - k0 == GROUP_OUTPUTS:
             _group_block(xb, g * c_g * size, size, c_g, h, wd, wf, k0 * c_g * 9, yb, k0 * ho * wo, ho * wo, ho, wo,
-                         pt, pl, dh, dw)
+                         pt, pl, dh, dw, wuf, k0 * c_g * 12)
         else:
             for k in range(k0, k1):
                 _group_one(xb, g * c_g * size, size, c_g, h, wd, wf, k * c_g * 9, yb, k * ho * wo, ho * wo, ho, wo,
-                           pt, pl, dh, dw)
+                           pt, pl, dh, dw, wuf, k * c_g * 12)
 
 
 _FORWARD = (_compile(_forward, False), _compile(_forward, True))
@@ -564,7 +680,8 @@ def forward(x: np.ndarray, w: np.ndarray, groups: int, plan, pads, y: np.ndarray
     planes = np.ascontiguousarray(x).reshape(n, c, h * wd)
     out = y.reshape(n, k, math.prod(plan.out))
     if c != groups:  # several input channels per group: the grouped kernel
-        _FORWARD_GROUPED[int(parallel)](planes, np.ascontiguousarray(w).reshape(k, (c // groups) * KH * KW), groups,
+        _FORWARD_GROUPED[int(parallel)](planes, np.ascontiguousarray(w).reshape(k, (c // groups) * KH * KW),
+                                        winograd_rows(w).reshape(k, (c // groups) * KW * 4), groups,
                                         *_geometry(x.shape, plan, pads)[1:], out)
         return y
     _FORWARD[int(parallel)](planes, np.ascontiguousarray(w).reshape(k, KH * KW), groups,

@@ -774,7 +774,8 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
         fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
         fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
                           (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
-        sub = w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
+        whole_kernel = all(len(p.taps) == k for p, k in zip(phase, plan.kernel))  # stride 1: no copy of w
+        sub = w if whole_kernel else w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
         part = conv_forward(gy[(slice(None), slice(None), *read)], _flipped_weights(sub, groups), groups, fplan,
                             fpads)
         if gx is None:  # stride 1: the one phase is the whole gradient

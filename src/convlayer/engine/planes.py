@@ -84,15 +84,14 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import blas
 from .direct import _compile
 from .implicit import VECTOR_BYTES
 
 KH = KW = 3
 
 # Winograd's F(2, 3) down the rows of the grouped kernel (make_group_kernel): two output rows y = A^T [(G g) (.)
-# (B^T d)] from four input rows d and three kernel rows g. Only G is applied as a matrix (winograd_rows); B^T
-# and A^T are written out in the kernel.
+# (B^T d)] from four input rows d and three kernel rows g. The matrices give the growth below; their rows are
+# written out in winograd_rows (G) and in the kernel (B^T, A^T).
 _ROWS_G = np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]])
 _ROWS_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
 _ROWS_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
@@ -498,11 +497,15 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int, winograd: bo
 def winograd_rows(w: np.ndarray) -> np.ndarray:
     """``w (K, C_g, 3, kw)`` to ``(K, C_g, kw, 4)``: per kernel column, its three taps down the rows times
     F(2, 3)'s ``G``, ``(g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)`` (computed in float64)."""
-    k, c_g, _, kw = w.shape
-    taps = np.moveaxis(w, 2, 0).reshape(3, k * c_g * kw).astype(np.float64)
+    g = np.ascontiguousarray(w.transpose(2, 0, 1, 3), dtype=np.float64)  # (3, K, C_g, kw)
+    u = np.empty((4, *g.shape[1:]))
+    u[0], u[3] = g[0], g[2]
     with np.errstate(invalid="ignore"):  # inf - inf from infinite taps: NaN, whose pairs the direct sums redo
-        u = blas.matmul(_ROWS_G, taps, np.empty((4, k * c_g * kw)))  # (4, K * C_g * kw)
-    return np.ascontiguousarray(u.T.astype(w.dtype)).reshape(k, c_g, kw, 4)
+        np.add(g[0], g[2], out=u[1])
+        np.subtract(u[1], g[1], out=u[2])
+        u[1] += g[1]
+    u[1:3] *= 0.5
+    return np.ascontiguousarray(u.transpose(1, 2, 3, 0), dtype=w.dtype)  # written out: 20 us, through BLAS 160
 
 
 def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):

@@ -890,7 +890,7 @@ def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
     """The grouped kernel's row pairs by F(2, 3), built for 256-bit (AVX2) and 512-bit vectors alike: float32
     within the documented bound of :mod:`convlayer.engine.planes` (``(3 C_g + 4) * 2 * eps * sum |x||w|``)
     of the float64 reference, float64 within 1e-12; rows shorter and longer than a vector, an odd number of
-    output rows (the last one direct), padding on any side. Then finite inputs whose transform overflows
+    output rows (the last one direct), padding on any side, dilated columns. Then finite inputs whose transform overflows
     (``d1 + d2`` past float32's largest) where the direct sums do not: those row pairs are computed again by
     the direct sums, finite and within the direct kernel's bound."""
     from numba import njit
@@ -900,18 +900,20 @@ def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
     kernel = planes.make_group_kernel(3, 3, kb, vector_bytes, winograd=True)
 
     @njit
-    def run(x, c_g, h, wd, w, y, ho, wo, pt, pl, wu):
-        kernel(x, 0, h * wd, c_g, h, wd, w, 0, y, 0, ho * wo, ho, wo, pt, pl, 1, 1, wu, 0)
+    def run(x, c_g, h, wd, w, y, ho, wo, pt, pl, dw, wu):
+        kernel(x, 0, h * wd, c_g, h, wd, w, 0, y, 0, ho * wo, ho, wo, pt, pl, 1, dw, wu, 0)
 
-    for c_g, (h, wd), ((pt, pb), (pl, pr)) in ((4, (9, 21), ((1, 1), (1, 1))), (1, (6, 5), ((0, 2), (2, 0))),
-                                               (7, (12, 40), ((2, 1), (0, 1)))):
-        ho, wo = h + pt + pb - 2, wd + pl + pr - 2
+    for c_g, (h, wd), ((pt, pb), (pl, pr)), dw in ((4, (9, 21), ((1, 1), (1, 1)), 1),
+                                                   (1, (6, 5), ((0, 2), (2, 0)), 1),
+                                                   (7, (12, 40), ((2, 1), (0, 1)), 1),
+                                                   (3, (8, 19), ((1, 1), (2, 2)), 2)):  # columns dilated, rows not: pairs
+        ho, wo = h + pt + pb - 2, wd + pl + pr - 2 * dw
         for dtype in (np.float32, np.float64):
             x = rng.standard_normal((c_g, h, wd)).astype(dtype)
             w = rng.standard_normal((kb, c_g, 3, 3)).astype(dtype)
             y = np.full(kb * ho * wo + 64, -7.0, dtype=dtype)
-            run(x.ravel(), c_g, h, wd, w.ravel(), y, ho, wo, pt, pl, planes.winograd_rows(w).ravel())
-            args = (None, (1, 1), ((pt, pb), (pl, pr)), (1, 1), 1, ("zeros", "zeros"))
+            run(x.ravel(), c_g, h, wd, w.ravel(), y, ho, wo, pt, pl, dw, planes.winograd_rows(w).ravel())
+            args = (None, (1, 1), ((pt, pb), (pl, pr)), (1, dw), 1, ("zeros", "zeros"))
             exact = ref.conv(x[None].astype(np.float64), w.astype(np.float64), *args)[0]
             got = y[:kb * ho * wo].reshape(kb, ho, wo)
             assert (y[kb * ho * wo:] == -7.0).all()
@@ -924,7 +926,7 @@ def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
             huge[:, 1::2] = np.float32(3e38)  # rows of alternate signs: d2 - d1 overflows in every pair
             huge[:, 0::2] = np.float32(-3e38)
             small = (w / 1e3).astype(np.float32)
-            run(huge.ravel(), c_g, h, wd, small.ravel(), y, ho, wo, pt, pl, planes.winograd_rows(small).ravel())
+            run(huge.ravel(), c_g, h, wd, small.ravel(), y, ho, wo, pt, pl, dw, planes.winograd_rows(small).ravel())
             exact = ref.conv(huge[None].astype(np.float64), small.astype(np.float64), *args)[0]
             magnitude = ref.conv(np.abs(huge[None]).astype(np.float64), np.abs(small).astype(np.float64), *args)[0]
             got = y[:kb * ho * wo].reshape(kb, ho, wo)

@@ -659,11 +659,11 @@ def _forward_grouped(x, w, wu, groups, h, wd, ho, wo, pt, pl, dh, dw, out):  # p
         yb = out[b].ravel()
         if k1 - k0 == GROUP_OUTPUTS:
             _group_block(xb, g * c_g * size, size, c_g, h, wd, wf, k0 * c_g * 9, yb, k0 * ho * wo, ho * wo, ho, wo,
-                         pt, pl, dh, dw, wuf, k0 * c_g * 12)
+                         pt, pl, dh, dw, wuf, k0 * c_g * KW * 4)
         else:
             for k in range(k0, k1):
                 _group_one(xb, g * c_g * size, size, c_g, h, wd, wf, k * c_g * 9, yb, k * ho * wo, ho * wo, ho, wo,
-                           pt, pl, dh, dw, wuf, k * c_g * 12)
+                           pt, pl, dh, dw, wuf, k * c_g * KW * 4)
 
 
 _FORWARD = (_compile(_forward, False), _compile(_forward, True))

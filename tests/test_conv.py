@@ -890,9 +890,9 @@ def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
     """The grouped kernel's row pairs by F(2, 3), built for 256-bit (AVX2) and 512-bit vectors alike: float32
     within the documented bound of :mod:`convlayer.engine.planes` (``(3 C_g + 4) * 2 * eps * sum |x||w|``)
     of the float64 reference, float64 within 1e-12; rows shorter and longer than a vector, an odd number of
-    output rows (the last one direct), padding on any side, dilated columns. Then finite inputs whose transform overflows
-    (``d1 + d2`` past float32's largest) where the direct sums do not: those row pairs are computed again by
-    the direct sums, finite and within the direct kernel's bound."""
+    output rows (the last one direct), padding on any side, dilated columns. Then finite inputs whose
+    transform overflows (``d2 - d1`` past float32's largest) where the direct sums do not: those row pairs are
+    computed again by the direct sums, finite and within the direct kernel's bound."""
     from numba import njit
 
     from convlayer.engine import planes
@@ -906,7 +906,7 @@ def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):
     for c_g, (h, wd), ((pt, pb), (pl, pr)), dw in ((4, (9, 21), ((1, 1), (1, 1)), 1),
                                                    (1, (6, 5), ((0, 2), (2, 0)), 1),
                                                    (7, (12, 40), ((2, 1), (0, 1)), 1),
-                                                   (3, (8, 19), ((1, 1), (2, 2)), 2)):  # columns dilated, rows not: pairs
+                                                   (3, (8, 19), ((1, 1), (2, 2)), 2)):  # dilated columns
         ho, wo = h + pt + pb - 2, wd + pl + pr - 2 * dw
         for dtype in (np.float32, np.float64):
             x = rng.standard_normal((c_g, h, wd)).astype(dtype)

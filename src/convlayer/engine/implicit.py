@@ -654,7 +654,10 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
         g = (job // jobs_per_group) % groups
         c0 = (job % jobs_per_group) * chans
         c1 = min(c_g, c0 + chans)
-        local = np.zeros((chans + mr) * stride, dtype=out.dtype)  # padded rows of the last block land past chans
+        # The padded rows of the last block may land past the chans planes: scratch, never read, left unzeroed (DCGAN
+        # 256->128, one channel a job: zeroing the nine planes cost 0.3 ms a call).
+        local = np.empty((chans + mr) * stride, dtype=out.dtype)
+        local[:chans * stride] = 0
         for p0 in range(0, length, block):
             for rb in range(c0 * n_taps // mr, -(-(c1 * n_taps) // mr)):
                 for j in range(p0, min(p0 + block, length), nr):

@@ -970,28 +970,32 @@ def _pack_columns(mat, out):  # pragma: no cover - compiled
 
 def _sum_transposed(parts, ct, k_g, out):  # pragma: no cover - compiled
     """``out[g, k, r] = sum_t parts[t, g, r, k]`` for ``r < ct``, ``k < k_g``: the weight gradient's per-thread
-    parts ``(threads, groups, CTp, kgp)`` summed and transposed in one pass, in blocks of 16 x 16 gathered in
-    a local buffer, so that each block's rows of ``out`` are written whole (written one entry at a time, 16
-    rows 8 KiB apart share a cache set; NumPy's sum and transposing copy took 0.9 ms for DCGAN's 2048 x 256)."""
+    parts ``(threads, groups, CTp, kgp)`` summed and transposed in one pass. One job per 16 rows ``r``: their
+    parts' rows, read whole and in order, are summed into a local block, whose columns then go out as runs of 16
+    entries of ``out``'s rows (a cache line each). The jobs went by 16 columns ``k`` before, each reading 64
+    bytes from every row of the parts: DCGAN's 2048 x 256 took 0.48-0.67 ms against 0.17-0.21 now, ResNet
+    3x3/2's 1152 x 256 0.32-0.36 against 0.10-0.12 (two threads; written one entry at a time, 16 rows 8 KiB
+    apart share a cache set, and NumPy's sum and transposing copy took 0.9 ms)."""
     threads, groups = parts.shape[:2]
-    kbs = -(-k_g // 16)
-    for job in prange(groups * kbs):
-        g = job // kbs
-        k0 = (job % kbs) * 16
-        k1 = min(k_g, k0 + 16)
-        block = np.empty((16, 16), dtype=out.dtype)
-        for r0 in range(0, ct, 16):
-            r1 = min(ct, r0 + 16)
-            for r in range(r0, r1):
-                for k in range(k0, k1):
-                    total = parts[0, g, r, k]
-                    for t in range(1, threads):
-                        total += parts[t, g, r, k]
-                    block[k - k0, r - r0] = total
-            for k in range(k0, k1):
-                dst = out[g, k, r0:r1]
-                for i in range(r1 - r0):
-                    dst[i] = block[k - k0, i]
+    rbs = -(-ct // 16)
+    for job in prange(groups * rbs):
+        g = job // rbs
+        r0 = (job % rbs) * 16
+        r1 = min(ct, r0 + 16)
+        block = np.empty((16, k_g), dtype=out.dtype)
+        for r in range(r0, r1):
+            row = block[r - r0]
+            src = parts[0, g, r]
+            for k in range(k_g):
+                row[k] = src[k]
+            for t in range(1, threads):
+                src = parts[t, g, r]
+                for k in range(k_g):
+                    row[k] += src[k]
+        for k in range(k_g):
+            dst = out[g, k, r0:r1]
+            for i in range(r1 - r0):
+                dst[i] = block[i, k]
 
 
 _PACK = _variants(_pack_rows)

@@ -20,6 +20,8 @@ def test_suite_runner_writes_json_and_markdown(tmp_path, capsys):
     assert len(data["rows"]) == 1 and len(data["rows"][0]["ratio"]) == 3
     assert data["meta"]["rounds"] == 2
     assert len(data["meta"]["memory_read_gbps"]) == 2 and min(data["meta"]["memory_read_gbps"]) > 0
+    gemm = data["meta"]["gemm_gflops"]  # before and after the problems; the targets use the higher
+    assert len(gemm) == 2 and min(gemm) > 0 and data["meta"]["gemm_peak_gflops"] == max(gemm)
     assert "| lenet | C1 5x5 1->6 b64 |" in out_md.read_text() and "targets of issue 4:" in out_md.read_text()
     assert set(data["targets"]) >= {"means", "below_half", "grouped_below_2x", "large_below_70_percent", "met"}
     out = capsys.readouterr().out

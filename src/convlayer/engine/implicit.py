@@ -210,6 +210,15 @@ def _ir_helpers(context, builder, signature):
     return data, const, at
 
 
+def prefetch_line(builder, ptr):
+    """Ask for the cache line at ``ptr`` (``llvm.prefetch``: to read, kept in all cache levels, data); an address
+    outside the arrays does no harm."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                          "llvm.prefetch.p0i8")
+    builder.call(hint, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
 def _no_unroll(builder, latch):
     """Mark the loop whose back edge ends block ``latch`` not to be unrolled (``llvm.loop.unroll.disable``).
 
@@ -278,9 +287,6 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, ste
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
             lane0 = ir.Constant(ir.IntType(32), 0)
-            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                  "llvm.prefetch.p0i8")
             run = nv * width  # elements of B per step; one hint per cache line it may touch, and its last element
             lines = sorted({*range(0, run, 64 // (vector_bytes // width)), run - 1})
             with cgutils.for_range(builder, kc) as loop:
@@ -289,9 +295,8 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, ste
                     ahead = builder.add(s, const(prefetch))
                     ahead = builder.select(builder.icmp_signed("<", ahead, kc), ahead, builder.sub(kc, const(1)))
                     later = at(b_base, table(b_rows, ahead))
-                    for e in lines:  # read, keep in all cache levels, data cache
-                        builder.call(hint, [builder.bitcast(at(later, const(e)), i8p), ir.Constant(i32, 0),
-                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                    for e in lines:
+                        prefetch_line(builder, at(later, const(e)))
                 row = at(b_base, table(b_rows, s))
                 bv = [builder.load(builder.bitcast(at(row, const(width * j)), vt.as_pointer()), align=align)
                       for j in range(nv)]
@@ -972,10 +977,10 @@ def _sum_transposed(parts, ct, k_g, out):  # pragma: no cover - compiled
     """``out[g, k, r] = sum_t parts[t, g, r, k]`` for ``r < ct``, ``k < k_g``: the weight gradient's per-thread
     parts ``(threads, groups, CTp, kgp)`` summed and transposed in one pass. One job per 16 rows ``r``: their
     parts' rows, read whole and in order, are summed into a local block, whose columns then go out as runs of 16
-    entries of ``out``'s rows (a cache line each). The jobs went by 16 columns ``k`` before, each reading 64
-    bytes from every row of the parts: DCGAN's 2048 x 256 took 0.48-0.67 ms against 0.17-0.21 now, ResNet
-    3x3/2's 1152 x 256 0.32-0.36 against 0.10-0.12 (two threads; written one entry at a time, 16 rows 8 KiB
-    apart share a cache set, and NumPy's sum and transposing copy took 0.9 ms)."""
+    entries of ``out``'s rows (a cache line each; written one entry at a time, 16 rows 8 KiB apart share a
+    cache set). Two threads, a one-off script: DCGAN's 2048 x 256 0.17-0.21 ms, ResNet 3x3/2's 1152 x 256
+    0.10-0.12, against 0.48-0.67 and 0.32-0.36 with jobs by 16 columns ``k``, each reading 64 bytes from every
+    row of the parts, and 0.9 ms for DCGAN's through NumPy's sum and transposing copy."""
     threads, groups = parts.shape[:2]
     rbs = -(-ct // 16)
     for job in prange(groups * rbs):

@@ -85,7 +85,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .direct import _compile
-from .implicit import VECTOR_BYTES
+from .implicit import VECTOR_BYTES, prefetch_line
 
 KH = KW = 3
 # Input rows below a row pair's first at which the grouped kernel asks for the next lines (the two rows of three
@@ -125,18 +125,9 @@ class _Vectors:
             module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]), f"llvm.masked.store.{suffix}.p0")
         self.zero = ir.Constant(vt, None)
         self.lane = ir.Constant(self.it, list(range(self.lanes)))
-        self.i8p = ir.IntType(8).as_pointer()
-        self.hint = cgutils.get_or_insert_function(
-            module, ir.FunctionType(ir.VoidType(), [self.i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
 
     def const(self, v):
         return ir.Constant(self.i64, v)
-
-    def prefetch(self, ptr):
-        """Ask for the cache line at ``ptr`` (to read, kept in all levels); an address outside the arrays does
-        no harm."""
-        self.b.call(self.hint, [self.b.bitcast(ptr, self.i8p), ir.Constant(self.i32, 0), ir.Constant(self.i32, 3),
-                                ir.Constant(self.i32, 1)])
 
     def data(self, array_type, value):
         """The data pointer of an array argument."""
@@ -473,7 +464,7 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int, winograd: bo
                     d = [row_loads(u, x_ptr, q, k, j, masks) for k in range(4)]
                     for k in range(2):  # the vector's lines of two rows GROUP_PREFETCH_ROWS below the pair's first
                         ahead = b.sub(b.add(q, const(GROUP_PREFETCH_ROWS + k)), pt)
-                        u.prefetch(b.gep(x_ptr, [b.add(b.mul(ahead, w), j)]))
+                        prefetch_line(b, b.gep(x_ptr, [b.add(b.mul(ahead, w), j)]))
                     for s in range(kw):
                         t = [b.fsub(d[0][s], d[2][s]), b.fadd(d[1][s], d[2][s]), b.fsub(d[2][s], d[1][s]),
                              b.fsub(d[1][s], d[3][s])]

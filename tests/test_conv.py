@@ -467,14 +467,15 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
 
 
 @pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (24, 24, 2, (5, 7)), (40, 12, 4, (20, 13)),
-                                                (16, 48, 1, (11, 9))])
+                                                (16, 48, 1, (11, 9)), (32, 16, 2, (20, 21))])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kernel", [True, False])
 def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, kernel, rng, monkeypatch):
     """The 1x1 forward with at most as many outputs as inputs per group on the implicit GEMM's tile, reading
     ``x`` as it lies (AVX-512's default, forced here), over the positions whole tiles cover, the rest (99 and
     260 positions; 35, fewer than a float32 tile) by BLAS; with more outputs than inputs, and without the tile, one
-    GEMM per image."""
+    GEMM per image. With whole tiles' rows of output channels (16 and 8 per group) the tiles are stored in the
+    output itself, over one block of positions or several (420: 384 of them in two blocks in float32)."""
     from convlayer.engine import implicit
 
     monkeypatch.setattr(implicit, "POINTWISE_FORWARD", kernel)
@@ -1096,6 +1097,10 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
         ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # 1-D: each job's window starts and ends outside the input
         ((400,), (5,), 120, 8, 2, 1, 3, ((2, 9),)),  # 1-D, groups, 300 patch rows: two calls of BLOCK_ROWS
         ((700,), (2,), 12, 64, 1, 1, 4, ((4, 0),)),  # 1-D causal, whole vectors of outputs: nothing to zero
+        # 1-D, whole blocks of output channels: tiles stored in the output itself, read from the input itself
+        # between the first and last blocks; groups; 300 patch rows, the second call adding into the output
+        ((900,), (3,), 96, 32, 2, 1, 2, ((3, 1),)),
+        ((500,), (5,), 60, 16, 1, 1, 1, 2),
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -459,6 +459,19 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
     arows = np.arange(mr)
     crows = np.arange(mr) * tstride
     c_g = xph.shape[1] // size // groups if span else 0
+    # A lattice of one row that starts each output plane (1-D stride 1, 1x1): a job whose tiles end within it
+    # stores them in ``out`` itself, not through the local tile and a copy, where the tile's rows are all output
+    # channels. WaveNet's forward 5.7 vs 6.4 ms and input gradient 5.8 vs 6.6, with the input read where it
+    # lies (below); 1-D k=9's forward 21.5 vs 22.5 (one process, alternating; a one-off script).
+    lattice = out.shape[2]
+    in_place = rows.shape[0] == 1 and rows[0] == 0 and width == length <= lattice and k_g % mr == 0
+    drows = np.arange(mr) * lattice
+    direct = np.empty((groups, ct), dtype=np.int64)  # with ``span``: the rows in ``xph[b]`` itself
+    if span:
+        taps = ct // c_g
+        for g in range(groups):
+            for r in range(ct):
+                direct[g, r] = rowoff[g, r] + (r // taps) * (size - span) + g * c_g * size
     for job in prange(n * groups * nblocks):
         b = job // (groups * nblocks)
         g = (job // nblocks) % groups
@@ -467,17 +480,28 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
         starts = _tile_starts(rows, width, p0, nc, nr)
         if starts.shape[0] == 0:
             continue
-        src, start = xph[b], p0
-        if span:
+        src, start, offs = xph[b], p0, rowoff[g]
+        if span and p0 >= pad and p0 - pad + span <= size:  # the window lies within the input: no copy
+            start, offs = p0 - pad, direct[g]
+        elif span:
             local = np.empty(c_g * span, dtype=out.dtype)
             _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
             src, start = local, 0
+        if in_place and p0 + starts[-1] + nr <= length:
+            dst = out[b].reshape(out.shape[1] * lattice)
+            for r0 in range(0, ct, steps):
+                kc = min(steps, ct - r0)
+                for kb in range(kbs):
+                    for j in starts:
+                        _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs, r0,
+                                    dst, (g * k_g + kb * mr) * lattice + p0 + j, drows, kc, r0 > 0)
+            continue
         tile = np.empty(kbs * mr * tstride, dtype=out.dtype)
         for r0 in range(0, ct, steps):
             kc = min(steps, ct - r0)
             for kb in range(kbs):
                 for j in starts:
-                    _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, rowoff[g], r0,
+                    _mk_forward(wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs, r0,
                                 tile, kb * mr * tstride + j, crows, kc, r0 > 0)
         q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
         while q < rows.shape[0] and rows[q] < p0 + nc:

@@ -81,7 +81,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas
-from .direct import _FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, _fill, _unfill, fill_arrays, run_arrays
+from .direct import (_FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, SPLIT2, _fill, _unfill, fill_arrays,
+                     run_arrays)
 
 
 # Register width for the microkernel: 64 bytes (zmm) where the CPU has AVX-512, else 32 (ymm).
@@ -574,19 +575,42 @@ def _fill_interleaved(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma:
     """``out[c, s * n + b] = filled[b, c, s]``: the planes of :func:`_fill_planes` with their positions
     interleaved over the ``n`` images, one channel per row of ``out (C, cstride)``; the slack after
     ``size * n`` zeroed. One job per channel and :data:`INTERLEAVE_IMAGES` images: their planes are
-    filled in a buffer in cache, then written position by position, a run of images at a time."""
-    n, c = x.shape[:2]
-    nb = -(-n // INTERLEAVE_IMAGES)
+    transposed, position by position (even columns before odd ones for :data:`.direct.SPLIT2`), into a
+    buffer in cache, whose runs of images then go to the filled positions whole, the padding zeroed.
+    DCGAN 256->128's input gradient, 16 images of 128 planes (a one-off script, the copy alone): 0.11-0.12
+    vs 0.27-0.41 ms for filling each image's plane (:func:`.direct._fill`) and then transposing."""
+    n, c, length = x.shape
+    m = INTERLEAVE_IMAGES
+    nb = -(-n // m)
+    half = length // 2
+    split = step == SPLIT2
+    step = 1 if split else step
     for job in prange(c * nb):
         ch, b0, count = _image_run(job, nb, n)
-        planes = np.empty((INTERLEAVE_IMAGES, size), dtype=out.dtype)
+        planes = np.empty(length * m, dtype=out.dtype)  # planes[p * m + i]: image b0 + i's position p
         for i in range(count):
-            _fill(planes[i], x[b0 + i, ch], seg_dst, seg_src, seg_len, step)
+            src = x[b0 + i, ch]
+            if split:
+                for p in range(half):
+                    planes[p * m + i] = src[2 * p]
+                    planes[(half + p) * m + i] = src[2 * p + 1]
+            else:
+                for p in range(length):
+                    planes[p * m + i] = src[p]
         dst = out[ch]
-        for s in range(size):
-            run = dst[s * n + b0:s * n + b0 + count]
-            for i in range(count):
-                run[i] = planes[i, s]
+        if count == n:  # the whole batch: the runs are contiguous
+            dst[:size * n] = 0
+        else:
+            for s in range(size):
+                run = dst[s * n + b0:s * n + b0 + count]
+                for i in range(count):
+                    run[i] = 0
+        for g in range(seg_dst.shape[0]):
+            for t in range(seg_len[g]):
+                run = dst[(seg_dst[g] + t) * n + b0:(seg_dst[g] + t) * n + b0 + count]
+                src = planes[(seg_src[g] + t * step) * m:(seg_src[g] + t * step) * m + count]
+                for i in range(count):
+                    run[i] = src[i]
         if b0 == 0:
             for i in range(size * n, dst.shape[0]):
                 dst[i] = 0

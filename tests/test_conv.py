@@ -1289,6 +1289,8 @@ def _check_forward_channels(n, size, kernel, c, k, groups, stride, dilation, pad
         (2, (7, 9), (3, 3), 40, 9, 1, 1, (1, 2), 0),  # 360 patch rows: two calls of BLOCK_ROWS
         (70, (3, 3), (2, 2), 4, 8, 1, 1, 1, 0),  # a lattice of 280 positions: two blocks of the batch
         (16, (7, 7), (3, 3), 30, 8, 1, 1, 1, 0),  # 270 patch rows; rows of 80 positions, 32 dropped between
+        (5, (9, 8), (3, 3), 6, 10, 1, 2, 1, 0),  # even width, columns split; the last column reached by no window
+        (5, (10, 10), (2, 2), 6, 10, 1, 3, 1, 0),  # stride 3: every third row and column reached by no window
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1329,8 +1329,35 @@ def test_implicit_forward_interleaves_the_images_of_small_planes(n, size, kernel
     monkeypatch.setattr(implicit, "INTERLEAVE_MIN_JOBS_PER_THREAD", 0)
     with force_strategy("implicit"):
         gx = CF.conv_backward(gy, x, w, **kw, grads=("input",))[0]
-    assert implicit.grad_input_interleaves(_plan_of(x.shape, w.shape, kw), n, dtype, 1)
+    assert implicit.grad_input_spread(_plan_of(x.shape, w.shape, kw), n, dtype, 1) == n
     assert max_rel_err(gx, xt.grad.numpy()) < tol
+
+
+@pytest.mark.parametrize("n", [48, 64])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_implicit_grad_input_interleaves_runs_of_images(n, dtype, rng):
+    """LeNet C3's input gradient, one job per lattice: runs of INTERLEAVE_IMAGES images interleaved, each run a
+    lattice of its own, the tiles skipping the positions dropped between rows; an image's NaN reaches no other
+    image's gradient."""
+    from convlayer.engine import implicit
+
+    x_shape = (n, 6, 14, 14)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(dtype)
+    gy = rng.standard_normal((n, 16, 10, 10)).astype(dtype)
+    gy[17, 3, 4, 4] = np.nan
+    plan = _plan_of(x_shape, w.shape, dict(stride=1, dilation=1, padding=0))
+    if n // implicit.INTERLEAVE_IMAGES >= numba.get_num_threads():
+        assert implicit.grad_input_spread(plan, n, dtype, 1) == implicit.INTERLEAVE_IMAGES
+    with force_strategy("implicit"):
+        gx = CF.conv_backward(gy, np.zeros(x_shape, dtype), w, grads=("input",))[0]
+    xt = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+    F.conv2d(xt, torch.tensor(w.astype(np.float64))).backward(torch.tensor(gy.astype(np.float64)))
+    expected = xt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(gx), np.isnan(expected))
+    assert np.isnan(expected[17]).any() and not np.isnan(np.delete(expected, 17, axis=0)).any()
+    finite = ~np.isnan(expected)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert max_rel_err(np.where(finite, gx, 0), np.where(finite, expected, 0)) < tol
 
 
 def _plan_of(x_shape, w_shape, kw):
@@ -1436,10 +1463,24 @@ def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     assert implicit.interleaves(c3, 64, np.float32)
     assert implicit._interleaved_positions(c3, 2, np.float32) == 136  # 4 x 2: covered
     assert not implicit.interleaves(c3, 2, np.float32)
-    # the input gradient's tiles, NV vectors wide (96 positions for 71 with 16 lanes, 80 with 8), and its jobs
-    threads = implicit.INTERLEAVE_MIN_JOBS_PER_THREAD * numba.get_num_threads()
-    assert implicit.grad_input_interleaves(dcgan, 16, np.float32, threads)
-    assert not implicit.grad_input_interleaves(dcgan, 16, np.float32, threads - 1)  # LeNet C3: one job
+    # the input gradient: its tiles, NV vectors wide, skip dropped runs a tile wide; the whole batch interleaved
+    # where the jobs per lattice are many, else runs of INTERLEAVE_IMAGES that divide the batch
+    nr = implicit.NV * implicit.lanes(np.float32)
+    threads = numba.get_num_threads()
+    many = implicit.INTERLEAVE_MIN_JOBS_PER_THREAD * threads
+    m = implicit.INTERLEAVE_IMAGES
+    if nr == 32:  # AVX-512: 96 positions per image alone; interleaved, each row's 8 x n real ones, 64 per image
+        assert implicit._grad_input_covered(dcgan, 1, np.float32) == 96
+        assert implicit._grad_input_covered(dcgan, 16, np.float32) == 64
+        assert implicit._grad_input_covered(c3, 1, np.float32) == 160  # 5 tiles for 136 positions
+        assert implicit._grad_input_covered(c3, 16, np.float32) == 100  # 10 rows of 5 tiles, the gaps skipped
+        assert implicit.grad_input_spread(dcgan, 32, np.float32, many) == 32
+        assert implicit.grad_input_spread(dcgan, 32, np.float32, many - 1) == m
+        assert implicit.grad_input_spread(dcgan, 2 * m + 8, np.float32, many - 1) == 1  # runs must divide the batch
+        assert implicit.grad_input_spread(c3, 64, np.float32, 1) == (m if 64 // m >= threads else 1)  # one job
+        assert implicit.grad_input_spread(c3, m, np.float32, 1) == (m if threads == 1 else 1)
+    exact = make_plan((nr + 4,), (5,), (1,), (1,), (nr,))
+    assert implicit.grad_input_spread(exact, 4 * m, np.float32, many) == 1  # whole tiles: nothing to gain
 
 
 @pytest.mark.parametrize(

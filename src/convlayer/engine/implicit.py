@@ -131,10 +131,14 @@ BLOCK_ROWS = 256
 # into one lattice for the whole batch, which the tiles cover with at most one partial tile per output row
 # (they skip the positions dropped between rows where these are a tile wide, see :func:`_tile_starts`; LeNet
 # C3's forward at batch 256, 0.90-1.03 vs 1.05-1.14 ms, one process; see :func:`forward`). The input gradient
-# does the same with its own, NV-vector tiles, which cover the whole lattice (:func:`grad_input_interleaves`):
-# DCGAN's transposed 256->128 forward, 71 positions under 96, 8.6-8.8 vs 10.1-10.4 ms (one process), where it
-# has 128 jobs (channels) for the batch; but LeNet C3's input gradient, one job for its 6 channels, ran on
-# one thread: 3.1 vs 2.0 ms at batch 256. Below INTERLEAVE_MIN_OVERHANG the copies in and out of the
+# does the same with its own, NV-vector tiles (:func:`grad_input_spread`, :func:`_grad_input_tiles`): DCGAN's
+# transposed 256->128 forward, 71 positions under 96, 8.6-8.8 vs 10.1-10.4 ms (one process), where it has 128
+# jobs (channels) for the batch. LeNet C3's input gradient has one job for its 6 channels, which ran on one
+# thread with the whole batch interleaved (3.1 vs 2.0 ms at batch 256); it interleaves runs of
+# INTERLEAVE_IMAGES images instead, each a lattice of its own, and its tiles skip the dropped positions
+# between rows: 0.29 vs 0.49 ms at batch 64, 1.13-1.24 vs 1.78-1.80 at 256; DCGAN 256->128's transposed
+# forward, whose tiles now skip the 16 positions dropped after every 128 too, 5.67-5.91 vs 6.28-7.13 (one
+# process, alternating, a one-off script). Below INTERLEAVE_MIN_OVERHANG the copies in and out of the
 # interleaved layout cost more than the tiles save: ResNet 3x3/2's 15 x 14 lattice (240 positions under the
 # tiles, 209 interleaved) ran its forward in 5.7 vs 6.1 ms without (one process, Zen 4).
 INTERLEAVE_MIN_OVERHANG = 1.25
@@ -166,6 +170,7 @@ CHANNELS_WIDE_STEPS = 256
 # Whether 1x1 forwards with at most as many outputs as inputs run on the forward's tile from x as it lies
 # (:func:`forward_pointwise`, :mod:`.gemm` for the measurements): with AVX-512, where they were measured.
 POINTWISE_FORWARD = VECTOR_BYTES == 64
+# The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
 INTERLEAVE_IMAGES = 16
@@ -641,18 +646,22 @@ def _deinterleave(src, out):  # pragma: no cover - compiled
 
 
 def _embed_interleaved(gy, rows, width, out):  # pragma: no cover - compiled
-    """``out (K, lstride)``: ``gy (n, K, P)`` on one lattice for the batch, position by position
-    (``out[k, p * n + b]``), zeros at the dropped positions and after."""
+    """``out (n // spread, K, lstride)``: ``gy (n, K, P)`` on one lattice per ``spread`` images, position by
+    position (``out[b // spread, k, p * spread + b % spread]``), zeros at the dropped positions and after."""
     n, k_total = gy.shape[:2]
-    for k in prange(k_total):
-        dst = out[k]
+    chunks = out.shape[0]
+    spread = n // chunks
+    for job in prange(chunks * k_total):
+        chunk = job // k_total
+        k = job % k_total
+        dst = out[chunk, k]
         for i in range(dst.shape[0]):
             dst[i] = 0
-        for b in range(n):
-            src = gy[b, k]
+        for bb in range(spread):
+            src = gy[chunk * spread + bb, k]
             for q in range(rows.shape[0]):
                 for i in range(width):
-                    dst[(rows[q] + i) * n + b] = src[q * width + i]
+                    dst[(rows[q] + i) * spread + bb] = src[q * width + i]
 
 
 def _embed_rows(gy, rows, width, out):  # pragma: no cover - compiled
@@ -678,12 +687,13 @@ def _embed_rows(gy, rows, width, out):  # pragma: no cover - compiled
             dst[i] = 0
 
 
-def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst, seg_src, seg_len, step, size,
+def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src, seg_len, step, size,
                 stride, complete, spread, out):  # pragma: no cover - compiled
     """``out (n, C, S)``, the input gradient, from ``gyl (n // spread, K * lstride)`` (``gy`` on the lattice,
     zeros at the dropped positions; ``ktable[k] = k * lstride``; with ``spread`` images interleaved position
-    by position, as :func:`forward` interleaves them, ``gyl`` holds one lattice for the batch and the local
-    planes are interleaved the same way).
+    by position, as :func:`forward` interleaves them, ``gyl`` holds one lattice per ``spread`` images and the
+    local planes are interleaved the same way). The tiles start at ``starts`` (:func:`_grad_input_tiles`),
+    ``block`` of them at a time.
 
     ``wtpack (groups, rbs * K_g * MR)``: each group's transposed weights in
     blocks of ``MR`` patch rows, ``(rbs, K_g, MR)``, rows past ``C_g * T``
@@ -721,9 +731,9 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
         # 256->128, one channel a job: zeroing the nine planes cost 0.3 ms a call).
         local = np.empty((chans + mr) * stride, dtype=out.dtype)
         local[:chans * stride] = 0
-        for p0 in range(0, length, block):
+        for t0 in range(0, starts.shape[0], block):
             for rb in range(c0 * n_taps // mr, -(-(c1 * n_taps) // mr)):
-                for j in range(p0, min(p0 + block, length), nr):
+                for j in starts[t0:t0 + block]:
                     _mk(wtpack[g], rb * k_g * mr, arows, mr, gyl[b], j, ktable, g * k_g,
                         local, j - c0 * stride, crow[rb * mr:(rb + 1) * mr], k_g, True)
         if spread == 1:
@@ -744,7 +754,7 @@ def _grad_input(gyl, ktable, wtpack, crow, length, block, chans, n_taps, seg_dst
                     for i in range(spread):
                         run[i] = src[i]
             for bb in range(spread):  # each image's plane out of them, its columns merged for SPLIT2
-                dst = out[bb, g * c_g + c]
+                dst = out[b * spread + bb, g * c_g + c]
                 if split:
                     for p in range(half):
                         dst[2 * p] = planes[p * spread + bb]
@@ -969,8 +979,8 @@ def forward_bytes(c, k, plan, x_shape, pads, dtype) -> int:
 
 
 def lattice_stride(plan, dtype) -> int:
-    """Elements per output channel of :func:`grad_input`'s work array (``gy`` on the lattice)."""
-    return _round_up(plan.length, NV * lanes(dtype))
+    """Elements per output channel and image of :func:`grad_input`'s work array (``gy`` on the lattice), at most."""
+    return _round_up(plan.length, NV * lanes(dtype)) + NV * lanes(dtype)
 
 
 def _grad_weight_tile(k_g: int, dtype):
@@ -1107,15 +1117,46 @@ def _tile_positions(length: int, dtype) -> int:
     return full * BLOCK_POSITIONS + _round_up(rest, FORWARD_NV * lanes(dtype))
 
 
-def grad_input_interleaves(plan, n: int, dtype, jobs: int) -> bool:
-    """Whether :func:`grad_input` interleaves the images' positions, as :func:`forward` does (see
-    :data:`INTERLEAVE_MIN_OVERHANG`; its tiles are ``NV`` vectors wide), given its ``jobs`` per image (groups
-    times blocks of channels): interleaved, the images share their jobs, so at least
-    :data:`INTERLEAVE_MIN_JOBS_PER_THREAD` per thread must remain."""
+def grad_input_spread(plan, n: int, dtype, jobs: int) -> int:
+    """How many images :func:`grad_input` interleaves per lattice, position by position, as :func:`forward` does
+    (see :data:`INTERLEAVE_MIN_OVERHANG`), given its ``jobs`` per lattice (groups times blocks of channels): the
+    whole batch where at least :data:`INTERLEAVE_MIN_JOBS_PER_THREAD` jobs per thread remain; else runs of
+    :data:`INTERLEAVE_IMAGES` (which divide the batch), where that gives every thread at least one job of equal
+    work (LeNet C3: one job per lattice); else none (1)."""
     from numba import get_num_threads
 
-    return (_overhangs(_round_up(plan.length, NV * lanes(dtype)), plan.length, n)
-            and jobs >= INTERLEAVE_MIN_JOBS_PER_THREAD * get_num_threads())
+    threads = get_num_threads()
+    covered = _grad_input_covered(plan, 1, dtype)
+    if jobs >= INTERLEAVE_MIN_JOBS_PER_THREAD * threads:
+        return n if _overhangs(covered, _grad_input_covered(plan, n, dtype), n) else 1
+    m = INTERLEAVE_IMAGES
+    if n % m == 0 and jobs * (n // m) >= threads and _overhangs(covered, _grad_input_covered(plan, m, dtype), m):
+        return m
+    return 1
+
+
+@lru_cache(maxsize=256)
+def _grad_input_tiles(plan, spread: int, nr: int) -> np.ndarray:
+    """Where :func:`grad_input`'s tiles, ``nr`` positions each, start on the lattice of ``spread`` images
+    interleaved, none overlapping (the tiles add into the gradient): ``nr`` apart from the first position, or,
+    where that takes fewer tiles and each starts at a whole vector, as :func:`_tile_starts` places them, none at
+    a dropped position, so that dropped runs at least a tile wide are skipped (LeNet C3's 4 x 16 positions after
+    every 10 x 16 with 16 images interleaved, DCGAN's 16 after 128). Tiles at any position, where they were
+    fewer, made the ResNet 7x7/2 stem's input gradient 10-20% slower and the speech layer's 8% (one process,
+    alternating; a one-off script): their loads and stores straddle cache lines."""
+    _, _, _, rows, width = run_arrays(plan, True)
+    starts = _tile_starts(rows * spread, width * spread, 0, plan.length * spread, nr)
+    aligned = np.arange(0, plan.length * spread, nr)
+    if starts.shape[0] >= aligned.shape[0] or (starts % (nr // NV)).any():
+        starts = aligned
+    starts.flags.writeable = False
+    return starts
+
+
+def _grad_input_covered(plan, spread: int, dtype) -> int:
+    """Lattice positions per image that :func:`grad_input`'s tiles cover with ``spread`` images interleaved."""
+    nr = NV * lanes(dtype)
+    return _grad_input_tiles(plan, spread, nr).shape[0] * nr // spread
 
 
 def interleaves(plan, n: int, dtype) -> bool:
@@ -1278,11 +1319,12 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     bases, _, _, rows, width = run_arrays(plan, True)
     chans = MR // math.gcd(n_taps, MR)
     jobs = groups * -(-c_g // chans)
-    spread = n if grad_input_interleaves(plan, n, gy.dtype, jobs) else 1  # images interleaved into one lattice
-    lstride = _round_up(plan.length * spread, nr)
+    spread = grad_input_spread(plan, n, gy.dtype, jobs)  # images interleaved per lattice
+    starts = _grad_input_tiles(plan, spread, nr)
+    lstride = _round_up(plan.length * spread, nr) + nr  # a tile may start at any real position
     gyl = scratch((n // spread, k, lstride))
     if spread > 1:
-        _EMBED_INTERLEAVED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl[0])
+        _EMBED_INTERLEAVED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     else:
         _EMBED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)
     rows_padded = _round_up(ct, MR)
@@ -1292,7 +1334,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     r = np.arange(rows_padded)
     crow = np.ascontiguousarray((r // n_taps) * stride + bases[r % n_taps] * spread, dtype=np.int64)
     ktable = np.arange(k, dtype=np.int64) * lstride
-    _GRAD_INPUT[par](gyl.reshape(n // spread, -1), ktable, wtpack, crow, plan.length * spread, GRAD_INPUT_POSITIONS,
+    _GRAD_INPUT[par](gyl.reshape(n // spread, -1), ktable, wtpack, crow, starts, max(1, GRAD_INPUT_POSITIONS // nr),
                      chans, n_taps, seg_dst, seg_src, seg_len, step, size, stride, complete, spread,
                      gx.reshape(n, c, -1))
     return gx

@@ -1302,8 +1302,14 @@ def forward_channels(x, w, groups, plan, pads, y, scratch, par, wide):
 def _as_given(plan, x_shape, pads) -> bool:
     """Whether the filled planes of an input of shape ``x_shape`` are its planes as they lie: no padding, no
     phases (stride 1), so that the kernels can read the input instead of a filled copy."""
-    seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))
-    return (step == 1 and size == math.prod(x_shape[2:]) and np.array_equal(seg_dst, seg_src)
+    return _planes_as_given(plan, tuple(x_shape[2:]), tuple(tuple(p) for p in pads))
+
+
+@lru_cache(maxsize=256)
+def _planes_as_given(plan, shape: tuple, pads: tuple) -> bool:
+    """:func:`_as_given`, once per geometry (10 us a call, 4% of LeNet C3's forward at batch 64)."""
+    seg_dst, seg_src, seg_len, step, size, _ = fill_arrays(plan, shape, pads)
+    return (step == 1 and size == math.prod(shape) and np.array_equal(seg_dst, seg_src)
             and int(seg_len.sum()) == size)
 
 

@@ -1121,8 +1121,8 @@ def grad_input_spread(plan, n: int, dtype, jobs: int) -> int:
     """How many images :func:`grad_input` interleaves per lattice, position by position, as :func:`forward` does
     (see :data:`INTERLEAVE_MIN_OVERHANG`), given its ``jobs`` per lattice (groups times blocks of channels): the
     whole batch where at least :data:`INTERLEAVE_MIN_JOBS_PER_THREAD` jobs per thread remain; else runs of
-    :data:`INTERLEAVE_IMAGES` (which divide the batch), where that gives every thread at least one job of equal
-    work (LeNet C3: one job per lattice); else none (1)."""
+    :data:`INTERLEAVE_IMAGES` (which divide the batch), where their jobs, of equal work, share out evenly over
+    the threads (LeNet C3: one job per lattice, so batches of 32, 64, 96, ... on two threads); else none (1)."""
     from numba import get_num_threads
 
     threads = get_num_threads()
@@ -1130,7 +1130,7 @@ def grad_input_spread(plan, n: int, dtype, jobs: int) -> int:
     if jobs >= INTERLEAVE_MIN_JOBS_PER_THREAD * threads:
         return n if _overhangs(covered, _grad_input_covered(plan, n, dtype), n) else 1
     m = INTERLEAVE_IMAGES
-    if n % m == 0 and jobs * (n // m) >= threads and _overhangs(covered, _grad_input_covered(plan, m, dtype), m):
+    if n % m == 0 and jobs * (n // m) % threads == 0 and _overhangs(covered, _grad_input_covered(plan, m, dtype), m):
         return m
     return 1
 

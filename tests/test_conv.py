@@ -1376,13 +1376,13 @@ def _plan_of(x_shape, w_shape, kw):
 @pytest.mark.parametrize(
     "n, size, kernel, padding",
     [(64, (14, 14), (5, 5), 0), (256, (14, 14), (5, 5), 0), (1, (14, 14), (5, 5), 0), (3, (9, 30), (3, 3), 1),
-     (16, (8, 8), (2, 2), 1), (5, (4, 5, 3), (3, 2, 3), 1)],
+     (16, (8, 8), (2, 2), 1), (16, (7, 7), (2, 2), 1), (5, (4, 5, 3), (3, 2, 3), 1)],
 )
 def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n, size, kernel, padding):
     """The forward's tiles (:func:`.implicit._tile_starts`), block by block, on one image's lattice or ``n`` images
     interleaved: none overlap, none starts at a dropped position, every real position of the block is covered
-    once; with LeNet C3's images interleaved they skip the dropped positions, 4 x n after every 10 x n real
-    ones."""
+    once by the vectors each computes (:func:`.implicit._tile_vectors`: fewer where the rest would be dropped);
+    with LeNet C3's images interleaved they skip the dropped positions, 4 x n after every 10 x n real ones."""
     from convlayer.engine import direct, implicit
     from convlayer.engine.windows import make_plan
 
@@ -1392,23 +1392,29 @@ def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n
     plan = make_plan(full, kernel, (1,) * rank, (1,) * rank, out)
     _, _, _, rows, width = direct.run_arrays(plan, True)
     rows, width, length = rows * n, width * n, plan.length * n
-    nr = implicit.FORWARD_NV * implicit.lanes(np.float32)
+    lanes = implicit.lanes(np.float32)
+    nr = implicit.FORWARD_NV * lanes
     real = np.zeros(length + nr, dtype=bool)
     for r in rows:
         real[r:r + width] = True
     covered = np.zeros(length + nr, dtype=int)
-    tiles = 0
+    tiles = cut = 0
     for p0 in range(0, length, implicit.BLOCK_POSITIONS):
         nc = min(implicit.BLOCK_POSITIONS, length - p0)
         starts = implicit._tile_starts(rows, width, p0, nc, nr)
         assert (np.diff(starts) >= nr).all() and (starts < nc).all()
         assert real[p0 + starts].all()
-        for j in starts:
-            covered[p0 + j:p0 + min(j + nr, nc)] += 1  # each block copies out its own positions only
+        vectors = implicit._tile_vectors(rows, width, p0, nc, starts, nr, lanes)
+        assert ((vectors >= 1) & (vectors <= implicit.FORWARD_NV)).all()
+        for j, v in zip(starts, vectors):
+            covered[p0 + j:p0 + min(j + v * lanes, nc)] += 1  # each block copies out its own positions only
+        cut += int((vectors < implicit.FORWARD_NV).sum())
         tiles += len(starts)
     assert (covered[real] == 1).all()
     if size == (14, 14) and n > 1:  # C3: about 10 / 14 of the tiles over the whole lattice
         assert tiles < 0.8 * -(-length // nr)
+    if size == (7, 7) and nr == 48:  # as DCGAN's: rows of 8 x 16 real positions, 16 dropped; the third tile cut
+        assert cut >= 8
 
 
 @pytest.mark.parametrize("size, kernel, stride, dilation", [

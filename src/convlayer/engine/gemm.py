@@ -148,7 +148,10 @@ FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # 3 -> 64 3x3 at 224x224 33-35 / 28-33 / 18-19, 1 -> 32 5x5 at 28x28 3.2-4.9 / 3.8-5.7 / 1.4-1.6,
 # 3 -> 32 3x3/2 3.0-3.7 / 2.8-3.1 / 1.4-1.5, 1-D 8 -> 64 k=3 7.5-8.7 / 8.7-10.0 / 4.0-5.6, the 3-D stem's
 # 2 images 17-19 / 13-19 / 10-13, the ResNet stem 27-30 / 19-22 / 15-21; the 1-D stem even (1.0-1.5 /
-# 1.8-2.3 / 1.2-1.9).
+# 1.8-2.3 / 1.2-1.9). 1-D layers with AVX-512 take the implicit GEMM's dot products instead (implicit.DOT, which
+# came after these figures): the 1-D stem 0.38-0.47 / 0.48-0.52 ms (implicit / direct), 1-D 8 -> 64 k=3
+# 2.97-3.32 / 4.32-6.17 (the same command, a later round); the suite's stem in one process, ten rounds
+# alternating, 0.32 vs 0.41 (a one-off script).
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
 # ...and at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS patch rows (C_g * T): with DeepBench's speech layer
 # (one channel, 41 x 11 taps, 451 rows) the implicit GEMM wins, 3.7-4.0 vs 4.1-4.3 ms (one process, Zen 4);
@@ -223,6 +226,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     if (pass_ == "grad_weight" and c_g <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT and plan.n_taps > 1
             and c_g * plan.n_taps <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS
             and n >= blas._threads() and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH):
+        if len(plan.out) == 1 and _implicit().DOT:
+            return "implicit"  # the dot products along the positions
         return "direct"  # an image per thread at least: the kernel's jobs are images (and groups)
     wide = min(c_g, k_g) >= TAPS_MIN_CHANNELS and plan.length >= TAPS_MIN_LENGTH
     if plan.n_taps == 1 and wide:

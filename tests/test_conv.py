@@ -1484,8 +1484,8 @@ def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
         assert implicit._grad_input_covered(c3, 1, np.float32) == 160  # 5 tiles for 136 positions
         assert implicit._grad_input_covered(c3, 16, np.float32) == 100  # 10 rows of 5 tiles, the gaps skipped
         assert implicit.grad_input_spread(dcgan, 32, np.float32, many) == 32
-        assert implicit.grad_input_spread(dcgan, 32, np.float32, many - 1) == m
-        assert implicit.grad_input_spread(dcgan, 2 * m + 8, np.float32, many - 1) == 1  # runs must divide the batch
+        assert implicit.grad_input_spread(dcgan, 32, np.float32, threads) == m  # 2 runs, threads jobs each
+        assert implicit.grad_input_spread(dcgan, 2 * m + 8, np.float32, threads) == 1  # runs must divide the batch
         # one job per lattice: runs of m images where their jobs share out evenly over the threads
         assert implicit.grad_input_spread(c3, 64, np.float32, 1) == (m if (64 // m) % threads == 0 else 1)
         assert implicit.grad_input_spread(c3, 3 * m, np.float32, 1) == (m if 3 % threads == 0 else 1)

@@ -497,24 +497,21 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
             local = np.empty(c_g * span, dtype=out.dtype)
             _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
             src, start = local, 0
-        if in_place and p0 + starts[-1] + nr <= length:
-            dst = out[b].reshape(out.shape[1] * lattice)
-            for r0 in range(0, ct, steps):
-                kc = min(steps, ct - r0)
-                for kb in range(kbs):
-                    for t in range(starts.shape[0]):
-                        j = starts[t]
-                        _forward_tile(vectors[t], wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs,
-                                      r0, dst, (g * k_g + kb * mr) * lattice + p0 + j, drows, kc, r0 > 0)
-            continue
-        tile = np.empty(kbs * mr * tstride, dtype=out.dtype)
+        # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
+        stored = in_place and p0 + starts[-1] + nr <= length
+        if stored:
+            tile, base, rstride, trows = out[b].reshape(out.shape[1] * lattice), g * k_g * lattice + p0, lattice, drows
+        else:
+            tile, base, rstride, trows = np.empty(kbs * mr * tstride, dtype=out.dtype), 0, tstride, crows
         for r0 in range(0, ct, steps):
             kc = min(steps, ct - r0)
             for kb in range(kbs):
                 for t in range(starts.shape[0]):
                     j = starts[t]
                     _forward_tile(vectors[t], wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs, r0,
-                                  tile, kb * mr * tstride + j, crows, kc, r0 > 0)
+                                  tile, base + kb * mr * rstride + j, trows, kc, r0 > 0)
+        if stored:
+            continue
         q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
         while q < rows.shape[0] and rows[q] < p0 + nc:
             lo = max(rows[q], p0)
@@ -581,8 +578,7 @@ def _tile_vectors(rows, width, p0, nc, starts, nr, lanes):  # pragma: no cover -
     dropped until the next tile starts (a row's end with a gap after it at least as long as the rest of the
     tile, or the block's end): then enough vectors for those positions only. DCGAN 256->128's input gradient,
     16 images interleaved, rows of 128 real positions and 16 dropped: each row's third tile needs two of its
-    three vectors; the kernel alone 5.04-5.19 vs 5.52-5.74 ms (a one-off script), the same outputs bitwise.
-    Inlined (``_forward_tile``): called, WaveNet's input gradient ran 13% slower (one process, four rounds)."""
+    three vectors; the kernel alone 5.04-5.19 vs 5.52-5.74 ms (a one-off script), the same outputs bitwise."""
     out = np.empty(starts.shape[0], dtype=np.int64)
     full = nr // lanes
     q = 0
@@ -602,7 +598,8 @@ def _tile_vectors(rows, width, p0, nc, starts, nr, lanes):  # pragma: no cover -
 @njit(inline="always", **_FLAGS)
 def _forward_tile(vectors, a, aoff, arows, mr, b, boff, brows, bstart, c, coff, crows, kc,
                   beta):  # pragma: no cover - compiled
-    """The forward's tile of ``vectors`` vectors (:func:`_tile_vectors`)."""
+    """The forward's tile of ``vectors`` vectors (:func:`_tile_vectors`). Inlined: called, with its fourteen
+    arguments, it made WaveNet's input gradient 13% slower (one process, four rounds; a one-off script)."""
     if vectors == FORWARD_NV:
         _mk_forward(a, aoff, arows, mr, b, boff, brows, bstart, c, coff, crows, kc, beta)
     elif vectors == 2:
@@ -625,8 +622,9 @@ def _fill_interleaved(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma:
     ``size * n`` zeroed. One job per channel and :data:`INTERLEAVE_IMAGES` images: their planes are
     transposed, position by position (even columns before odd ones for :data:`.direct.SPLIT2`), into a
     buffer in cache, whose runs of images then go to the filled positions whole, the padding zeroed.
-    DCGAN 256->128's input gradient, 16 images of 128 planes (a one-off script, the copy alone): 0.11-0.12
-    vs 0.27-0.41 ms for filling each image's plane (:func:`.direct._fill`) and then transposing."""
+    DCGAN 256->128's input gradient, 16 images of 128 planes (a one-off script, the copy alone): 0.25-0.28
+    vs 0.37-0.43 ms on two threads, 0.39 vs 0.58 on one, against filling each image's plane
+    (:func:`.direct._fill`) and then transposing."""
     n, c, length = x.shape
     m = INTERLEAVE_IMAGES
     nb = -(-n // m)
@@ -1370,7 +1368,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     jobs = groups * -(-c_g // chans)
     spread = grad_input_spread(plan, n, gy.dtype, jobs)  # images interleaved per lattice
     starts = _grad_input_tiles(plan, spread, nr)
-    lstride = _round_up(plan.length * spread, nr) + nr  # a tile may start at any real position
+    lstride = _round_up(plan.length * spread, nr) + nr  # a skipping tile, at a whole vector, may end past it
     gyl = scratch((n // spread, k, lstride))
     if spread > 1:
         _EMBED_INTERLEAVED[par](np.ascontiguousarray(gy).reshape(n, k, -1), rows, width, gyl)

@@ -801,18 +801,20 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x_finite, w_inf, pads, torch_kw)[0], tol)
 
 
+@pytest.mark.parametrize("rows", [None, 4])
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rng):
+def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rows, rng):
     """The plane kernels built for 256-bit (AVX2) and 512-bit vectors alike, whichever this machine runs:
     one plane's forward and weight gradient in float32 and float64 (4 to 16 lanes) against PyTorch, on rows
-    shorter and longer than a vector, with padding and dilation."""
+    shorter and longer than a vector, with padding and dilation; with the default output rows per pass
+    (``plane_rows``) and with four, at either stride (13 rows: blocks of four, then a pair or a single row)."""
     from numba import njit
 
     from convlayer.engine import planes
 
-    forward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes)
-    backward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, grad_weight=True)
+    forward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, rows=rows)
+    backward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, grad_weight=True, rows=rows)
 
     @njit
     def run(x, w, y, gy, gw, h, wd, ho, wo, pt, pl, d):
@@ -820,7 +822,8 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rn
         backward(x, 0, h, wd, gw, 0, gy, 0, ho, wo, pt, pl, d, d)
 
     for dtype in (np.float32, np.float64):
-        for (h, wd), (pt, pl), d in (((5, 3), (1, 1), 1), ((9, 21), (2, 0), 2), ((6, 40), (1, 2), 1)):
+        for (h, wd), (pt, pl), d in (((5, 3), (1, 1), 1), ((9, 21), (2, 0), 2), ((6, 40), (1, 2), 1),
+                                     ((13, 19), (1, 1), 1)):
             x = rng.standard_normal((h, wd)).astype(dtype)
             w = rng.standard_normal(9).astype(dtype)
             xt = torch.tensor(x.astype(np.float64))[None, None]

@@ -18,9 +18,11 @@ the unpadded input where it lies:
   ``c * dw - pl`` (with stride 2, the even lanes of two loads each), each
   multiplied by its broadcast weight; one accumulator per kernel row
   (three short chains instead of one of nine); with stride and dilation 1
-  down the rows, two output rows at a time, each input row's loads
-  serving both (12 loads for two vectors instead of 18: MobileNet's 56-wide
-  rows 4.5-4.8 against 6.5-9.5 ns per vector in cache, one thread);
+  down the rows, several output rows at a time (:func:`plane_rows`: four
+  with 512-bit vectors, else two), each input row's loads serving all the
+  rows it reaches (18 loads for four vectors instead of 36; two rows
+  against one: MobileNet's 56-wide rows 4.5-4.8 against 6.5-9.5 ns per
+  vector in cache, one thread);
 * where a load would cross the row's ends (the first and last vectors of
   a row: the zero padding), a masked load reads only the lanes inside
   the row and zeros the others;
@@ -92,6 +94,29 @@ KH = KW = 3
 # pairs later): ResNeXt's layer, batch 8, two threads, 0.97-1.04 ms against 1.04-1.20 without, median of 15
 # (one-off script; 2 to 40 rows ahead were within 5% of each other).
 GROUP_PREFETCH_ROWS = 8
+
+
+def plane_rows(sh: int, vector_bytes: int) -> int:
+    """Output rows per pass of the depthwise kernel (:func:`make_plane_kernel`) where the dilation down the
+    rows is 1: each input row loaded serves every output row of the pass that it reaches, so a pass of ``m`` rows
+    loads ``3 + (m - 1) * sh`` input rows instead of ``3 m``.
+
+    With 512-bit vectors (Zen 4), four at stride 1. One thread, MobileNet's 56 x 56 planes in L3, ns per plane,
+    2 / 4 / 8 rows: forward 1040-1168 / 944-972 / 1253-1276, weight gradient 1201-1286 / 963-998 / 1107-1140
+    (at 8 the accumulators no longer fit the 32 vector registers). The suite's layer (batch 8, two threads, bound
+    by the memory), kernel alone, 2 / 4 rows: forward 0.64-0.67 / 0.62-0.69 ms, weight gradient 0.75-0.78 /
+    0.61-0.66.
+
+    One row at a time at stride 2, as before: on planes in cache several rows per pass made the forward faster
+    (112 x 112 planes, 1 / 2 / 4 rows: 2849-2894 / 2609-2716 / 2516-2560 ns) but the weight gradient no faster
+    (2901-3077 / 2648-2651 / 2952-2973), and on the suite's layer, whose 38.5 MB input streams from memory, the
+    noise of that stretch (1.3-4.3 ms for one kernel) hid any difference.
+
+    With 256-bit vectors (16 registers, not measured) the kernel keeps the pairs it had at stride 1."""
+    if sh != 1:
+        return 1
+    return 4 if vector_bytes >= 64 else 2
+
 
 # Winograd's F(2, 3) down the rows of the grouped kernel (make_group_kernel): two output rows y = A^T [(G g) (.)
 # (B^T d)] from four input rows d and three kernel rows g. The matrices give the growth below; their rows are
@@ -182,14 +207,14 @@ class _Vectors:
             vectors.append(phi)
         return vectors
 
-    def each_vector(self, half, ho, wo, dh, pairs, vector):
-        """Emit ``vector(u, q, j, pair)`` for every output vector of an ``ho x wo`` plane: rows ``q`` two at a
-        time (``pair``) where ``pairs`` and the dilation down the rows ``dh`` is 1, else one at a time; each
-        row's vectors ``j`` last to first, so that a vector's lanes past its row's end land on the next row's
-        first outputs, which a later vector writes (:meth:`store`). A row's last vector, where it holds at most
-        half a vector of outputs (56-wide rows: 8 of 16 lanes), comes first of all and in vectors of ``half``
-        (with 512-bit vectors; ``None`` otherwise): on Zen 4 two 256-bit operations cost as much as one
-        512-bit."""
+    def each_vector(self, half, ho, wo, dh, most, vector):
+        """Emit ``vector(u, q, j, rows)`` for every output vector of an ``ho x wo`` plane: rows ``q`` ``most``
+        at a time (a power of two), then in halves of that for the rest, where the dilation down the rows ``dh``
+        is 1, else one at a time; each row's vectors ``j`` last to first, so that a vector's lanes past its
+        row's end land on the next row's first outputs, which a later vector writes (:meth:`store`). A row's
+        last vector, where it holds at most half a vector of outputs (56-wide rows: 8 of 16 lanes), comes
+        first of all and in vectors of ``half`` (with 512-bit vectors; ``None`` otherwise): on Zen 4 two
+        256-bit operations cost as much as one 512-bit."""
         b, const, lanes = self.b, self.const, self.lanes
         full = b.sdiv(wo, const(lanes))  # whole vectors per output row
         count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row
@@ -197,20 +222,21 @@ class _Vectors:
         short = b.and_(b.icmp_signed(">", left, const(0)), b.icmp_signed("<=", left, const(lanes // 2)))
         whole = count if half is None else b.select(short, full, count)
 
-        def rows_of(first, stop, pair):
-            with cgutils.for_range_slice(b, first, stop, const(2 if pair else 1), inc=True) as (q, _):
+        def rows_of(first, stop, rows):
+            with cgutils.for_range_slice(b, first, stop, const(rows), inc=True) as (q, _):
                 if half is not None:
                     with b.if_then(short):
-                        vector(half, q, b.mul(full, const(lanes)), pair)
+                        vector(half, q, b.mul(full, const(lanes)), rows)
                 with cgutils.for_range(b, whole) as vectors:
-                    vector(self, q, b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes)), pair)
+                    vector(self, q, b.mul(b.sub(b.sub(whole, const(1)), vectors.index), const(lanes)), rows)
 
-        if pairs:
-            paired = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(2)), const(2)), const(0))
-            rows_of(const(0), paired, True)
-            rows_of(paired, ho, False)
-        else:
-            rows_of(const(0), ho, False)
+        first = const(0)
+        rows = most
+        while rows > 1:
+            stop = b.select(b.icmp_signed("==", dh, const(1)), b.mul(b.sdiv(ho, const(rows)), const(rows)), first)
+            rows_of(first, stop, rows)
+            first, rows = stop, rows // 2
+        rows_of(first, ho, 1)
 
     def store(self, value, base, index, size, col, width):
         """``value`` to ``base[index:]`` (column ``col`` of a row of ``width``, in a plane of ``size``): a whole
@@ -228,7 +254,8 @@ class _Vectors:
                 b.call(self.mstore, [value, ptr, ir.Constant(self.i32, self.align), mask])
 
 
-def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, grad_weight: bool = False):
+def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, grad_weight: bool = False,
+                      rows: int | None = None):
     """A Numba intrinsic ``k(x, xoff, h, w, wts, woff, y, yoff, ho, wo, pt, pl, dh, dw)`` over one plane.
 
     The plane's ``kh x kw`` cross-correlation with strides ``sh, sw`` (1 or 2), zero-padded by ``pt`` rows
@@ -239,10 +266,13 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
     gradient, ``wts[woff + r * kw + c] = sum_{q, i} y[yoff + q * wo + i] * x[...]``.
 
     Output columns are taken ``lanes`` at a time; with stride 2 the input columns of a vector are the even
-    lanes of two vector loads. ``x``, ``wts`` and ``y`` are 1-D arrays of one float dtype; nothing is
-    bounds-checked, and nothing outside the planes is read or written.
+    lanes of two vector loads. Output rows are taken ``rows`` at a time (a power of two; by default
+    :func:`plane_rows`) where the dilation down the rows is 1. ``x``, ``wts`` and ``y`` are 1-D arrays of one
+    float dtype; nothing is bounds-checked, and nothing outside the planes is read or written.
     """
     assert sh in (1, 2) and sw in (1, 2)
+    rows = plane_rows(sh, vector_bytes) if rows is None else rows
+    assert rows >= 1 and rows & (rows - 1) == 0
 
     @intrinsic
     def plane(typingctx, x, xoff, h, w, wts, woff, y, yoff, ho, wo, pt, pl, dh, dw):
@@ -267,15 +297,14 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
             else:
                 scalars = {(r, c): b.load(b.gep(w_ptr, [const(r * kw + c)])) for r, c in taps}
                 weights = {u: {t: u.splat(scalars[t]) for t in taps} for u in widths}
-                accs = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(kh)] for _ in range(2)]
+                accs = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(kh)] for _ in range(rows)]
                         for u in widths}
 
-            def vector(u, q, j, pair):
-                """Output vector ``(q, j)`` in vectors of ``u``, and with ``pair`` also ``(q + 1, j)`` (stride
-                and dilation 1 down the rows): each input row's loads serve both rows' kernel rows, ``kh + 1``
-                rows of loads for two vectors instead of ``2 kh``."""
+            def vector(u, q, j, outputs):
+                """Output vector ``(q, j)`` in vectors of ``u`` and, with ``outputs`` > 1 (dilation 1 down the
+                rows), also ``(q + 1, j)`` .. ``(q + outputs - 1, j)``: each input row's loads serve the kernel
+                rows of every output row they reach (see :func:`plane_rows`)."""
                 index = b.add(b.mul(q, wo), j)
-                outputs = 2 if pair else 1
                 used = g = None
                 if grad_weight:  # the gradient's vectors (zeros past their row's end) and the inputs they meet
                     g = [u.load(b.gep(y_ptr, [b.add(index, b.mul(const(o), wo))]), j, u.lanes, wo)[0]
@@ -287,8 +316,9 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                     for r in range(kh):
                         if not grad_weight:
                             b.store(u.zero, accs[u][o][r])
-                for k in range(kh + outputs - 1):  # input rows, from output row q's first
-                    xr = b.sub(b.add(b.mul(q, const(sh)), b.mul(const(k), dh)), pt)
+                step = dh if outputs == 1 else const(1)  # several rows per pass only with dilation 1 (each_vector)
+                for k in range(kh + (outputs - 1) * sh):  # input rows, from output row q's first
+                    xr = b.sub(b.add(b.mul(q, const(sh)), b.mul(const(k), step)), pt)
                     inside = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))
                     with b.if_else(inside, likely=True) as (real, padding):
                         with real:
@@ -309,10 +339,10 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                         u.store(total, y_ptr, b.add(index, b.mul(const(o), wo)), b.mul(ho, wo), j, wo)
 
             def add_row(u, k, outputs, vectors, g):
-                """Input row ``k``'s vectors (one per kernel column) into the kernel row ``k - o`` of each
+                """Input row ``k``'s vectors (one per kernel column) into the kernel row ``k - o * sh`` of each
                 output row ``o``."""
                 for o in range(outputs):
-                    r = k - o
+                    r = k - o * sh
                     if not 0 <= r < kh:
                         continue
                     if grad_weight:
@@ -324,7 +354,7 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                             acc = u.fmadd(weights[u][r, c], vectors[c], acc)
                         b.store(acc, accs[u][o][r])
 
-            v.each_vector(half, ho, wo, dh, sh == 1, vector)  # rows in pairs where the kernel's rows are adjacent
+            v.each_vector(half, ho, wo, dh, rows, vector)
             if grad_weight:
                 for r, c in taps:
                     total = None
@@ -487,14 +517,15 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int, winograd: bo
                 store_outputs(u, q, j, values)
                 return bad
 
-            def vector(u, q, j, pair):
+            def vector(u, q, j, rows):
+                pair = rows == 2
                 if winograd and pair:
                     with b.if_then(winograd_pair(u, q, j), likely=False):  # inf or NaN: the exact sums
                         direct(u, q, j, pair)
                 else:
                     direct(u, q, j, pair)
 
-            v.each_vector(half, ho, wo, dh, True, vector)
+            v.each_vector(half, ho, wo, dh, 2, vector)
             return context.get_dummy_value()
 
         return sig, codegen

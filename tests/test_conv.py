@@ -1173,6 +1173,22 @@ def test_one_dimensional_weight_gradients_cover_every_block_edge(size, kernel, c
     assert max_rel_err(gw, wt.grad.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
 
 
+def test_forward_channels_read_strided_inputs_padded_but_not_split():
+    """The channels-along-vectors forward broadcasts its input element by element: a strided layer's planes are
+    filled padded but not split into phases (the stride-1 plan over the same padded input), and read as they lie
+    where there is no padding."""
+    from convlayer.engine import implicit
+    from convlayer.engine.windows import make_plan
+
+    strided = make_plan((30, 30), (3, 3), (2, 2), (1, 1), (14, 14))
+    layout = implicit.channel_layout(strided)
+    assert layout.unit_stride and layout.full == layout.padded == strided.full and layout.phases == 1
+    assert implicit.channel_layout(layout) is layout
+    valid = make_plan((10, 11), (3, 3), (2, 2), (1, 1), (4, 5))
+    assert implicit._as_given(implicit.channel_layout(valid), (2, 16, 10, 11), ((0, 0), (0, 0)))
+    assert not implicit._as_given(valid, (2, 16, 10, 11), ((0, 0), (0, 0)))
+
+
 def test_forward_channels_along_vectors_only_for_one_vector_of_channels():
     """LeNet C3's 16 output channels fill one float32 vector: channels along the vectors; DCGAN's 256 (16
     vectors, the input broadcast again for each) and 10 (6 of 16 lanes padding) keep the interleaved tiles."""
@@ -1214,6 +1230,7 @@ def test_forward_channels_on_the_wide_tile_where_the_tiles_cover_many_positions_
     "n, size, kernel, c, k, groups, stride, dilation, padding",
     [
         (3, (9, 9), (3, 3), 32, 64, 1, 2, 1, 1),  # filled planes; 288 steps, two chunks; 75 positions, a partial block
+        (2, (10, 11), (3, 3), 16, 64, 1, 2, 1, 0),  # strided, unpadded: read as it lies (a row no window reaches)
         (2, (5, 7, 6), (3, 3, 3), 8, 128, 2, 1, 1, 1),  # 3-D, two groups of 64 outputs
         (2, (30,), (3,), 16, 64, 1, 1, 4, 4),  # 1-D, dilated: the unpadded input would be read where it lies
         (4, (6, 6), (5, 5), 64, 64, 1, 1, 1, 0),  # 4 positions per image: blocks and tiles span images

@@ -104,8 +104,8 @@ def plane_rows(sh: int, vector_bytes: int) -> int:
     With 512-bit vectors (Zen 4), four at stride 1. One thread, MobileNet's 56 x 56 planes in L3, ns per plane,
     2 / 4 / 8 rows: forward 1040-1168 / 944-972 / 1253-1276, weight gradient 1201-1286 / 963-998 / 1107-1140
     (at 8 the accumulators no longer fit the 32 vector registers). The suite's layer (batch 8, two threads, bound
-    by the memory), kernel alone, 2 / 4 rows: forward 0.64-0.67 / 0.62-0.69 ms, weight gradient 0.75-0.78 /
-    0.61-0.66.
+    by the memory), kernel alone, 2 / 4 rows: forward 0.64-0.71 / 0.60-0.69 ms, weight gradient 0.75-0.78 /
+    0.61-0.66 (leaving out the noisiest stretches' calls, up to 1.9 ms).
 
     One row at a time at stride 2, as before: on planes in cache several rows per pass made the forward faster
     (112 x 112 planes, 1 / 2 / 4 rows: 2849-2894 / 2609-2716 / 2516-2560 ns) but the weight gradient no faster

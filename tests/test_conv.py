@@ -888,6 +888,22 @@ def test_grouped_plane_kernel_matches_torch(c_g, k_g, size, padding, dilation, d
     _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x, w_finite, pads, torch_kw)[0], tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_kernel_weights_transformed_as_numpy_does(dtype, rng):
+    """The grouped kernel's transformed weights (``planes.winograd_rows``, compiled) equal NumPy's array
+    operations on them bit for bit, infinite and NaN taps (inf - inf is NaN) and a strided view included."""
+    from convlayer.engine import planes
+
+    w = rng.standard_normal((6, 3, 3, 5)).astype(dtype)
+    w[0, 0, 0, 0], w[0, 0, 2, 0] = np.inf, -np.inf
+    w[1, 2, 1, 3] = np.nan
+    w[2, 1, 0, 4] = np.inf
+    for given in (w, w[:, :, :, ::2], np.asfortranarray(w)):
+        got = planes.winograd_rows(given)
+        assert got.dtype == dtype and got.shape == (6, 3, given.shape[3], 4)
+        np.testing.assert_array_equal(got, planes.winograd_rows_reference(given))
+
+
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 @pytest.mark.parametrize("kb", [4, 1])
 def test_grouped_winograd_rows_within_documented_bound(kb, vector_bytes, rng):

@@ -1298,16 +1298,9 @@ def _channel_tables(plan, groups: int, c_g: int, stride: int, n: int, block: int
     bases = run_arrays(layout, True)[0]
     s = np.arange(c_g * plan.n_taps)
     steps = (np.arange(groups)[:, None] * c_g + s[None, :] // plan.n_taps) * stride + bases[s % plan.n_taps][None, :]
-    if layout is plan:
-        _, _, _, rows, width = run_arrays(plan, True)
-        positions = (rows[:, None] + np.arange(width)[None, :]).ravel()
-    else:  # output o's window starts at o * s in the padded plane
-        positions = np.zeros(plan.out, dtype=np.int64)
-        for axis, (o, st, q) in enumerate(zip(plan.out, plan.stride, layout.q_strides)):
-            shape = [1] * len(plan.out)
-            shape[axis] = o
-            positions = positions + (np.arange(o) * st * q).reshape(shape)
-        positions = positions.ravel()
+    # output o's window starts at o * s in the layout's padded plane (at stride 1, its lattice position)
+    positions = sum(np.ix_(*(np.arange(o, dtype=np.int64) * st * q
+                             for o, st, q in zip(plan.out, plan.stride, layout.q_strides)))).ravel()
     count = n * positions.size
     i = np.arange(_round_up(count, block))
     i = np.where(i < count, i, 0)

@@ -535,8 +535,9 @@ def make_group_kernel(kh: int, kw: int, kb: int, vector_bytes: int, winograd: bo
 
 @njit(cache=True, nogil=True)
 def _winograd_rows(w, out):  # pragma: no cover - compiled
-    """:func:`winograd_rows` into ``out (K, C_g, kw, 4)``, each entry computed in float64 in the order of
-    :func:`winograd_rows_reference` (no fast-math flags: the same roundings)."""
+    """:func:`winograd_rows` into ``out (K, C_g, kw, 4)``, each entry computed in float64 as
+    ``((g0 + g2) +- g1) * 0.5``, without fast-math flags (the tests check it against NumPy's array passes bit for
+    bit)."""
     k, c_g, _, kw = w.shape
     for o in range(k):
         for c in range(c_g):
@@ -553,24 +554,11 @@ def winograd_rows(w: np.ndarray) -> np.ndarray:
     """``w (K, C_g, 3, kw)`` to ``(K, C_g, kw, 4)``: per kernel column, its three taps down the rows times
     F(2, 3)'s ``G``, ``(g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)`` (computed in float64; inf - inf from
     infinite taps is NaN, whose row pairs the kernel computes again by the direct sums). Compiled: ResNeXt's
-    128 x 4 x 3 x 3 weights in 3.5 us where NumPy's passes (:func:`winograd_rows_reference`) took 23-25, on
-    every forward and input gradient of the layer (one-off script)."""
+    128 x 4 x 3 x 3 weights in 3.5 us where NumPy's array passes took 23-25, on every forward and input gradient
+    of the layer (one-off script)."""
     out = np.empty((w.shape[0], w.shape[1], w.shape[3], 4), dtype=w.dtype)
     _winograd_rows(np.ascontiguousarray(w), out)
     return out
-
-
-def winograd_rows_reference(w: np.ndarray) -> np.ndarray:
-    """:func:`winograd_rows` by NumPy's array operations (the tests' reference)."""
-    g = np.ascontiguousarray(w.transpose(2, 0, 1, 3), dtype=np.float64)  # (3, K, C_g, kw)
-    u = np.empty((4, *g.shape[1:]))
-    u[0], u[3] = g[0], g[2]
-    with np.errstate(invalid="ignore"):
-        np.add(g[0], g[2], out=u[1])
-        np.subtract(u[1], g[1], out=u[2])
-        u[1] += g[1]
-    u[1:3] *= 0.5
-    return np.ascontiguousarray(u.transpose(1, 2, 3, 0), dtype=w.dtype)
 
 
 def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):

@@ -4,9 +4,11 @@
 
 For every problem it times the forward pass, the input gradient and the
 weight gradient of each framework (best of ``--repeats`` after one
-warm-up, threads set equal; with ``--rounds R`` the frameworks take turns
-R times and each keeps its best, so that a stretch of the machine's noise
-falls on both rather than on one), and prints time, GFLOP/s and the ratio
+warm-up, threads set equal; with ``--rounds R`` the whole list is timed
+R times over, the frameworks in turn on each problem, and each keeps its
+best, so that a stretch of the machine's noise falls on one round of a
+problem rather than on all of them, and on both frameworks alike; see
+:func:`run`), and prints time, GFLOP/s and the ratio
 ``PyTorch time / convlayer time`` (above 1: convlayer is faster), then the
 geometric mean of the ratios per category and over the suite; with JAX
 installed, the same for ``JAX time / convlayer time``. Freed memory stays
@@ -201,26 +203,39 @@ def _best_of(a, b):
 
 
 def run(problems, repeats, threads, with_jax=True, rounds=1):
+    """Time every problem ``rounds`` times over, each framework keeping its best per pass.
+
+    A round times the whole list, the frameworks in turn on each problem, so that a problem's rounds lie
+    a whole round apart (about 40 s for the suite) rather than back to back: a stretch of the machine's noise
+    (the other tenants' use of the memory and the shared cache, which can double a memory-bound pass's time
+    for a few seconds) then falls on at most one of them, for either framework. Each row is printed once its
+    last round is done."""
     import torch
     from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
+    data = [problem_data(p, rng) for p in problems]
+    best = [[None, None, None] for _ in problems]  # convlayer, PyTorch, JAX
     rows = []
-    with threadpool_limits(limits=threads):
-        for p in problems:
-            x, w, gy = problem_data(p, rng)
-            ours = theirs = jx = None
-            for _ in range(rounds):  # the frameworks in turn
-                ours = _best_of(ours, bench_convlayer(p, x, w, gy, repeats))
-                theirs = _best_of(theirs, bench_torch(p, x, w, gy, repeats))
-                jx = _best_of(jx, bench_jax(p, x, w, gy, repeats) if with_jax else None)
-            gf = flops(p, gy.shape) / 1e9  # gy has the output's shape
-            row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
-                       ratio=[t / o for t, o in zip(theirs, ours)],
-                       jax_ratio=None if jx is None else [j / o for j, o in zip(jx, ours)])
-            rows.append(row)
-            print(_format_row(p, row), flush=True)
+    with threadpool_limits(limits=threads), tqdm(total=rounds * len(problems), desc="problems x rounds",
+                                                 disable=None, leave=False) as bar:
+        for r in range(rounds):
+            for i, (p, (x, w, gy)) in enumerate(zip(problems, data)):
+                ours, theirs, jx = best[i]
+                ours = best[i][0] = _best_of(ours, bench_convlayer(p, x, w, gy, repeats))
+                theirs = best[i][1] = _best_of(theirs, bench_torch(p, x, w, gy, repeats))
+                jx = best[i][2] = _best_of(jx, bench_jax(p, x, w, gy, repeats) if with_jax else None)
+                bar.update()
+                if r < rounds - 1:
+                    continue
+                gf = flops(p, gy.shape) / 1e9  # gy has the output's shape
+                row = dict(problem=asdict(p), gflop=gf, convlayer=ours, torch=theirs, jax=jx,
+                           ratio=[t / o for t, o in zip(theirs, ours)],
+                           jax_ratio=None if jx is None else [j / o for j, o in zip(jx, ours)])
+                rows.append(row)
+                bar.write(_format_row(p, row))
     return rows
 
 
@@ -363,7 +378,7 @@ def main(argv=None) -> int:
     parser.add_argument("--filter", default=None, help="only categories (comma-separated) or names containing this")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1,
-                        help="the frameworks take turns this many times, each keeping its best (default 1)")
+                        help="time the whole list this many times over, each framework keeping its best (default 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--json", default=None, help="write all timings here")
@@ -378,7 +393,7 @@ def main(argv=None) -> int:
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
     if args.repeats < 1 or args.rounds < 1:
         parser.error(f"--repeats and --rounds must be at least 1, got {args.repeats} and {args.rounds}")
-    turns = f" in each of {args.rounds} rounds in turn" if args.rounds > 1 else ""
+    turns = f" in each of {args.rounds} rounds over the whole list" if args.rounds > 1 else ""
     print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
           f"best of {args.repeats}{turns}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")
     gemm = [gemm_peak(args.threads)]

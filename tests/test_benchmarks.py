@@ -52,6 +52,29 @@ def test_suite_runner_keeps_each_frameworks_best_over_the_rounds(monkeypatch):
     assert row["ratio"] == [0.5, 1.0, 2.0]
 
 
+def test_suite_runner_times_the_whole_list_each_round(monkeypatch, capsys):
+    """A round times every problem before the next round starts, so that a problem's rounds lie a whole round
+    apart; the rows come out in the list's order, each once, with its best over the rounds."""
+    calls = []
+
+    def fake(framework):
+        def bench(p, *args):
+            calls.append((framework, p.name))
+            return [0.001 * (1 + len(calls))] * 3
+        return bench
+
+    monkeypatch.setattr(suite, "bench_convlayer", fake("convlayer"))
+    monkeypatch.setattr(suite, "bench_torch", fake("torch"))
+    problems = [p for p in suite.SUITE if p.name in ("C1 5x5 1->6 b64", "C3 5x5 6->16 b64")]
+    rows = suite.run(problems, repeats=1, threads=1, with_jax=False, rounds=3)
+    order = [(f, p.name) for p in problems for f in ("convlayer", "torch")]
+    assert calls == order * 3
+    assert [r["problem"]["name"] for r in rows] == [p.name for p in problems]
+    assert [r["convlayer"][0] for r in rows] == [0.002, 0.004]  # each problem's first round: the fastest here
+    out = capsys.readouterr().out
+    assert all(out.count(p.name) == 1 for p in problems)
+
+
 def _fake_row(name, ratios, convlayer_s, gflop=1.0):
     from dataclasses import asdict
 

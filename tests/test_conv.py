@@ -466,30 +466,67 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
-@pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (24, 24, 2, (5, 7)), (40, 12, 4, (20, 13)),
-                                                (16, 48, 1, (11, 9)), (32, 16, 2, (20, 21))])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("kernel", [True, False])
-def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, kernel, rng, monkeypatch):
-    """The 1x1 forward with at most as many outputs as inputs per group on the implicit GEMM's tile, reading
-    ``x`` as it lies (AVX-512's default, forced here), over the positions whole tiles cover, the rest (99 and
-    260 positions; 35, fewer than a float32 tile) by BLAS; with more outputs than inputs, and without the tile, one
-    GEMM per image. With whole tiles' rows of output channels (16 and 8 per group) the tiles are stored in the
-    output itself, over one block of positions or several (420: 384 of them in two blocks in float32)."""
-    from convlayer.engine import implicit
+def _pointwise_tile_calls(monkeypatch, kernel: bool, max_inner: int) -> list:
+    """With the 1x1 tile on or off and ``POINTWISE_TILE_MAX_INNER`` set: the list that gets an entry per call of
+    ``implicit.forward_pointwise``."""
+    from convlayer.engine import gemm, implicit
 
     monkeypatch.setattr(implicit, "POINTWISE_FORWARD", kernel)
+    monkeypatch.setattr(gemm, "POINTWISE_TILE_MAX_INNER", max_inner)
     calls = []
     monkeypatch.setattr(implicit, "forward_pointwise",
                         lambda *a, f=implicit.forward_pointwise: calls.append(1) or f(*a))
+    return calls
+
+
+@pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (24, 24, 2, (5, 7)), (40, 12, 4, (20, 13)),
+                                                (16, 48, 1, (11, 9)), (32, 16, 2, (20, 21))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kernel, max_inner", [(True, 0), (True, 16), (False, 64)])
+def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, kernel, max_inner, rng, monkeypatch):
+    """The 1x1 forward with at most as many outputs as inputs per group, or at most ``POINTWISE_TILE_MAX_INNER``
+    inputs, on the implicit GEMM's tile, reading ``x`` as it lies (AVX-512's default, forced here), over the
+    positions whole tiles cover, the rest (99 and 260 positions; 35, fewer than a float32 tile) by BLAS; else,
+    and without the tile, one GEMM per image. With whole tiles' rows of output channels (16 and 8 per group)
+    the tiles are stored in the output itself, over one block of positions or several (420: 384 of them in two
+    blocks in float32)."""
+    calls = _pointwise_tile_calls(monkeypatch, kernel, max_inner)
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
     with force_strategy("taps"):
         y = CF.conv(x, w, groups=groups)
-    assert bool(calls) == (kernel and k <= c)
+    assert bool(calls) == (kernel and (k <= c or c // groups <= max_inner))
     expected = F.conv2d(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), groups=groups)
     assert y.dtype == dtype
     assert max_rel_err(y, expected.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (16, 48, 1, (11, 9)), (40, 12, 4, (20, 13)),
+                                                (12, 40, 4, (5, 7)), (24, 24, 2, (20, 21))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kernel, max_inner", [(True, 0), (True, 64), (False, 64)])
+def test_pointwise_input_gradient_as_a_forward_of_the_transposed_weights(c, k, groups, size, dtype, kernel,
+                                                                         max_inner, rng, monkeypatch):
+    """The 1x1 input gradient ``w^T gy`` per group on the forward's tile (the layer's K_g inputs, its C_g
+    outputs) where :func:`gemm._pointwise_tile` picks it: at most as many outputs as inputs of that product
+    (``C_g <= K_g``), or at most ``POINTWISE_TILE_MAX_INNER`` inputs; else one GEMM per image. inf and NaN in
+    the gradient spread to the same positions as in the float64 reference."""
+    calls = _pointwise_tile_calls(monkeypatch, kernel, max_inner)
+    x = rng.standard_normal((3, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    gy = rng.standard_normal((3, k, *size)).astype(dtype)
+    gy[1, 0, 2, 3], gy[2, -1, -1, -1] = np.inf, np.nan
+    with force_strategy("taps"):
+        gx, _, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("input",))
+    assert bool(calls) == (kernel and (c <= k or k // groups <= max_inner))
+    g = gy.astype(np.float64).reshape(3, groups, k // groups, -1)
+    expected = np.einsum("gkc,ngkp->ngcp", w.astype(np.float64).reshape(groups, k // groups, -1), g).reshape(x.shape)
+    assert gx.dtype == dtype and gx.shape == x.shape
+    assert np.array_equal(np.isnan(gx), np.isnan(expected)) and np.array_equal(np.isinf(gx), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert finite.sum() > gx.size // 2
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert max_rel_err(np.where(finite, gx, 0), np.where(finite, expected, 0)) < tol
 
 
 @pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2),

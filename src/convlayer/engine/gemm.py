@@ -170,6 +170,20 @@ IMPLICIT_GRAD_INPUT_MIN_ROWS = 25
 IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
 IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
+# 1x1 products (forwards, and input gradients as forwards of the transposed weights) go to the implicit GEMM's
+# tile on the operand as it lies (implicit.forward_pointwise, AVX-512) rather than to OpenBLAS's per-image
+# products where the outputs per group are at most the inputs, or the inputs (the inner dimension) at most
+# POINTWISE_TILE_MAX_INNER (a likely reason: OpenBLAS zeroes each image's output first, its beta step for NumPy's
+# beta = 0, then adds the product to it, two passes over an output that outgrows the caches, with an inner
+# dimension of a few dozen too little arithmetic to hide them; the tile writes each output once). Zen 4,
+# one process, GFLOP/s against OpenBLAS: ResNet 256->64 142-167 vs 88-148, MobileNet 144->24 137-148 vs 86-91,
+# 128->128 150-183 vs 143-171, 512->128 164-180 vs 150-176, 1024->256 at 14x14 122-152 vs 125-150 (four rounds);
+# with more outputs than inputs, ms, best of 5 in each of 8-12 rounds alternating (min-median): the suite's
+# input gradients, ResNet 1x1 256->64 4.87-4.93 vs 5.21-5.32 and MobileNet 144->24 1.03-1.16 vs 1.25-1.34;
+# forwards 64->256 at 56x56 4.76-5.49 vs 5.21-5.62, 32->192 at 28x28 0.43-0.46 vs 0.54-0.76, 16->96 at 112x112
+# 10.5-11.2 vs 10.8-11.9; even (within 2%) with 64->384 and 96->576 at 14x14, 128->512 at 28x28, 160->960 at
+# 7x7, 256->1024 at 14x14 (one-off scripts).
+POINTWISE_TILE_MAX_INNER = 64
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "planes")
 _forced: list[str] = []
 
@@ -433,6 +447,12 @@ def _pointwise(plan, pads) -> bool:
         lo or hi for lo, hi in pads)
 
 
+def _pointwise_tile(inner: int, outer: int) -> bool:
+    """Whether a 1x1 product with ``inner`` input and ``outer`` output channels per group runs on the
+    implicit GEMM's tile (see :data:`POINTWISE_TILE_MAX_INNER`)."""
+    return _implicit().POINTWISE_FORWARD and (outer <= inner or inner <= POINTWISE_TILE_MAX_INNER)
+
+
 def _dense(plan, pads) -> bool:
     """The kernel covers the whole (unpadded) input, one output per image: a fully connected layer, and the
     input's own layout ``(C, *S)`` is already the patch matrix (LeNet's C5)."""
@@ -610,11 +630,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         out = blas.matmul(xg, wmat.swapaxes(1, 2), np.empty((groups, n, k_g), dtype=x.dtype))  # (g, n, K_g)
         y[...] = out.swapaxes(0, 1).reshape(y.shape)
         return y
-    if how == "taps" and _pointwise(plan, pads) and _implicit().POINTWISE_FORWARD and k_g <= c_g:
-        # The implicit GEMM's tile on x as it lies (AVX-512; Zen 4, one process, four rounds, GFLOP/s against
-        # OpenBLAS's per-image products): ResNet 256->64 142-167 vs 88-148, MobileNet 144->24 137-148 vs 86-91,
-        # 128->128 150-183 vs 143-171, 512->128 164-180 vs 150-176, 1024->256 at 14x14 122-152 vs 125-150;
-        # with more outputs than inputs (64->256) OpenBLAS kept its 124-129 against 119-125.
+    if how == "taps" and _pointwise(plan, pads) and _pointwise_tile(c_g, k_g):
         return _implicit().forward_pointwise(x, w, groups, y, _parallel_kernels(n, k, c_g, plan))
     if how == "taps" and _pointwise(plan, pads):  # 1x1, stride 1: one GEMM per image, straight into y
         blas.matmul(wmat, _planes(x).reshape(n, groups, c_g, -1), y.reshape(n, groups, k_g, -1))
@@ -693,6 +709,10 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         wmat = w.reshape(groups, k_g, c_g * plan.n_taps)
         gx = blas.matmul(gyg, wmat, np.empty((groups, n, c_g * plan.n_taps), dtype=gy.dtype))  # (g, n, C_g*T)
         return np.ascontiguousarray(gx.swapaxes(0, 1)).reshape(in_shape)
+    if how == "taps" and _pointwise(plan, pads) and _pointwise_tile(k_g, c_g):  # the forward of w^T per group
+        gx = np.empty(in_shape, dtype=gy.dtype)
+        w_t = np.ascontiguousarray(w.reshape(groups, k_g, c_g).transpose(0, 2, 1)).reshape(c, k_g)
+        return _implicit().forward_pointwise(gy, w_t, groups, gx, _parallel_kernels(n, c, k_g, plan))
     if how == "taps" and _pointwise(plan, pads):
         gx = np.empty(in_shape, dtype=gy.dtype)
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)

@@ -168,8 +168,9 @@ CHANNELS = VECTOR_BYTES == 64
 CHANNELS_WIDE_MIN_COVER = 1.13
 CHANNELS_WIDE_POSITIONS = 48
 CHANNELS_WIDE_STEPS = 256
-# Whether 1x1 forwards with at most as many outputs as inputs run on the forward's tile from x as it lies
-# (:func:`forward_pointwise`, :mod:`.gemm` for the measurements): with AVX-512, where they were measured.
+# Whether 1x1 products (forwards, and input gradients as forwards of the transposed weights) run on the forward's
+# tile from their operand as it lies (:func:`forward_pointwise`) where :func:`.gemm._pointwise_tile` picks them
+# (:data:`.gemm.POINTWISE_TILE_MAX_INNER` for the measurements): with AVX-512, where they were measured.
 POINTWISE_FORWARD = VECTOR_BYTES == 64
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8

@@ -207,8 +207,8 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
 
     A round times the whole list, the frameworks in turn on each problem, so that a problem's rounds lie
     a whole round apart (about 40 s for the suite) rather than back to back: a stretch of the machine's noise
-    (the other tenants' use of the memory and the shared cache, which can double a memory-bound pass's time
-    for a few seconds) then falls on at most one of them, for either framework. Each row is printed once its
+    shorter than a round (the other tenants' use of the memory and the shared cache, which can double a
+    memory-bound pass's time for seconds to minutes) then falls on at most one of them, for either framework. Each row is printed once its
     last round is done. Every problem's data is made once, before the first round, and kept until the last
     (about 0.4 GB for the suite)."""
     import torch

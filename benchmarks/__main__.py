@@ -224,10 +224,10 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
                                                  disable=None, leave=False) as bar:
         for r in range(rounds):
             for i, (p, (x, w, gy)) in enumerate(zip(problems, data)):
+                best[i] = [_best_of(best[i][0], bench_convlayer(p, x, w, gy, repeats)),  # in this order
+                           _best_of(best[i][1], bench_torch(p, x, w, gy, repeats)),
+                           _best_of(best[i][2], bench_jax(p, x, w, gy, repeats) if with_jax else None)]
                 ours, theirs, jx = best[i]
-                ours = best[i][0] = _best_of(ours, bench_convlayer(p, x, w, gy, repeats))
-                theirs = best[i][1] = _best_of(theirs, bench_torch(p, x, w, gy, repeats))
-                jx = best[i][2] = _best_of(jx, bench_jax(p, x, w, gy, repeats) if with_jax else None)
                 bar.update()
                 if r < rounds - 1:
                     continue

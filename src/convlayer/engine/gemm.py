@@ -709,13 +709,12 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
         wmat = w.reshape(groups, k_g, c_g * plan.n_taps)
         gx = blas.matmul(gyg, wmat, np.empty((groups, n, c_g * plan.n_taps), dtype=gy.dtype))  # (g, n, C_g*T)
         return np.ascontiguousarray(gx.swapaxes(0, 1)).reshape(in_shape)
-    if how == "taps" and _pointwise(plan, pads) and _pointwise_tile(k_g, c_g):  # the forward of w^T per group
-        gx = np.empty(in_shape, dtype=gy.dtype)
-        w_t = np.ascontiguousarray(w.reshape(groups, k_g, c_g).transpose(0, 2, 1)).reshape(c, k_g)
-        return _implicit().forward_pointwise(gy, w_t, groups, gx, _parallel_kernels(n, c, k_g, plan))
     if how == "taps" and _pointwise(plan, pads):
         gx = np.empty(in_shape, dtype=gy.dtype)
         wmat_t = w.reshape(groups, k_g, c_g).transpose(0, 2, 1)  # (g, C_g, K_g)
+        if _pointwise_tile(k_g, c_g):  # the forward of w^T per group
+            w_t = np.ascontiguousarray(wmat_t).reshape(c, k_g)
+            return _implicit().forward_pointwise(gy, w_t, groups, gx, _parallel_kernels(n, c, k_g, plan))
         blas.matmul(wmat_t, _planes(gy).reshape(n, groups, k_g, -1), gx.reshape(n, groups, c_g, -1))
         return gx
     if how == "cols" and math.prod(plan.out) >= PER_IMAGE_GEMM_MIN_OUTPUTS:

@@ -882,6 +882,49 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
             assert max_rel_err(gw, wt.grad.numpy().ravel()) < tol
 
 
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_stride2_weight_gradient_keeps_each_tap_to_its_own_inputs(vector_bytes, rng):
+    """The stride-2 kernels read a row's three taps from one pair of loads (the left tap is the right one's lanes
+    moved on by one): each tap's weight gradient still meets only its own inputs. An inf in the last column that
+    the last output reaches (its right tap) makes that tap's gradient inf and leaves the left tap's finite, as in
+    PyTorch, on rows ending anywhere in a vector and with the padding on either side; and the forward agrees."""
+    from numba import njit
+
+    from convlayer.engine import planes
+
+    forward = planes.make_plane_kernel(3, 3, 2, 2, vector_bytes)
+    backward = planes.make_plane_kernel(3, 3, 2, 2, vector_bytes, grad_weight=True)
+
+    @njit
+    def run(x, w, y, gy, gw, h, wd, ho, wo, pt, pl):
+        forward(x, 0, h, wd, w, 0, y, 0, ho, wo, pt, pl, 1, 1)
+        backward(x, 0, h, wd, gw, 0, gy, 0, ho, wo, pt, pl, 1, 1)
+
+    for dtype in (np.float32, np.float64):
+        for wd in range(17, 42, 3):
+            for pl, pr in ((1, 1), (0, 2), (2, 0)):
+                h, pt = 7, 1
+                wo = (wd + pl + pr - 3) // 2 + 1
+                ho = (h + 2 - 3) // 2 + 1
+                x = rng.standard_normal((h, wd)).astype(dtype)
+                last = 2 * (wo - 1) + 2 - pl  # the last output's right tap
+                if last < wd:
+                    x[3, last] = np.inf
+                w = rng.standard_normal(9).astype(dtype)
+                gy = rng.standard_normal((ho, wo)).astype(dtype)
+                xt = F.pad(torch.tensor(x.astype(np.float64))[None, None], (pl, pr, pt, 1))
+                wt = torch.tensor(w.astype(np.float64)).reshape(1, 1, 3, 3).requires_grad_()
+                yt = F.conv2d(xt, wt, stride=2)
+                yt.backward(torch.tensor(gy.astype(np.float64))[None, None])
+                y = np.full(ho * wo + 64, -7.0, dtype=dtype)
+                gw = np.empty(9, dtype=dtype)
+                run(x.ravel(), w, y, gy.ravel(), gw, h, wd, ho, wo, pt, pl)
+                tol = 1e-12 if dtype == np.float64 else 1e-5
+                _assert_same_with_nonfinite(gw, wt.grad.numpy().ravel(), tol)
+                _assert_same_with_nonfinite(y[:ho * wo].reshape(ho, wo), yt.detach().numpy()[0, 0], tol)
+                assert (y[ho * wo:] == -7.0).all()
+
+
 @pytest.mark.parametrize(
     "c_g, k_g, size, padding, dilation",
     [

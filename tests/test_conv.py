@@ -845,7 +845,9 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
     """The plane kernels built for 256-bit (AVX2) and 512-bit vectors alike, whichever this machine runs:
     one plane's forward and weight gradient in float32 and float64 (4 to 16 lanes) against PyTorch, on rows
     shorter and longer than a vector, with padding and dilation; with the default output rows per pass
-    (``plane_rows``) and with four, at either stride (13 rows: blocks of four, then a pair or a single row)."""
+    (``plane_rows``) and with four, at either stride (13 rows: blocks of four, then a pair or a single row);
+    rows whose vectors go first to last or, where the last passes the row's end (28 wide), last to first
+    (``each_vector``)."""
     from numba import njit
 
     from convlayer.engine import planes
@@ -860,7 +862,7 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
 
     for dtype in (np.float32, np.float64):
         for (h, wd), (pt, pl), d in (((5, 3), (1, 1), 1), ((9, 21), (2, 0), 2), ((6, 40), (1, 2), 1),
-                                     ((13, 19), (1, 1), 1)):
+                                     ((13, 19), (1, 1), 1), ((13, 28), (1, 1), 1)):
             x = rng.standard_normal((h, wd)).astype(dtype)
             w = rng.standard_normal(9).astype(dtype)
             xt = torch.tensor(x.astype(np.float64))[None, None]

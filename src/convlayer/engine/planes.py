@@ -33,9 +33,13 @@ the unpadded input where it lies:
   a vector of outputs (56-wide rows: 8 of 16 lanes), runs on 256-bit
   vectors, which cost half as much on Zen 4 (its 512-bit operations are
   two 256-bit ones);
-* the forward stores whole vectors, the lanes past a row's end landing on
-  the next row's first outputs, which are written after them; only the
-  plane's last vector is stored under a mask;
+* a row's vectors go first to last, the order in which the memory
+  prefetches (:meth:`_Vectors.each_vector`), the half vector that ends
+  a row stored under a mask at the row's end; where a whole vector
+  passes the row's end, the row goes last to first instead and the
+  forward stores whole vectors, the lanes past the end landing on the
+  next row's first outputs, which are written after them, and only a
+  vector that would pass the plane's end is stored under a mask;
 * the weight gradient keeps nine vector sums over the plane, each the
   output gradient's vector times the tap's input vector, and adds their
   lanes at the end: one image's share per job, summed over the batch

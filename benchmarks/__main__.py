@@ -208,9 +208,9 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
     A round times the whole list, the frameworks in turn on each problem, so that a problem's rounds lie
     a whole round apart (about 40 s for the suite) rather than back to back: a stretch of the machine's noise
     shorter than a round (the other tenants' use of the memory and the shared cache, which can double a
-    memory-bound pass's time for seconds to minutes) then falls on at most one of them, for either framework. Each row is printed once its
-    last round is done. Every problem's data is made once, before the first round, and kept until the last
-    (about 0.4 GB for the suite)."""
+    memory-bound pass's time for seconds to minutes) then falls on at most one of them, for either framework.
+    Each row is printed once its last round is done. Every problem's data is made once, before the first
+    round, and kept until the last (about 0.4 GB for the suite)."""
     import torch
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm

@@ -224,8 +224,8 @@ class _Vectors:
         (:meth:`store`). The other vectors ``j`` come first to last, unless the last of them has lanes past its
         row's end (28-wide rows: 12 of 16 lanes): then last to first, so that those lanes land on the next row's
         first outputs, which a later vector writes. First to last is the order the memory prefetches in: the
-        suite's stride-2 depthwise forward took 1.11-1.37 ms against 1.49-3.60 last to first (two threads,
-        batch 8, kernel alone, best of 10 in 12 alternating rounds; one-off script)."""
+        suite's stride-2 depthwise forward took 1.03-1.22 ms against 1.43-2.04 last to first (two threads,
+        batch 8, kernel alone, best of 10 in ten alternating rounds; one-off script, see BENCHMARKS.md)."""
         b, const, lanes = self.b, self.const, self.lanes
         full = b.sdiv(wo, const(lanes))  # whole vectors per output row
         count = b.sdiv(b.add(wo, const(lanes - 1)), const(lanes))  # vectors per output row

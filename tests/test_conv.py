@@ -1577,6 +1577,65 @@ def test_weight_gradient_blocks_are_as_even_as_can_be(length):
     assert length - (blocks - 1) * size > size - blocks  # the last block is within `blocks` of the others
 
 
+@pytest.mark.parametrize(
+    "size, kernel, c, k, groups, stride, dilation, padding",
+    [
+        ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # the narrow tile, 9 outputs of 16 or 32
+        ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the wide tile; groups
+        ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D
+        ((16, 16), (4, 4), 12, 64, 1, 2, 1, 1),  # DCGAN's shape: 4x4 stride 2, positions dropped between rows
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weight_gradient_by_chunks_of_patch_rows(size, kernel, c, k, groups, stride, dilation, padding, dtype, rng,
+                                                 monkeypatch):
+    """The weight gradient's jobs by patch rows (``_grad_weight_chunks``), forced on small layers: chunks of a few
+    tiles and a shorter last one, several blocks of positions per image, the first block's products stored and
+    the others added, the padding rows and channels left out; inf and NaN reach the entries they reach in PyTorch;
+    the work array within the workspace's count."""
+    from convlayer.engine import gemm, implicit
+
+    if implicit.DOT and len(size) == 1:
+        pytest.skip("1-D weight gradients take the dot-product tile with AVX-512")
+    monkeypatch.setattr(implicit, "CHUNKS_MIN_BYTES", 0)
+    monkeypatch.setattr(implicit, "CHUNK_ROWS", 20)
+    monkeypatch.setattr(implicit, "GRAD_WEIGHT_POSITIONS", 50)
+    calls, asked = [], []
+    monkeypatch.setattr(implicit, "_GRAD_WEIGHT_CHUNKS",
+                        tuple(lambda *a, f=f: calls.append(a[5]) or f(*a) for f in implicit._GRAD_WEIGHT_CHUNKS))
+    scratch, per_image = gemm._scratch, []
+    monkeypatch.setattr(implicit, "grad_weight_bytes",
+                        lambda *a, f=implicit.grad_weight_bytes: per_image.append(f(*a)) or per_image[-1])
+    monkeypatch.setattr(gemm, "_scratch", lambda dt: lambda shape: asked.append(math.prod(shape)) or scratch(dt)(shape))
+    x = rng.standard_normal((3, c, *size)).astype(dtype)
+    x.flat[x.size // 3] = np.inf
+    x.flat[2 * x.size // 3 + 5] = np.nan
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    y = CF.conv(np.nan_to_num(x), w, **kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    asked.clear()
+    with force_strategy("implicit"):
+        _, gw, _ = CF.conv_backward(gy, x, w, **kw, grads=("weight",))
+    rows = c // groups * math.prod(kernel)
+    assert len(calls) == 1 and calls[0] < rows  # the chunk's rows: more than one job per group
+    # the work array: within the bytes per image that the batch's chunks are sized by (and a vector's alignment)
+    assert len(asked) == len(per_image) == 1 and asked[0] * x.itemsize <= 3 * per_image[0] + implicit.VECTOR_BYTES
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)), wt, stride=stride,
+                     dilation=dilation, groups=groups).backward(torch.tensor(gy.astype(np.float64)))
+    expected = wt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert finite.any() and not finite.all()
+    assert gw.dtype == dtype
+    assert max_rel_err(gw[finite], expected[finite]) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
 def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     """The rule: several images, and tiles covering more than INTERLEAVE_MIN_OVERHANG times the lattice."""
     from convlayer.engine import implicit

@@ -890,9 +890,10 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         how = "cols"
     if how == "implicit" and not _dense(plan, pads):  # its steps skip the dropped positions: inf and NaN as they are
         im = _implicit()
-        gw = np.zeros((groups, k_g, c_g * plan.n_taps), dtype=x.dtype)
-        for sl in _chunks(n, im.grad_weight_bytes(c, plan, x.shape, pads, x.dtype)):
-            gw += im.grad_weight(gy[sl], x[sl], groups, plan, pads, _scratch(x.dtype))
+        gw = None  # the first chunk's sums as they come (a whole batch's, mostly), the others added to them
+        for sl in _chunks(n, im.grad_weight_bytes(c, k, groups, plan, x.shape, pads, x.dtype)):
+            part = im.grad_weight(gy[sl], x[sl], groups, plan, pads, _scratch(x.dtype))
+            gw = part if gw is None else np.add(gw, part, out=gw)
         return gw.reshape(k, c_g, *kernel_shape)
     if how == "implicit":
         how = "cols"

@@ -1543,6 +1543,20 @@ def test_forward_tiles_cover_each_real_position_once_and_start_at_none_dropped(n
         assert cut >= 8
 
 
+def test_window_plans_hash_as_their_fields():
+    """Plans key the engine's caches: two plans of one geometry, built apart, are equal and hash alike (the kept
+    hash is the fields'), and a plan of another geometry is neither."""
+    import dataclasses
+
+    from convlayer.engine.windows import make_plan
+
+    build = make_plan.__wrapped__  # past make_plan's own cache: two objects
+    a, b = build((14, 14), (5, 5), (1, 1), (1, 1), (10, 10)), build((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))
+    other = build((14, 14), (5, 5), (1, 1), (2, 2), (6, 6))
+    assert a is not b and a == b and hash(a) == hash(b) == hash(dataclasses.astuple(a))
+    assert hash(a) == hash(a) and a != other and hash(other) == hash(dataclasses.astuple(other)) != hash(a)
+
+
 @pytest.mark.parametrize("size, kernel, stride, dilation", [
     ((28, 28), (3, 3), (2, 2), (1, 1)),  # ResNet 3x3/2: a 15 x 14 lattice, one column dropped per row
     ((64, 64), (3, 3), (1, 1), (4, 4)),  # dilated d4: 8 columns dropped per row

@@ -58,7 +58,7 @@ def set_workspace_limit(nbytes: int) -> None:
 
 def check_budget(op: str, what: str, shape, dtype) -> None:
     """Raise ``ValueError`` if an array of ``shape`` and ``dtype`` exceeds the budget."""
-    nbytes = math.prod(int(v) for v in shape) * np.dtype(dtype).itemsize
+    nbytes = math.prod(map(int, shape)) * np.dtype(dtype).itemsize
     budget = get_memory_budget()
     if nbytes > budget:
         raise ValueError(

@@ -24,7 +24,7 @@ elements. No argument checking happens here: callers validate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
@@ -51,6 +51,15 @@ class WindowPlan:
     phases: int
     taps: tuple[tuple[int, int], ...]  # (phase index, flat offset) per kernel tap, C order
     length: int  # L, positions per tap slice
+
+    def __hash__(self) -> int:
+        # Plans key the engine's caches (``lru_cache``), which hash them several times per call: the hash of
+        # the fields (25 taps for a 5x5 kernel) is computed once and kept; the fields never change.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @property
     def n_taps(self) -> int:

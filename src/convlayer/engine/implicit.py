@@ -188,11 +188,12 @@ GRAD_WEIGHT_POSITIONS = 512
 # Where the per-thread sums of the weight gradient (patch rows by output channels, padded) would take more than
 # CHUNKS_MIN_BYTES, more than half of Zen 4's 1 MiB L2, the jobs go by CHUNK_ROWS patch rows instead of by images
 # (:func:`_grad_weight_chunks`): each job's sums stay in cache over the whole batch, and there are no per-thread
-# sums to zero, add up and transpose after. Zen 4, two threads, one process, 30 rounds alternating (best of 5,
-# ms, lowest and median; a one-off script): DCGAN 256->128's transposed weight gradient (2 MiB of sums per thread)
-# 5.84-7.01 against 6.53-8.00, ResNet 3x3/2's (1.1 MiB) 5.98-6.66 against 5.59-7.31; 96-1536 rows per job
-# within noise of each other. DCGAN 128->64's 512 KiB, below the bound, ran as fast by images (6.29-7.36 against
-# 6.35-7.40), as did DeepBench C128's 576 KiB (19.6-20.7 against 19.9-20.5) and the 3-D C64 layer's 432 KiB.
+# sums to zero, add up and transpose after. Zen 4, two threads, one process, alternating (best of 5, ms, lowest
+# and median of the rounds; one-off scripts): DCGAN 256->128's transposed weight gradient (2 MiB of sums per
+# thread) 5.84-7.01 against 6.53-8.00 (30 rounds) and 5.74-6.54 against 6.09-7.54 (15), ResNet 3x3/2's (1.1 MiB)
+# 5.98-6.66 against 5.59-7.31 and 4.97-5.61 against 5.23-5.70; 96-1536 rows per job within noise of each other.
+# Where the two ran alike: DCGAN 128->64's 512 KiB (by images, at the bound; 6.29-7.36 by rows against 6.35-7.40),
+# DeepBench C128's 576 KiB (by rows, above it; 18.9-20.4 against 19.0-20.5), the 3-D C64 layer's 432 KiB.
 CHUNKS_MIN_BYTES = 1 << 19
 CHUNK_ROWS = 384
 # The weight gradient of 1-D layers with AVX-512: dot products along the positions

@@ -1146,22 +1146,23 @@ def test_patch_matrix_per_image_and_batch_folded_paths_agree_with_torch(per_imag
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("size", ["small", "large"])  # NumPy's sum, and the compiled threaded probe
+@pytest.mark.parametrize("size", ["small", "large", "strided"])  # the compiled probe serial and threaded; NumPy's sum
 def test_finiteness_check_finds_one_bad_element_anywhere(dtype, size):
     """The engine's choice of an exact path rests on this check: one inf or NaN anywhere, first, last or in
-    between, must be seen; finite data must pass (on the compiled path even when its sum would overflow)."""
+    between, must be seen; finite data must pass (on the compiled paths even when its sum would overflow)."""
     from convlayer.engine import gemm
 
-    n = 1000 if size == "small" else gemm.FINITE_CHECK_MIN_SIZE * 3 + 7
-    a = np.random.default_rng(0).standard_normal(n).astype(dtype)
-    if size == "large":
+    n = 1000 if size != "large" else gemm.FINITE_CHECK_MIN_SIZE * 3 + 7
+    a = np.random.default_rng(0).standard_normal(2 * n if size == "strided" else n).astype(dtype)
+    if size != "strided":
         a *= np.finfo(dtype).max / 8
-    assert gemm._all_finite(a)
+    view = (lambda b: b[::2]) if size == "strided" else (lambda b: b)
+    assert view(a).flags.c_contiguous == (size != "strided") and gemm._all_finite(view(a))
     for i in (0, n // 2, n - 1):
         for bad in (np.inf, -np.inf, np.nan):
             b = a.copy()
-            b[i] = bad
-            assert not gemm._all_finite(b)
+            view(b)[i] = bad
+            assert not gemm._all_finite(view(b))
 
 
 @pytest.mark.parametrize("how", STRATEGIES)

@@ -772,10 +772,11 @@ def _nonfinite_probe(a):  # pragma: no cover - compiled
     return total
 
 
-def all_finite(a: np.ndarray) -> bool:
-    """True when no element of the contiguous float array ``a`` is inf or NaN: one threaded read-only
-    pass (5x faster than NumPy's sum on a 6 MB activation)."""
-    return bool(_nonfinite_probe(a.reshape(-1)) == 0)
+def all_finite(a: np.ndarray, parallel: bool = True) -> bool:
+    """True when no element of the contiguous float array ``a`` is inf or NaN: one read-only pass, threaded
+    (5x faster than NumPy's sum on a 6 MB activation) or, for small arrays, serial (a layer's weights: 2-3 us
+    where NumPy's sum under ``np.errstate`` took 40-50 right after a memory-bound kernel)."""
+    return bool((_nonfinite_probe if parallel else _nonfinite_probe_serial)(a.reshape(-1)) == 0)
 
 
 def _compile(fn, parallel: bool):
@@ -785,6 +786,7 @@ def _compile(fn, parallel: bool):
     return njit(parallel=parallel, **_FLAGS)(variant)
 
 
+_nonfinite_probe_serial = _compile(_nonfinite_probe.py_func, False)
 _KERNELS = {
     name: (_compile(fn, False), _compile(fn, True))
     for name, fn in (("forward", _forward), ("grad_input", _grad_input), ("grad_weight", _grad_weight),

@@ -67,6 +67,7 @@ import contextlib
 import itertools
 import math
 import threading
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -460,7 +461,7 @@ def _dense(plan, pads) -> bool:
             and not any(lo or hi for lo, hi in pads))
 
 
-# Elements from which the finiteness check runs compiled on all threads (below, NumPy's sum is as fast).
+# Elements from which the finiteness check runs on all threads (below, on one: a layer's weights).
 FINITE_CHECK_MIN_SIZE = 1 << 16
 
 
@@ -472,10 +473,11 @@ def _no_dropped(plan) -> bool:
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    """True when no element is inf or NaN (one read-only pass). Small or strided arrays: a sum is finite only
-    if every term is (a finite sum that overflows answers False, which only costs the slower exact path)."""
-    if a.size >= FINITE_CHECK_MIN_SIZE and a.flags.c_contiguous:
-        return _direct().all_finite(a)
+    """True when no element is inf or NaN (one read-only pass, threaded from FINITE_CHECK_MIN_SIZE elements).
+    Strided arrays: a sum is finite only if every term is (a finite sum that overflows answers False, which
+    only costs the slower exact path)."""
+    if a.flags.c_contiguous:
+        return _direct().all_finite(a, a.size >= FINITE_CHECK_MIN_SIZE)
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.sum(a)))
 
@@ -781,33 +783,48 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
     reaches keep a zero gradient.
     """
     n, c = in_shape[:2]
-    phases = _phases_of(plan, pads, in_shape[2:])
-    live, whole = [], True
-    for phase in itertools.product(*phases):
-        read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
-        if all(p.taps and p.count for p in phase) and all(r.stop > r.start for r in read):
-            live.append((phase, read))
-        elif all(p.count for p in phase):  # no tap reaches these positions, or only padding does: zeros
-            whole = False
-    if math.prod(map(len, phases)) == 1:
-        gx = positions = None
+    live, whole, single = _flipped_layout(plan, tuple(map(tuple, pads)), tuple(in_shape[2:]))
+    if single:
+        gx = None
     else:
         gx = (np.empty if whole else np.zeros)(in_shape, dtype=gy.dtype)
-        positions = np.arange(math.prod(in_shape[2:]), dtype=np.int64).reshape(in_shape[2:])
-    for phase, read in live:
-        fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
-        fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
-                          (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
+    for phase, read, fplan, fpads, dest in live:
         whole_kernel = all(len(p.taps) == k for p, k in zip(phase, plan.kernel))  # stride 1: no copy of w
         sub = w if whole_kernel else w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
         part = conv_forward(gy[(slice(None), slice(None), *read)], _flipped_weights(sub, groups), groups, fplan,
                             fpads)
         if gx is None:  # stride 1: the one phase is the whole gradient
             return part
-        dest = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
-        _direct().place(part.reshape(n * c, -1), np.ascontiguousarray(positions[dest]).reshape(-1),
-                        gx.reshape(n * c, -1))
+        _direct().place(part.reshape(n * c, -1), dest, gx.reshape(n * c, -1))
     return np.zeros(in_shape, dtype=gy.dtype) if gx is None else gx
+
+
+@lru_cache(maxsize=256)
+def _flipped_layout(plan: WindowPlan, pads, size):
+    """``(live, whole, single)`` of :func:`_grad_input_flipped` for one geometry, cached (a layer's input
+    gradient repeats it every step; after the pass's memory-bound kernel the Python that worked it out ran from
+    cold caches, 30-35 us of ResNeXt's 2 ms): per live phase ``(phase, read, fplan, fpads, dest)``, the slices of
+    ``gy`` it reads, its forward problem, and the flat input positions it fills (read-only; None for a single
+    phase); whether the live phases cover every input position; whether there is a single phase."""
+    phases = _phases_of(plan, pads, size)
+    single = math.prod(map(len, phases)) == 1
+    positions = None if single else np.arange(math.prod(size), dtype=np.int64).reshape(size)
+    live, whole = [], True
+    for phase in itertools.product(*phases):
+        read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
+        if all(p.taps and p.count for p in phase) and all(r.stop > r.start for r in read):
+            fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
+            fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
+                              (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
+            dest = None
+            if not single:
+                where = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
+                dest = np.ascontiguousarray(positions[where]).reshape(-1)
+                dest.flags.writeable = False
+            live.append((phase, read, fplan, fpads, dest))
+        elif all(p.count for p in phase):  # no tap reaches these positions, or only padding does: zeros
+            whole = False
+    return tuple(live), whole, single
 
 
 def _flipped_weights(w: np.ndarray, groups: int) -> np.ndarray:

@@ -785,9 +785,10 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
     n, c = in_shape[:2]
     live, whole, single = _flipped_layout(plan, tuple(map(tuple, pads)), tuple(in_shape[2:]))
     if single:
-        gx = None
+        gx = positions = None
     else:
         gx = (np.empty if whole else np.zeros)(in_shape, dtype=gy.dtype)
+        positions = np.arange(math.prod(in_shape[2:]), dtype=np.int64).reshape(in_shape[2:])
     for phase, read, fplan, fpads, dest in live:
         whole_kernel = all(len(p.taps) == k for p, k in zip(phase, plan.kernel))  # stride 1: no copy of w
         sub = w if whole_kernel else w[(slice(None), slice(None), *np.ix_(*(p.taps for p in phase)))]
@@ -795,7 +796,8 @@ def _grad_input_flipped(gy, w, groups, plan, in_shape, pads):
                             fpads)
         if gx is None:  # stride 1: the one phase is the whole gradient
             return part
-        _direct().place(part.reshape(n * c, -1), dest, gx.reshape(n * c, -1))
+        _direct().place(part.reshape(n * c, -1), np.ascontiguousarray(positions[dest]).reshape(-1),
+                        gx.reshape(n * c, -1))
     return np.zeros(in_shape, dtype=gy.dtype) if gx is None else gx
 
 
@@ -804,11 +806,9 @@ def _flipped_layout(plan: WindowPlan, pads, size):
     """``(live, whole, single)`` of :func:`_grad_input_flipped` for one geometry, cached (a layer's input
     gradient repeats it every step; after the pass's memory-bound kernel the Python that worked it out ran from
     cold caches, 30-35 us of ResNeXt's 2 ms): per live phase ``(phase, read, fplan, fpads, dest)``, the slices of
-    ``gy`` it reads, its forward problem, and the flat input positions it fills (read-only; None for a single
-    phase); whether the live phases cover every input position; whether there is a single phase."""
+    ``gy`` it reads, its forward problem, and the slices of the input it fills; whether the live phases cover
+    every input position; whether there is a single phase. Slices only, no arrays: the entries stay small."""
     phases = _phases_of(plan, pads, size)
-    single = math.prod(map(len, phases)) == 1
-    positions = None if single else np.arange(math.prod(size), dtype=np.int64).reshape(size)
     live, whole = [], True
     for phase in itertools.product(*phases):
         read = tuple(slice(max(p.start, 0), min(p.end, o)) for p, o in zip(phase, plan.out))
@@ -816,15 +816,11 @@ def _flipped_layout(plan: WindowPlan, pads, size):
             fpads = tuple((max(-p.start, 0), max(p.end - o, 0)) for p, o in zip(phase, plan.out))
             fplan = make_plan(tuple(p.end - p.start for p in phase), tuple(len(p.taps) for p in phase),
                               (1,) * len(phase), tuple(p.step for p in phase), tuple(p.count for p in phase))
-            dest = None
-            if not single:
-                where = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
-                dest = np.ascontiguousarray(positions[where]).reshape(-1)
-                dest.flags.writeable = False
+            dest = tuple(slice(p.m0 * s + p.phi - lo, None, s) for p, s, (lo, _) in zip(phase, plan.stride, pads))
             live.append((phase, read, fplan, fpads, dest))
         elif all(p.count for p in phase):  # no tap reaches these positions, or only padding does: zeros
             whole = False
-    return tuple(live), whole, single
+    return tuple(live), whole, math.prod(map(len, phases)) == 1
 
 
 def _flipped_weights(w: np.ndarray, groups: int) -> np.ndarray:

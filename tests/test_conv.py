@@ -1610,8 +1610,6 @@ def test_weight_gradient_by_chunks_of_patch_rows(size, kernel, c, k, groups, str
     the work array within the workspace's count."""
     from convlayer.engine import gemm, implicit
 
-    if implicit.DOT and len(size) == 1:
-        pytest.skip("1-D weight gradients take the dot-product tile with AVX-512")
     monkeypatch.setattr(implicit, "CHUNKS_MIN_BYTES", 0)
     monkeypatch.setattr(implicit, "CHUNK_ROWS", 20)
     monkeypatch.setattr(implicit, "GRAD_WEIGHT_POSITIONS", 50)

@@ -774,8 +774,9 @@ def _nonfinite_probe(a):  # pragma: no cover - compiled
 
 def all_finite(a: np.ndarray, parallel: bool = True) -> bool:
     """True when no element of the contiguous float array ``a`` is inf or NaN: one read-only pass, threaded
-    (5x faster than NumPy's sum on a 6 MB activation) or, for small arrays, serial (a layer's weights: 2-3 us
-    where NumPy's sum under ``np.errstate`` took 40-50 right after a memory-bound kernel)."""
+    (5x faster than NumPy's sum on a 6 MB activation) or, for small arrays, serial (ResNeXt's 4608 weights: 1.0
+    us in a loop against 5.2 for NumPy's sum under ``np.errstate``, and 16 against 41-52 us right after the
+    layer's memory-bound kernel; one-off scripts)."""
     return bool((_nonfinite_probe if parallel else _nonfinite_probe_serial)(a.reshape(-1)) == 0)
 
 

@@ -354,17 +354,65 @@ def test_depthwise_nine_tap_forward(size, kernel, stride, dilation, padding, mul
     _assert_same_with_nonfinite(y, expected, 1e-12 if dtype == np.float64 else 1e-5)
 
 
-def test_zero_size_batch_and_channels(rng):
+@pytest.mark.parametrize("how", (None, *STRATEGIES))
+def test_zero_size_batch_and_channels(how, rng):
+    """Empty batches and channel axes, with the rules and with every strategy forced (Winograd's tiles once
+    divided by the number of output channels)."""
     w = rng.standard_normal((4, 3, 3, 3))
-    y = CF.conv(np.zeros((0, 3, 5, 5)), w, padding=1)
+    with force_strategy(how) if how else contextlib.nullcontext():
+        y = CF.conv(np.zeros((0, 3, 5, 5)), w, padding=1)
+        gx, gw, _ = CF.conv_backward(np.zeros((0, 4, 5, 5)), np.zeros((0, 3, 5, 5)), w, padding=1)
+        y0 = CF.conv(np.zeros((2, 0, 5, 5)), np.zeros((4, 0, 3, 3)), bias=np.ones(4))
+        gx0, gw0, _ = CF.conv_backward(np.ones((2, 4, 3, 3)), np.zeros((2, 0, 5, 5)), np.zeros((4, 0, 3, 3)))
+        y1 = CF.conv(np.zeros((2, 3, 5, 5)), np.zeros((0, 3, 3, 3)), padding=2)
+        gx1, gw1, _ = CF.conv_backward(np.zeros((2, 0, 7, 7)), np.ones((2, 3, 5, 5)), np.zeros((0, 3, 3, 3)),
+                                       padding=2)
     assert y.shape == (0, 4, 5, 5)
-    gx, gw, _ = CF.conv_backward(np.zeros((0, 4, 5, 5)), np.zeros((0, 3, 5, 5)), w, padding=1)
     assert gx.shape == (0, 3, 5, 5) and np.array_equal(gw, np.zeros_like(w))
-    w0 = np.zeros((4, 0, 3, 3))
-    y0 = CF.conv(np.zeros((2, 0, 5, 5)), w0, bias=np.ones(4))
     assert y0.shape == (2, 4, 3, 3) and np.all(y0 == 1.0)
-    y1 = CF.conv(np.zeros((2, 3, 5, 5)), np.zeros((0, 3, 3, 3)))
-    assert y1.shape == (2, 0, 3, 3)
+    assert gx0.shape == (2, 0, 5, 5) and gw0.shape == (4, 0, 3, 3)
+    assert y1.shape == (2, 0, 7, 7)
+    assert np.array_equal(gx1, np.zeros((2, 3, 5, 5))) and gw1.shape == (0, 3, 3, 3)
+
+
+def _reference_grad_weight(gy, x, kernel, pads):
+    """``gw[k, c, m] = sum_{n, o} gy[n, k, o] * xpad[n, c, o + m]`` (stride and dilation 1, one group), every
+    product formed, so that ``0 * inf`` is NaN as in the arithmetic."""
+    xp = ref.pad(x, pads, ("zeros",) * len(kernel))
+    out = gy.shape[2:]
+    gw = np.zeros((gy.shape[1], x.shape[1], *kernel))
+    for m in np.ndindex(*kernel):
+        window = tuple(slice(mi, mi + o) for mi, o in zip(m, out))
+        gw[(..., *m)] = np.einsum("nko,nco->kc", gy.reshape(*gy.shape[:2], -1),
+                                  xp[(slice(None), slice(None), *window)].reshape(*x.shape[:2], -1))
+    return gw
+
+
+@pytest.mark.parametrize("how", (None, *STRATEGIES))
+@pytest.mark.parametrize("size, kernel, pads", [((0,), (3,), ((2, 2),)), ((0,), (1,), ((0, 2),)),
+                                                ((0, 5), (3, 3), ((2, 1), (1, 1))),
+                                                ((4, 0), (1, 3), ((0, 0), (2, 1)))])
+def test_empty_spatial_axis_zero_padded(how, size, kernel, pads, rng):
+    """An input with an empty spatial axis, zero-padded, has outputs: every term of every output and of the
+    weight gradient meets a padding zero, so they are zero, NaN where the weights (forward) or the output
+    gradient (weight gradient) hold inf or NaN, as in the reference; the input gradient is empty. With 64 input
+    channels the rules take the patch-row kernels, which once divided by the empty plane's size
+    (ZeroDivisionError in the weight gradient)."""
+    x = np.zeros((3, 64, *size))
+    w = rng.standard_normal((16, 64, *kernel))
+    w[1, 5, (0,) * len(kernel)] = np.inf
+    w[7, 0, (-1,) * len(kernel)] = np.nan
+    with force_strategy(how) if how else contextlib.nullcontext():
+        y = CF.conv(x, w, padding=pads)
+        gy = rng.standard_normal(y.shape)
+        gy[2, 3, (0,) * len(size)] = -np.inf
+        gx, gw, _ = CF.conv_backward(gy, x, w, padding=pads)
+    np.testing.assert_array_equal(y, ref.conv(x, w, None, (1,) * len(size), pads, (1,) * len(size), 1,
+                                              ("zeros",) * len(size)))
+    assert np.isnan(y[:, [1, 7]]).all() and not y[:, 0].any()
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, _reference_grad_weight(gy, x, kernel, pads))
+    assert np.isnan(gw[3]).all() and not gw[:3].any()
 
 
 def _torch_grads(gy, x, w, **kw):

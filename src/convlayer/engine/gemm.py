@@ -498,6 +498,15 @@ def _kernel_name(pass_: str, how: str) -> str:
     return pass_ if how == "direct" else f"{pass_}_lanes"
 
 
+def _times_zero(a: np.ndarray, axis: int) -> np.ndarray:
+    """``(a.shape[axis],)``: the sum of ``0 * a`` over all other axes, each entry 0, or NaN where its slice of
+    ``a`` holds inf or NaN (as ``0 * inf``): the outputs of a pass whose other operand, the padded input, is
+    all padding."""
+    rest = tuple(i for i in range(a.ndim) if i != axis)
+    finite = np.isfinite(a).all(axis=rest)
+    return np.where(finite, 0, np.nan).astype(a.dtype)
+
+
 def _zero_pad(x: np.ndarray, pads) -> np.ndarray:
     """``x (N, C, *S)`` zero-padded by ``pads`` ((lo, hi) per spatial axis); ``x`` itself when all are zero."""
     if not any(lo or hi for lo, hi in pads):
@@ -605,7 +614,10 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
     c_g, k_g = c // groups, k // groups
     wmat = w.reshape(groups, k_g, c_g * plan.n_taps)  # (g, K_g, C_g*T)
     y = np.empty((n, k, *plan.out), dtype=x.dtype)
-    if n == 0:
+    if y.size == 0:
+        return y
+    if x.size == 0:  # no input elements (an empty axis, padded): every term is a weight times a padding zero
+        y[...] = _times_zero(w, 0).reshape(1, k, *(1,) * len(plan.out))
         return y
     how = strategy(c_g, k_g, plan, "forward", n)
     if how == "planes":  # reads the unpadded planes
@@ -671,7 +683,7 @@ def conv_grad_input(gy: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan
     n, k = gy.shape[:2]
     c = in_shape[1]
     c_g, k_g = c // groups, k // groups
-    if n == 0:
+    if n == 0 or k == 0 or math.prod(in_shape) == 0:  # nothing to sum, or nothing to sum into
         return np.zeros(in_shape, dtype=gy.dtype)
     how = strategy(c_g, k_g, plan, "grad_input", n)
     if how == "flipped" and _all_finite(w):  # the padded zeros meet every weight
@@ -883,8 +895,11 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
     n, c = x.shape[:2]
     k = gy.shape[1]
     c_g, k_g = c // groups, k // groups
-    if n == 0:  # the sum over no images
+    if n == 0 or k == 0:  # the sum over no images, or no weights
         return np.zeros((k, c_g, *kernel_shape), dtype=x.dtype)
+    if x.size == 0:  # no input elements (an empty axis, padded): every term is a padding zero times gy
+        return np.broadcast_to(_times_zero(gy, 1).reshape(k, 1, *(1,) * len(kernel_shape)),
+                               (k, c_g, *kernel_shape)).copy()
     how = strategy(c_g, k_g, plan, "grad_weight", n)
     if how == "planes":
         gw = _plane_kernels().grad_weight(gy, x, groups, plan, pads, _parallel_kernels(n, k, c_g, plan))

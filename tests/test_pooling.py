@@ -174,3 +174,22 @@ def test_max_pool_backward_sends_each_gradient_to_the_returned_index(kernel, str
     # Overlapping windows add their gradients in another order: the last bit may differ.
     np.testing.assert_allclose(CF.max_pool_backward(gy, x, kernel, stride), expected.reshape(x.shape),
                                rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape, padding", [((2, 0, 6), 1), ((0, 3, 6), 1), ((2, 0, 5, 4), 0), ((2, 3, 0), 1),
+                                            ((2, 3, 0, 4), 1)])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pooling_inputs_without_elements(shape, padding, pool):
+    """No channels, no images, or an empty spatial axis (padded, so that windows exist): the output has the shape
+    of the reference's, and the backward returns an empty gradient of the input's shape (max pooling's once
+    failed on an internal reshape with no channels)."""
+    x = np.zeros(shape)
+    kw = dict(kernel_size=(2,) * (len(shape) - 2), padding=padding)
+    forward, backward = getattr(CF, f"{pool}_pool"), getattr(CF, f"{pool}_pool_backward")
+    y = forward(x, **kw)
+    expected = getattr(ref, f"{pool}_pool")(x, kw["kernel_size"], kw["kernel_size"], ((padding, padding),) *
+                                            (len(shape) - 2), (1,) * (len(shape) - 2), False,
+                                            *(() if pool == "max" else (True,)))
+    np.testing.assert_array_equal(y, expected)
+    gx = backward(np.ones(y.shape), x, **kw)
+    assert gx.shape == x.shape and gx.dtype == x.dtype

@@ -1065,6 +1065,8 @@ def max_pool_backward(x, gy, plan, pads, out):
     stem's pools). 2-D windows that tile the input take :func:`_max_pool_backward_tiled`. The forward stays
     in NumPy: its per-tap ``np.maximum`` over strided views is as fast."""
     n, c = x.shape[:2]
+    if out.size == 0:  # no input elements: nothing to send the gradient to
+        return out
     if (len(plan.kernel) == 2 and plan.kernel == plan.stride and plan.dilation == (1, 1)
             and not any(lo or hi for lo, hi in pads)):
         _POOL_BACKWARD_TILED[x.size * 4 >= PARALLEL_MIN_WORK](

@@ -73,6 +73,11 @@ def test_corrupted_and_hostile_files(tmp_path):
     h = json.loads(json.dumps(header))
     h["__metadata__"]["architecture"] = "{not json"
     bad["json"] = (_rewrite(data, h), "corrupted architecture metadata")
+    h = json.loads(json.dumps(header))
+    h["__metadata__"]["architecture"] = "[" * 100_000 + "]" * 100_000  # past the JSON decoder's recursion limit
+    bad["deep"] = (_rewrite(data, h), "corrupted architecture metadata")
+    deep = b"[" * 50_000 + b"]" * 50_000
+    bad["deep header"] = (struct.pack("<Q", len(deep)) + deep + data[8 + n:], "corrupted header")
     for name, (content, match) in bad.items():
         p = tmp_path / f"{name}.safetensors"
         p.write_bytes(content)

@@ -85,7 +85,7 @@ def _metadata(path, data: bytes) -> dict:
     header_len = int.from_bytes(data[:8], "little")
     try:
         header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"{path}: corrupted header ({exc})") from exc
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -97,7 +97,7 @@ def _metadata(path, data: bytes) -> dict:
         out["architecture"] = json.loads(meta["architecture"])
         if "extra" in meta:
             out["extra"] = json.loads(meta["extra"])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{path}: corrupted architecture metadata ({exc})") from exc
     return out
 

@@ -45,6 +45,17 @@ def test_predict_png_and_npy(trained, tmp_path, capsys):
     assert "digits.npy[2]: " in lines[3]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_predict_rejects_non_finite_pixels(trained, tmp_path, capsys, bad):
+    """A NaN (or infinite) pixel is an error naming the file, not a prediction of NaN probabilities."""
+    images = np.zeros((2, 28, 28))
+    images[1, 3, 4] = bad
+    np.save(tmp_path / "bad.npy", images)
+    assert cli.main(["predict", str(trained / "lenet5.safetensors"), str(tmp_path / "bad.npy")]) == 2
+    captured = capsys.readouterr()
+    assert "bad.npy: pixel values must be finite, got 1 NaN or infinite" in captured.err and not captured.out
+
+
 def test_info(trained, capsys):
     assert cli.main(["info", str(trained / "lenet5.safetensors")]) == 0
     out = capsys.readouterr().out

@@ -121,6 +121,9 @@ def _read_images(paths):
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[1:] != (28, 28):
             raise ValueError(f"{p}: expected 28x28 images, got shape {arr.shape}")
+        if not np.isfinite(arr).all():  # NaN would predict nonsense; values out of 0..255 are clipped below
+            raise ValueError(f"{p}: pixel values must be finite, got {int(np.size(arr) - np.isfinite(arr).sum())} "
+                             "NaN or infinite")
         out.append(arr)
         names += [p] if len(arr) == 1 else [f"{p}[{i}]" for i in range(len(arr))]
     return np.concatenate(out), names

@@ -61,6 +61,25 @@ def test_info(trained, capsys):
     out = capsys.readouterr().out
     assert "60,850 parameters" in out and "ConnectionTableConv" in out
     assert "receptive field (first spatial axis): 32 inputs, effective stride 4" in out
+    for shape in (["1", "3", "32", "32"], ["1", "1", "32"], ["2", "1", "32", "32", "5"]):  # not LeNet-5's input
+        assert cli.main(["info", str(trained / "lenet5.safetensors"), "--input-shape", *shape]) == 2
+        assert "input shape must be (N, 1, S1, S2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+    (["train", "--limit", "-5"], "argument --limit: must be a positive integer, got -5"),
+    (["demo", "--epochs", "two"], "argument --epochs: must be a positive integer, got 'two'"),
+    (["train", "--lr", "nan"], "argument --lr: must be a positive finite number, got nan"),
+    (["evaluate", "m.safetensors", "--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+])
+def test_bad_numbers_are_usage_errors(args, message, capsys):
+    """Counts and the learning rate are checked as the arguments are parsed, before any data is read: a zero
+    batch size was a ZeroDivisionError after loading MNIST, a negative ``--limit`` silently dropped the last
+    images, and ``--limit 0`` trained on all of them."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_clear_errors(tmp_path, capsys):

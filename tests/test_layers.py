@@ -172,3 +172,27 @@ def test_seed_makes_initialisation_reproducible():
     L.seed(3)
     b = lenet5().state_dict()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("make, good, bad", [
+    (lambda: L.Conv2d(3, 4, 3), (2, 3, 8, 8), [(2, 4, 8, 8), (2, 3, 8), (2, 3, 8, 8, 8)]),
+    (lambda: L.ConvTranspose2d(3, 4, 3, stride=2), (2, 3, 5, 5), [(2, 2, 5, 5), (2, 3, 5)]),
+    (lambda: L.DepthwiseConv(1, 3, 3, depth_multiplier=2), (2, 3, 9), [(2, 6, 9), (2, 3, 9, 9)]),
+    (lambda: L.SeparableConv(2, 3, 5, 3), (2, 3, 8, 8), [(2, 5, 8, 8), (2, 3, 8)]),
+    (lambda: L.ConnectionTableConv(2, 6, C3_TABLE, 5), (2, 6, 14, 14), [(2, 16, 14, 14), (2, 6, 14)]),
+    (lambda: L.MaxPool(2, 2), (2, 3, 8, 8), [(2, 3, 8), (2, 3, 8, 8, 8)]),
+    (lambda: L.Subsampling(2, 6, 2), (2, 6, 8, 8), [(2, 3, 8, 8), (2, 6, 8)]),
+    (lambda: L.GlobalAvgPool(), (2, 3, 8, 8), [(2, 3), (5,)]),
+    (lambda: L.BatchNorm(3), (2, 3, 8), [(2, 4, 8), (2,)]),
+    (lambda: L.Linear(12, 4), (2, 12), [(2, 11), (2, 12, 1)]),
+    (lambda: lenet5(), (1, 1, 32, 32), [(1, 3, 32, 32), (1, 1, 32), (2, 1, 32, 32, 5)]),
+])
+def test_output_shape_rejects_what_forward_cannot_take(make, good, bad, rng):
+    """``output_shape`` answers for the inputs the layer takes and raises ``ValueError`` for the others (a wrong
+    channel count or number of axes) instead of a shape: ``convlayer info --input-shape 1 3 32 32`` on a one-channel
+    LeNet-5 once printed its layers' shapes and FLOPs."""
+    layer = make()
+    assert layer.output_shape(good) == layer.forward(rng.standard_normal(good).astype(np.float32)).shape
+    for shape in bad:
+        with pytest.raises(ValueError, match="input shape must be"):
+            layer.output_shape(shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ def _train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     x_train, y_train = load_mnist("train", args.data_dir)
     x_test, y_test = load_mnist("test", args.data_dir)
-    if args.limit:
+    if args.limit is not None:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     layers.seed(args.seed)
     model = MODELS[args.model]()
@@ -177,20 +178,42 @@ def _info(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """``argparse`` type of the counts (epochs, batch size, images, threads): an int of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """``argparse`` type of the learning rate: a finite float above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convlayer", description="Convolutional layers on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def training_options(p, defaults):
-        p.add_argument("--epochs", type=int, default=defaults["epochs"], help="passes over the training set")
-        p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-        p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (cosine decay)")
+        p.add_argument("--epochs", type=_positive_int, default=defaults["epochs"], help="passes over the training set")
+        p.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"])
+        p.add_argument("--lr", type=_positive_float, default=defaults["lr"], help="peak learning rate (cosine decay)")
         p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
         p.add_argument("--seed", type=int, default=0, help="seeds initialisation and shuffling")
-        p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+        p.add_argument("--threads", type=_positive_int, default=None, help="BLAS threads (default: all cores)")
         p.add_argument("--out", default=defaults.get("out", "runs/train"), help="output directory")
         p.add_argument("--data-dir", default=None, help="read the MNIST-named IDX files from this folder")
-        p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+        p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N images only")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", help="train LeNet-5 (modern variant) on the bundled MNIST, save the model and a figure")
@@ -206,20 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="a .safetensors file written by convlayer")
     ev.add_argument("--split", choices=("test", "train"), default="test")
     ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--threads", type=_positive_int, default=None)
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="classify 28x28 digit images (PNG/JPEG, .npy or IDX)")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--threads", type=_positive_int, default=None)
     pr.set_defaults(func=_predict)
 
     info = sub.add_parser("info", help="layers, output shapes, parameters, FLOPs and receptive field of a model")
     info.add_argument("model")
-    info.add_argument("--input-shape", type=int, nargs="+", default=[1, 1, 32, 32])
-    info.add_argument("--threads", type=int, default=None)
+    info.add_argument("--input-shape", type=_positive_int, nargs="+", default=[1, 1, 32, 32])
+    info.add_argument("--threads", type=_positive_int, default=None)
     info.set_defaults(func=_info)
     return parser
 

@@ -73,6 +73,20 @@ def tuples_from_config(config: dict, keys) -> dict:
     return config
 
 
+def check_input_shape(layer, input_shape, rank: int | None = None, channels: int | None = None) -> tuple:
+    """``input_shape`` as a tuple, checked to be ``(N, channels, *S)`` with ``rank`` spatial sizes (either
+    left open where ``None``): :meth:`Layer.output_shape` of a layer whose ``forward`` would reject such an
+    input raises the same kind of error instead of answering with a shape."""
+    shape = tuple(input_shape)
+    ndim = None if rank is None else rank + 2
+    c = "C" if channels is None else channels
+    want = f"(N, {c}, *spatial)" if rank is None else f"(N, {c}" + "".join(f", S{i + 1}" for i in range(rank)) + ")"
+    if ((ndim is not None and len(shape) != ndim) or len(shape) < 2
+            or (channels is not None and shape[1] != channels)):
+        raise ValueError(f"{type(layer).__name__}: input shape must be {want}, got {shape}")
+    return shape
+
+
 def register(cls):
     """Class decorator: add a layer type to the closed registry used by model files."""
     REGISTRY[cls.__name__] = cls

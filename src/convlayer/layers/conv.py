@@ -10,7 +10,7 @@ from .. import functional as F
 from ..functional._common import check_int
 from ..geometry import conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
 from ..padding import normalize_mode
-from .base import Layer, Parameter, init_weight, register, tuples_from_config
+from .base import Layer, Parameter, check_input_shape, init_weight, register, tuples_from_config
 
 __all__ = [
     "ConvNd", "Conv1d", "Conv2d", "Conv3d",
@@ -147,7 +147,7 @@ class ConvNd(Layer):
                                                  "output_padding")))
 
     def output_shape(self, input_shape):
-        n, _, *spatial = input_shape
+        n, _, *spatial = check_input_shape(self, input_shape, self.rank, self.in_channels)
         pads = resolve_padding(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
         return (n, self.out_channels, *conv_output_size(spatial, self.kernel_size, self.stride, pads, self.dilation))
 
@@ -221,7 +221,7 @@ class ConvTransposeNd(ConvNd):
         return config
 
     def output_shape(self, input_shape):
-        n, _, *spatial = input_shape
+        n, _, *spatial = check_input_shape(self, input_shape, self.rank, self.in_channels)
         if isinstance(self.padding, str) and self.padding in ("same", "same_lower"):
             return (n, self.out_channels, *(s * st for s, st in zip(spatial, self.stride)))
         pads = resolve_padding(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
@@ -365,7 +365,7 @@ class ConnectionTableConv(Layer):
                     dtype=self.dtype.name)
 
     def output_shape(self, input_shape):
-        n, _, *spatial = input_shape
+        n, _, *spatial = check_input_shape(self, input_shape, self.rank, self.in_channels)
         pads = ((0, 0),) * self.rank
         return (n, self.out_channels, *conv_output_size(spatial, self.kernel_size, (1,) * self.rank, pads,
                                                          (1,) * self.rank))

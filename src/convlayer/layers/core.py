@@ -8,7 +8,7 @@ import numpy as np
 
 from ..engine import blas
 from ..functional._common import check_int
-from .base import REGISTRY, Layer, Parameter, init_rng, init_weight, register
+from .base import REGISTRY, Layer, Parameter, check_input_shape, init_rng, init_weight, register
 
 __all__ = [
     "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "ScaledTanh", "Sigmoid", "Softmax",
@@ -59,6 +59,8 @@ class Linear(Layer):
                     init=self.init, dtype=self.dtype.name)
 
     def output_shape(self, input_shape):
+        if len(input_shape) != 2 or input_shape[1] != self.in_features:
+            raise ValueError(f"Linear: input shape must be (N, {self.in_features}), got {tuple(input_shape)}")
         return (input_shape[0], self.out_features)
 
     def flops(self, input_shape):
@@ -206,6 +208,9 @@ class BatchNorm(Layer):
         self.bias = Parameter(np.zeros(num_features, self.dtype))
         self.running_mean = np.zeros(num_features, self.dtype)
         self.running_var = np.ones(num_features, self.dtype)
+
+    def output_shape(self, input_shape):
+        return check_input_shape(self, input_shape, channels=self.num_features)
 
     def _shape(self, x):
         if x.ndim < 2 or x.shape[1] != self.num_features:

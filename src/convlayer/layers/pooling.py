@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..geometry import normalize_tuple, pool_output_size, resolve_padding
-from .base import Layer, Parameter, register, tuples_from_config
+from .base import Layer, Parameter, check_input_shape, register, tuples_from_config
 from .conv import _padding_arg, _padding_config
 
 __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Subsampling"]
@@ -50,7 +50,7 @@ class _Pool(Layer):
         return cls(**tuples_from_config(config, ("kernel_size", "stride", "dilation")))
 
     def output_shape(self, input_shape):
-        n, c, *spatial = input_shape
+        n, c, *spatial = check_input_shape(self, input_shape, self.rank)
         pads = resolve_padding(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
         return (n, c, *pool_output_size(spatial, self.kernel_size, self.stride, pads, self.dilation, self.ceil_mode))
 
@@ -103,7 +103,10 @@ class _GlobalPool(Layer):
         return self._op_backward(grad_y, self._x)
 
     def output_shape(self, input_shape):
-        return tuple(input_shape[:2])
+        shape = check_input_shape(self, input_shape)
+        if len(shape) < 3:
+            raise ValueError(f"{type(self).__name__}: input shape must be (N, C, S1, ...), got {shape}")
+        return shape[:2]
 
     def flops(self, input_shape):
         return math.prod(input_shape)
@@ -165,6 +168,9 @@ class Subsampling(_Pool):
     def get_config(self):
         return dict(rank=self.rank, channels=self.channels, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), dtype=self.dtype.name)
+
+    def output_shape(self, input_shape):
+        return super().output_shape(check_input_shape(self, input_shape, self.rank, self.channels))
 
     def flops(self, input_shape):
         return math.prod(self.output_shape(input_shape)) * (math.prod(self.kernel_size) + 2)

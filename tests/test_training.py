@@ -4,7 +4,8 @@ import torch
 
 from convlayer import layers as L
 from convlayer.layers import Parameter
-from convlayer.training import SGD, Adam, AdamW, CosineLR, StepLR, evaluate, fit, mse, softmax_cross_entropy
+from convlayer.training import (SGD, Adam, AdamW, CosineLR, StepLR, evaluate, fit, mse, predict, predict_proba,
+                                softmax_cross_entropy)
 
 
 def test_softmax_cross_entropy_matches_torch_and_is_stable(rng):
@@ -108,3 +109,47 @@ def test_fit_errors(rng):
         fit(net, x, y, optimizer=SGD(net.parameters()), epochs=0, progress=False)
     with pytest.raises(ValueError, match="nesterov=True needs momentum"):
         SGD(net.parameters(), nesterov=True)
+    for kwargs in (dict(lr=float("inf")), dict(lr=float("nan")), dict(lr=0), dict(betas=(0.9, 1.0)),
+                   dict(eps=0.0), dict(weight_decay=-1.0)):
+        with pytest.raises(ValueError, match="Adam: "):
+            Adam(net.parameters(), **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")  # the diverging run
+def test_fit_and_evaluate_refuse_what_would_lose_the_model(rng):
+    """No samples, or NaN in the inputs: a clear error before any update. A loss that turns non-finite
+    (divergence) stops training before that batch's update, so the parameters stay as they were."""
+    x, y = _toy(rng, 40)
+    net = _net()
+    with pytest.raises(ValueError, match="x and y are empty"):
+        fit(net, x[:0], y[:0], optimizer=SGD(net.parameters()), progress=False)
+    with pytest.raises(ValueError, match="x and y are empty"):
+        evaluate(net, x[:0], y[:0])
+    bad = x.copy()
+    bad[3, 0, 2, 2] = np.nan
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="x holds 1 NaN or infinite values"):
+        fit(net, bad, y, optimizer=SGD(net.parameters()), progress=False)
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())  # no update was made
+    L.seed(0)
+    net = _net()
+    opt = SGD(net.parameters(), lr=1e30)  # the first update sends the logits to inf
+    seen = []
+
+    def loss_fn(out, yb):  # keeps a copy of the parameters each batch's loss was computed with
+        seen.append({k: np.array(v, copy=True) for k, v in net.state_dict().items()})
+        return softmax_cross_entropy(out, yb)
+
+    with pytest.raises(FloatingPointError, match="the loss is (nan|inf) at batch 2 of epoch 1"):
+        fit(net, x, y, optimizer=opt, batch_size=8, progress=False, loss_fn=loss_fn)
+    assert len(seen) == 2 and not all(np.array_equal(v, seen[0][k]) for k, v in seen[1].items())
+    assert all(np.array_equal(v, seen[1][k]) for k, v in net.state_dict().items())
+
+
+def test_predict_on_no_samples_keeps_the_outputs_shape(rng):
+    """An empty input gives an empty ``(0, classes)`` output (an empty batch runs through the layers; Flatten
+    once failed on it), not a shapeless array that softmax cannot take."""
+    net = _net()
+    assert predict(net, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)
+    assert predict_proba(net, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)

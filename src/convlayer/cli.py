@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     try:
         with _threads(getattr(args, "threads", None)):
             return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, FloatingPointError) as exc:  # FloatingPointError: training diverged
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted")

@@ -73,7 +73,7 @@ class Flatten(Layer):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no size to infer
 
     def backward(self, grad_y):
         return grad_y.reshape(self._shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -59,6 +60,11 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
         raise ValueError(f"fit: epochs={epochs} and batch_size={batch_size} must be >= 1")
     if len(x) != len(y):
         raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
+    if len(x) == 0:
+        raise ValueError("fit: x and y are empty: no samples to train on")
+    if not np.isfinite(x).all():
+        bad = np.size(x) - int(np.isfinite(x).sum())
+        raise ValueError(f"fit: x holds {bad} NaN or infinite values; they would turn every parameter into NaN")
     rng = np.random.default_rng(seed)
     history = History()
     first = model.layers[0] if hasattr(model, "layers") and len(model.layers) else model
@@ -84,6 +90,11 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
                 optimizer.zero_grad()
                 out = model.forward(xb)
                 loss, grad = loss_fn(out, yb)
+                if not math.isfinite(loss):  # stop before the update: the parameters stay finite
+                    raise FloatingPointError(
+                        f"fit: the loss is {loss} at batch {step - epoch * steps_per_epoch + 1} of epoch "
+                        f"{epoch + 1}; training diverged (try a lower learning rate). The parameters are "
+                        "those from before that batch.")
                 model.backward(grad)
                 optimizer.step()
                 step += 1
@@ -126,7 +137,7 @@ def predict(model, x, batch_size=256, progress=False) -> np.ndarray:
     model.eval()
     outs = [model.forward(x[i:i + batch_size])
             for i in tqdm(range(0, len(x), batch_size), disable=not progress, desc="predict", unit="batch")]
-    return np.concatenate(outs) if outs else np.zeros((0,))
+    return np.concatenate(outs) if outs else model.forward(x[:0])  # no samples: the outputs' shape, empty
 
 
 def predict_proba(model, x, batch_size=256) -> np.ndarray:
@@ -138,6 +149,8 @@ def evaluate(model, x, y, batch_size=256, loss_fn=softmax_cross_entropy, progres
     """Mean loss and accuracy of ``model`` on ``(x, y)`` in evaluation mode."""
     if len(x) != len(y):
         raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
+    if len(x) == 0:
+        raise ValueError("evaluate: x and y are empty: no samples to evaluate")
     logits = predict(model, x, batch_size, progress)
     loss, _ = loss_fn(logits, y)
     accuracy = float((logits.argmax(axis=1) == y).mean()) if len(y) else 0.0

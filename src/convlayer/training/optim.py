@@ -19,8 +19,8 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: no parameters to optimize")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr={lr} must be > 0")
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{type(self).__name__}: lr={lr!r} must be a finite number > 0")
         self.lr = float(lr)
 
     def zero_grad(self):
@@ -62,6 +62,9 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         self.b1, self.b2 = betas
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1) or not eps > 0 or not weight_decay >= 0:
+            raise ValueError(f"{type(self).__name__}: betas={tuple(betas)} must be in [0, 1), eps={eps} > 0 and "
+                             f"weight_decay={weight_decay} >= 0")
         self.eps, self.weight_decay = eps, weight_decay
         self._m = [np.zeros_like(p.value) for p in self.params]
         self._v = [np.zeros_like(p.value) for p in self.params]

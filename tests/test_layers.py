@@ -196,3 +196,20 @@ def test_output_shape_rejects_what_forward_cannot_take(make, good, bad, rng):
     for shape in bad:
         with pytest.raises(ValueError, match="input shape must be"):
             layer.output_shape(shape)
+
+
+def test_load_state_dict_checks_every_entry_before_copying_any(rng):
+    """A state with one bad entry (wrong shape, not an array, not numbers) raises and leaves the model as it
+    was: entries before the bad one were once copied in already."""
+    net = lenet5_modern()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    names = list(before)
+    for bad, error in [(np.ones((1, 2)), ValueError), ([1.0, 2.0], TypeError), (np.array(["a"] * 6), TypeError)]:
+        state = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in before.items()}
+        state[names[-1]] = bad
+        with pytest.raises(error, match=repr(names[-1])):
+            net.load_state_dict(state)
+        assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+    state = {k: rng.standard_normal(v.shape) for k, v in before.items()}  # float64 arrays: cast on the copy
+    net.load_state_dict(state)
+    assert all(np.array_equal(v, state[k].astype(v.dtype)) for k, v in net.state_dict().items())

@@ -186,14 +186,20 @@ class Layer:
             missing = sorted(expected - set(state))
             extra = sorted(set(state) - expected)
             raise ValueError(f"state does not match the model: missing {missing}, unexpected {extra}")
-        for name, value in state.items():
+        converted = {}
+        for name, value in state.items():  # every entry checked before any is copied: a bad one changes nothing
             target = params[name].value if name in params else buffers[name]
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+                raise TypeError(f"state entry {name!r} must be a numeric NumPy array, got {type(value).__name__}"
+                                + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else ""))
             if value.shape != target.shape:
                 raise ValueError(f"state entry {name!r} has shape {value.shape}, the model expects {target.shape}")
+            converted[name] = np.array(value, dtype=target.dtype)
+        for name, value in converted.items():
             if name in params:
-                params[name].value = np.array(value, dtype=target.dtype)
+                params[name].value = value
             else:
-                self._set_nested_buffer(name, np.array(value, dtype=target.dtype))
+                self._set_nested_buffer(name, value)
 
     def _set_nested_buffer(self, name: str, value: np.ndarray) -> None:
         head, _, rest = name.partition(".")

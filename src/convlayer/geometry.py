@@ -53,6 +53,14 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _check_sizes(op: str, **sizes) -> None:
+    """``n`` (an input size) an int >= 0; ``out``, ``k``, ``s``, ``d`` ints >= 1: the pure size functions' inputs."""
+    for name, value in sizes.items():
+        least = 0 if name == "n" else 1
+        if not _is_int(value) or value < least:
+            raise ValueError(f"{op}: {name}={value!r} must be an int >= {least}")
+
+
 def _fmt(value) -> str:
     return repr(tuple(value) if isinstance(value, list) else value)
 
@@ -112,6 +120,7 @@ def same_padding(n: int, k: int, s: int = 1, d: int = 1, *, lower: bool = False)
     >>> same_padding(4, 3, 2, lower=True)
     (1, 0)
     """
+    _check_sizes("same_padding", n=n, k=k, s=s, d=d)
     out = -(-n // s)
     total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
     small, large = total // 2, total - total // 2
@@ -334,6 +343,7 @@ def padding_for_output_size(
     >>> padding_for_output_size(28, 28, 5)
     (2, 2)
     """
+    _check_sizes("padding_for_output_size", n=n, k=k, s=s, d=d)
     span = d * (k - 1) + 1
     unpadded = (n - span) // s + 1 if n >= span else 0
     if out < 1 or unpadded > out:
@@ -355,6 +365,7 @@ def output_padding_for_size(n: int, out: int, k: int, s: int, padding: Pair, d: 
     >>> output_padding_for_size(4, 9, 4, 2, (1, 1))
     1
     """
+    _check_sizes("output_padding_for_size", n=n, k=k, s=s, d=d)
     ((smallest, largest),) = conv_transpose_output_range((n,), (k,), (s,), (padding,), (d,))
     if not smallest <= out <= largest:
         raise ValueError(

@@ -62,6 +62,12 @@ W = np.zeros((6, 4, 3, 3), np.float32)
          ValueError, r"output_padding cannot be used with padding='same'; use output_size"),
         (lambda: CF.conv_transpose(X, np.zeros((4, 2, 3, 3), np.float32), bias=np.zeros(4, np.float32)), ValueError,
          r"conv_transpose: bias must have shape \(2,\)"),
+        (lambda: CF.separable_conv(X, np.zeros((8, 1, 3, 3), np.float32), np.zeros((5, 8, 3, 3), np.float32)),
+         ValueError, r"separable_conv: pointwise weight must have shape \(C_out, C \* multiplier, 1, ...\), a 1x1 "
+                     r"kernel, got \(5, 8, 3, 3\)"),
+        (lambda: CF.separable_conv_backward(np.zeros((2, 5, 6, 6), np.float32), X, np.zeros((8, 1, 3, 3), np.float32),
+                                            np.zeros((5, 8, 1, 2), np.float32)),
+         ValueError, r"separable_conv_backward: pointwise weight must have shape .* got \(5, 8, 1, 2\)"),
         # pooling
         (lambda: CF.max_pool(X, 0), ValueError, r"max_pool: kernel_size=0 must be >= 1"),
         (lambda: CF.max_pool(X, 9), ValueError, r"max_pool: kernel \(size 9, .* larger than the padded input \(size 8"),

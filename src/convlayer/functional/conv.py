@@ -497,13 +497,22 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, stride=1, p
     Stride, padding and dilation apply to the depthwise step; ``bias``
     (``(C_out,)``) to the pointwise step.
     """
+    _check_pointwise("separable_conv", pointwise_weight)
     mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format)
     return conv(mid, pointwise_weight, bias, data_format=data_format)
+
+
+def _check_pointwise(op, weight):
+    shape = np.shape(weight)
+    if len(shape) < 3 or any(v != 1 for v in shape[2:]):
+        raise ValueError(f"{op}: pointwise weight must have shape (C_out, C * multiplier, 1, ...), a 1x1 kernel, "
+                         f"got {tuple(shape)}")
 
 
 def separable_conv_backward(grad_y, x, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0,
                             dilation=1, padding_mode="zeros", data_format="channels_first"):
     """Gradients of :func:`separable_conv`: ``(grad_x, grad_depthwise, grad_pointwise, grad_bias)``."""
+    _check_pointwise("separable_conv_backward", pointwise_weight)
     mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format)
     g_mid, g_pw, g_b = conv_backward(grad_y, mid, pointwise_weight, bias, data_format=data_format)
     g_x, g_dw, _ = depthwise_conv_backward(g_mid, x, depthwise_weight, None, stride, padding, dilation,

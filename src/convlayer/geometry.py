@@ -54,7 +54,8 @@ def _is_int(value) -> bool:
 
 
 def _check_sizes(op: str, **sizes) -> None:
-    """``n`` (an input size) an int >= 0; ``out``, ``k``, ``s``, ``d`` ints >= 1: the pure size functions' inputs."""
+    """The pure size functions' inputs: ``n`` (an input size) an int >= 0, the others (kernel, stride,
+    dilation) ints >= 1."""
     for name, value in sizes.items():
         least = 0 if name == "n" else 1
         if not _is_int(value) or value < least:

@@ -153,3 +153,23 @@ def test_predict_on_no_samples_keeps_the_outputs_shape(rng):
     net = _net()
     assert predict(net, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)
     assert predict_proba(net, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_fit_stops_on_non_finite_gradients_and_overflowing_updates(rng):
+    """A gradient holding NaN stops fit before the update (the parameters unchanged); an update that overflows
+    the parameters stops it right after, with an error saying so, instead of training on NaN."""
+    x, y = _toy(rng, 16)
+    net = _net()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+
+    def nan_grad(out, yb):
+        loss, grad = softmax_cross_entropy(out, yb)
+        grad[0, 0] = np.nan
+        return loss, grad
+
+    with pytest.raises(FloatingPointError, match="a gradient holds NaN or inf at batch 1 of epoch 1"):
+        fit(net, x, y, optimizer=SGD(net.parameters()), batch_size=8, progress=False, loss_fn=nan_grad)
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+    with pytest.raises(FloatingPointError, match="the update of batch 1 of epoch 1 made parameters infinite"):
+        fit(net, x * 1e6, y, optimizer=SGD(net.parameters(), lr=1e36), batch_size=8, progress=False)

@@ -90,13 +90,18 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
                 optimizer.zero_grad()
                 out = model.forward(xb)
                 loss, grad = loss_fn(out, yb)
-                if not math.isfinite(loss):  # stop before the update: the parameters stay finite
-                    raise FloatingPointError(
-                        f"fit: the loss is {loss} at batch {step - epoch * steps_per_epoch + 1} of epoch "
-                        f"{epoch + 1}; training diverged (try a lower learning rate). The parameters are "
-                        "those from before that batch.")
+                where = f"batch {step - epoch * steps_per_epoch + 1} of epoch {epoch + 1}"
+                if not math.isfinite(loss):  # stop before the update
+                    raise FloatingPointError(f"fit: the loss is {loss} at {where}; training diverged (try a lower "
+                                             "learning rate). The parameters are those from before that batch.")
                 model.backward(grad)
+                if not all(np.isfinite(p.grad).all() for p in optimizer.params):
+                    raise FloatingPointError(f"fit: a gradient holds NaN or inf at {where} (the loss was {loss}); "
+                                             "the parameters are those from before that batch.")
                 optimizer.step()
+                if not all(np.isfinite(p.value).all() for p in optimizer.params):  # ~40 us a step on LeNet-5
+                    raise FloatingPointError(f"fit: the update of {where} made parameters infinite or NaN; the "
+                                             "learning rate is far too high for this model.")
                 step += 1
                 n = len(idx)
                 seen += n

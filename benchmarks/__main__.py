@@ -387,13 +387,16 @@ def main(argv=None) -> int:
     parser.add_argument("--os-allocator", action="store_true",
                         help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")
     args = parser.parse_args(argv)
-    steady = False if args.os_allocator else steady_allocator()
     problems = SUITE
     if args.filter:
         keys = args.filter.split(",")
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
-    if args.repeats < 1 or args.rounds < 1:
-        parser.error(f"--repeats and --rounds must be at least 1, got {args.repeats} and {args.rounds}")
+    if args.repeats < 1 or args.rounds < 1 or args.threads < 1:
+        parser.error(f"--repeats, --rounds and --threads must be at least 1, got {args.repeats}, {args.rounds} and "
+                     f"{args.threads}")
+    if not problems:
+        parser.error(f"--filter {args.filter!r} matches no category or problem name")
+    steady = False if args.os_allocator else steady_allocator()
     turns = f" in each of {args.rounds} rounds over the whole list" if args.rounds > 1 else ""
     print(f"ratio = PyTorch time / convlayer time (>1: convlayer faster); {args.threads} threads, "
           f"best of {args.repeats}{turns}; freed memory {'kept in the process' if steady else 'per glibc defaults'}")

@@ -106,9 +106,16 @@ def test_targets_report_each_goal_of_issue_4():
     assert not suite.targets(slow, peak=100.0)["met"]
 
 
-def test_suite_runner_rejects_no_rounds():
-    with pytest.raises(SystemExit):
-        suite.main(["--rounds", "0", "--no-jax"])
+@pytest.mark.parametrize("args, message", [(["--rounds", "0"], "--repeats, --rounds and --threads must be at least 1"),
+                                           (["--threads", "0"], "got 5, 1 and 0"),
+                                           (["--filter", "zzz"], "--filter 'zzz' matches no category or problem name")])
+def test_suite_runner_rejects_bad_arguments_before_timing(args, message, capsys):
+    """Usage errors, before the GEMM and memory figures are measured (a zero thread count was PyTorch's
+    RuntimeError after them; a filter matching nothing timed nothing and reported NaN means)."""
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main([*args, "--no-jax"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and message in captured.err and "GEMM" not in captured.out
 
 
 def test_flop_count_matches_definition():

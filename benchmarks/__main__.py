@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from convlayer.cli import positive_int
+
 from . import steady_allocator
 
 
@@ -377,10 +379,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--filter", default=None, help="only categories (comma-separated) or names containing this")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--rounds", type=positive_int, default=1,
                         help="time the whole list this many times over, each framework keeping its best (default 1)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--json", default=None, help="write all timings here")
     parser.add_argument("--markdown", default=None, help="write the table and geometric means as Markdown here")
@@ -391,9 +393,6 @@ def main(argv=None) -> int:
     if args.filter:
         keys = args.filter.split(",")
         problems = [p for p in SUITE if p.category in keys or any(k in p.name for k in keys)]
-    if args.repeats < 1 or args.rounds < 1 or args.threads < 1:
-        parser.error(f"--repeats, --rounds and --threads must be at least 1, got {args.repeats}, {args.rounds} and "
-                     f"{args.threads}")
     if not problems:
         parser.error(f"--filter {args.filter!r} matches no category or problem name")
     steady = False if args.os_allocator else steady_allocator()

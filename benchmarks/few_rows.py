@@ -20,6 +20,8 @@ import argparse
 
 import numpy as np
 
+from convlayer.cli import positive_int
+
 from . import steady_allocator
 from .__main__ import _best
 
@@ -47,8 +49,8 @@ def main(argv=None, cases=CASES) -> int:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--grad-weight", action="store_true", help="time the weight gradient instead of the forward")
     which.add_argument("--grad-input", action="store_true", help="time the input gradient instead of the forward")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=positive_int, default=3)
+    ap.add_argument("--repeats", type=positive_int, default=7)
     args = ap.parse_args(argv)
     steady_allocator()
     rng = np.random.default_rng(0)

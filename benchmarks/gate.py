@@ -13,14 +13,16 @@ import statistics
 
 import numpy as np
 
+from convlayer.cli import positive_int
+
 from . import steady_allocator
 from .__main__ import _best
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--os-allocator", action="store_true",
                         help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")
     args = parser.parse_args(argv)

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from convlayer.cli import positive_int
+
 from . import steady_allocator
 
 
@@ -102,10 +104,10 @@ def run_torch(kind, x, y, batch_size, seed=0):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("lenet5", "lenet5-modern"), default="lenet5")
-    parser.add_argument("--images", type=int, default=60000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", type=positive_int, default=60000)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--os-allocator", action="store_true",
                         help="keep glibc's default allocator settings (see benchmarks.steady_allocator)")

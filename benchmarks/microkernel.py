@@ -19,6 +19,7 @@ import time
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from convlayer.cli import positive_int
 from convlayer.engine import implicit
 
 def _runner(mk, mr):
@@ -46,9 +47,9 @@ def _tile(text: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=256, help="steps (inner dimension) per call")
-    ap.add_argument("--calls", type=int, default=20000, help="calls per thread")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=positive_int, default=256, help="steps (inner dimension) per call")
+    ap.add_argument("--calls", type=positive_int, default=20000, help="calls per thread")
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--tile", action="append", default=[], metavar="ROWSxVECTORS[:PREFETCH]",
                     help="time this tile instead of the engine's (repeatable), e.g. 6x2 or 4x3:8")
     args = ap.parse_args(argv)

@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 
+from convlayer.cli import positive_int
 from convlayer.engine import gemm
 
 from .__main__ import SUITE, _best, convlayer_passes, problem_data
@@ -22,7 +23,7 @@ from .__main__ import SUITE, _best, convlayer_passes, problem_data
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--filter", default="", help="only problems whose category or name contains this")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     for p in SUITE:

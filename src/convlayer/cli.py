@@ -178,7 +178,7 @@ def _info(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """``argparse`` type of the counts (epochs, batch size, images, threads): an int of at least 1."""
     try:
         value = int(text)
@@ -189,7 +189,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     """``argparse`` type of the learning rate: a finite float above 0."""
     try:
         value = float(text)
@@ -205,15 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def training_options(p, defaults):
-        p.add_argument("--epochs", type=_positive_int, default=defaults["epochs"], help="passes over the training set")
-        p.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"])
-        p.add_argument("--lr", type=_positive_float, default=defaults["lr"], help="peak learning rate (cosine decay)")
+        p.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="passes over the training set")
+        p.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"])
+        p.add_argument("--lr", type=positive_float, default=defaults["lr"], help="peak learning rate (cosine decay)")
         p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
         p.add_argument("--seed", type=int, default=0, help="seeds initialisation and shuffling")
-        p.add_argument("--threads", type=_positive_int, default=None, help="BLAS threads (default: all cores)")
+        p.add_argument("--threads", type=positive_int, default=None, help="BLAS threads (default: all cores)")
         p.add_argument("--out", default=defaults.get("out", "runs/train"), help="output directory")
         p.add_argument("--data-dir", default=None, help="read the MNIST-named IDX files from this folder")
-        p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N images only")
+        p.add_argument("--limit", type=positive_int, default=None, help="train on the first N images only")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", help="train LeNet-5 (modern variant) on the bundled MNIST, save the model and a figure")
@@ -229,20 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="a .safetensors file written by convlayer")
     ev.add_argument("--split", choices=("test", "train"), default="test")
     ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--threads", type=_positive_int, default=None)
+    ev.add_argument("--threads", type=positive_int, default=None)
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="classify 28x28 digit images (PNG/JPEG, .npy or IDX)")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--threads", type=_positive_int, default=None)
+    pr.add_argument("--threads", type=positive_int, default=None)
     pr.set_defaults(func=_predict)
 
     info = sub.add_parser("info", help="layers, output shapes, parameters, FLOPs and receptive field of a model")
     info.add_argument("model")
-    info.add_argument("--input-shape", type=_positive_int, nargs="+", default=[1, 1, 32, 32])
-    info.add_argument("--threads", type=_positive_int, default=None)
+    info.add_argument("--input-shape", type=positive_int, nargs="+", default=[1, 1, 32, 32])
+    info.add_argument("--threads", type=positive_int, default=None)
     info.set_defaults(func=_info)
     return parser
 

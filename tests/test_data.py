@@ -3,7 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from convlayer.data import load_mnist, load_raw, read_idx, write_idx
+from convlayer.data import load_mnist, load_raw, preprocess, read_idx, write_idx
+from convlayer.data.batching import batches
 from convlayer.data.mnist import BUNDLED_DIR
 
 
@@ -65,3 +66,27 @@ def test_data_dir_with_corrupted_file(tmp_path):
         load_mnist("train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="split='val' must be"):
         load_mnist("val")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), pad=-1), ValueError, "pad must be an int >= 0, got -1"),
+    (lambda: preprocess(np.zeros(5, np.uint8)), ValueError, r"images must be \(N, H, W\), got shape \(5,\)"),
+    (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), dtype=np.int32), TypeError,
+     "dtype must be float32 or float64, got int32"),
+    (lambda: list(batches(10, 0)), ValueError, "batch_size=0 >= 1"),
+    (lambda: list(batches(-3, 2)), ValueError, "n=-3 must be >= 0"),
+])
+def test_preprocess_and_batches_name_bad_arguments(call, error, message):
+    """Numpy's own messages (a negative pad, a 1-D array) or a silent wrong answer (an int dtype truncated the
+    scaled pixels to -1, 0 and 1) before."""
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_preprocess_scales_and_pads(rng):
+    images = rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    for dtype in (np.float32, "float64"):
+        x = preprocess(images, pad=2, dtype=dtype)
+        assert x.shape == (3, 1, 32, 32) and x.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(x[:, 0, 2:-2, 2:-2], -0.1 + images * (1.275 / 255), rtol=0, atol=4e-7)  # float32 steps
+        assert np.all(x[:, 0, :2] == np.asarray(-0.1, dtype=dtype))

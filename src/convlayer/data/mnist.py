@@ -71,6 +71,14 @@ def load_raw(split: str = "train", data_dir=None) -> tuple[np.ndarray, np.ndarra
 
 def preprocess(images: np.ndarray, pad: int = 2, dtype=np.float32) -> np.ndarray:
     """uint8 ``(N, H, W)`` to ``(N, 1, H + 2*pad, W + 2*pad)`` scaled to [-0.1, 1.175], padded with background."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"preprocess: images must be (N, H, W), got shape {images.shape}")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"preprocess: pad must be an int >= 0, got {pad!r}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"preprocess: dtype must be float32 or float64, got {np.dtype(dtype)}")
+    dtype = np.dtype(dtype).type
     x = images.astype(dtype) * dtype((FOREGROUND - BACKGROUND) / 255.0) + dtype(BACKGROUND)
     if pad:
         x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), constant_values=BACKGROUND)

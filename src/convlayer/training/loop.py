@@ -55,6 +55,16 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
     Returns
     -------
     History
+
+    Raises
+    ------
+    ValueError
+        Before any update: bad counts, ``x`` and ``y`` of different lengths
+        or empty, ``x`` holding NaN or inf.
+    FloatingPointError
+        When a batch's loss or a gradient is not finite (before that
+        batch's update, the parameters left as they were) or an update
+        makes a parameter infinite or NaN (right after it).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: epochs={epochs} and batch_size={batch_size} must be >= 1")

@@ -213,3 +213,17 @@ def test_load_state_dict_checks_every_entry_before_copying_any(rng):
     state = {k: rng.standard_normal(v.shape) for k, v in before.items()}  # float64 arrays: cast on the copy
     net.load_state_dict(state)
     assert all(np.array_equal(v, state[k].astype(v.dtype)) for k, v in net.state_dict().items())
+
+
+def test_residual_checks_its_branches():
+    """Branches whose outputs differ are an error from ``output_shape`` as from ``forward`` (``output_shape``
+    once answered with the body's shape); a body that is not a layer is a TypeError when the block is built."""
+    block = L.Residual(L.Conv2d(4, 6, 3, padding=1))
+    for call in (lambda: block.output_shape((2, 4, 8, 8)), lambda: block.forward(np.zeros((2, 4, 8, 8), np.float32))):
+        with pytest.raises(ValueError, match=r"body output \(2, 6, 8, 8\) and shortcut output \(2, 4, 8, 8\) differ"):
+            call()
+    assert L.Residual(L.Conv2d(4, 6, 3, padding=1), L.Conv2d(4, 6, 1)).output_shape((2, 4, 8, 8)) == (2, 6, 8, 8)
+    with pytest.raises(TypeError, match="Residual: body must be a Layer, got int"):
+        L.Residual(5)
+    with pytest.raises(TypeError, match="Residual: shortcut must be a Layer or None, got str"):
+        L.Residual(L.ReLU(), "identity")

@@ -376,6 +376,10 @@ class Residual(Layer):
     """
 
     def __init__(self, body, shortcut=None):
+        for name, value in (("body", body), ("shortcut", shortcut)):
+            if not isinstance(value, Layer) and not (name == "shortcut" and value is None):
+                raise TypeError(f"Residual: {name} must be a Layer{' or None' if name == 'shortcut' else ''}, "
+                                f"got {type(value).__name__}")
         self.body = body
         self.shortcut = shortcut
 
@@ -406,7 +410,11 @@ class Residual(Layer):
         return cls(layer_from_config(config["body"]), None if shortcut is None else layer_from_config(shortcut))
 
     def output_shape(self, input_shape):
-        return self.body.output_shape(input_shape)
+        y = tuple(self.body.output_shape(input_shape))
+        s = tuple(input_shape) if self.shortcut is None else tuple(self.shortcut.output_shape(input_shape))
+        if y != s:
+            raise ValueError(f"Residual: body output {y} and shortcut output {s} differ")
+        return y
 
     def flops(self, input_shape):
         extra = 0 if self.shortcut is None else self.shortcut.flops(input_shape)

@@ -227,3 +227,28 @@ def test_residual_checks_its_branches():
         L.Residual(5)
     with pytest.raises(TypeError, match="Residual: shortcut must be a Layer or None, got str"):
         L.Residual(L.ReLU(), "identity")
+
+
+EVERY_LAYER = [
+    lambda: L.Conv2d(4, 4, 3), lambda: L.Conv1d(4, 4, 3), lambda: L.Conv3d(4, 4, 3), lambda: L.ConvNd(2, 4, 4, 3),
+    lambda: L.ConvTranspose2d(4, 4, 3), lambda: L.ConvTranspose1d(4, 4, 3), lambda: L.ConvTranspose3d(4, 4, 3),
+    lambda: L.ConvTransposeNd(2, 4, 4, 3), lambda: L.DepthwiseConv(2, 4, 3), lambda: L.SeparableConv(2, 4, 4, 3),
+    lambda: L.ConnectionTableConv(2, 6, C3_TABLE, 5), lambda: L.MaxPool(2, 2), lambda: L.AvgPool(2, 2),
+    lambda: L.GlobalAvgPool(), lambda: L.GlobalMaxPool(), lambda: L.Subsampling(2, 4, 2), lambda: L.Linear(4, 3),
+    lambda: L.Flatten(), lambda: L.ReLU(), lambda: L.LeakyReLU(), lambda: L.Tanh(), lambda: L.ScaledTanh(),
+    lambda: L.Sigmoid(), lambda: L.Softmax(), lambda: L.BatchNorm(4), lambda: L.Dropout(0.5),
+    lambda: L.Sequential([L.ReLU()]), lambda: L.Residual(L.ReLU()),
+]
+
+
+def test_every_layer_type_is_in_the_backward_check():
+    assert {type(make()).__name__ for make in EVERY_LAYER} == set(L.REGISTRY)
+
+
+@pytest.mark.parametrize("make", EVERY_LAYER)
+def test_backward_before_forward_names_the_layer(make):
+    """Every layer type: ``backward`` with nothing saved by a ``forward`` is a ``RuntimeError`` naming the layer
+    (it was an AttributeError on a missing attribute, or a dtype error on ``None``)."""
+    layer = make()
+    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}: backward\\(\\) called before forward\\(\\)"):
+        layer.backward(np.ones((2, 4, 6, 6), np.float32))

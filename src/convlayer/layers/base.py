@@ -25,6 +25,7 @@ Weights are drawn from the library's initialisation generator
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -110,9 +111,36 @@ class Parameter:
 
 
 class Layer:
-    """Base class: parameters, buffers, train/eval mode, config round trip, repr."""
+    """Base class: parameters, buffers, train/eval mode, config round trip, repr.
+
+    ``backward`` uses what ``forward`` saved; called before any ``forward``
+    it raises ``RuntimeError`` naming the layer. Each subclass's own
+    ``forward`` and ``backward`` are wrapped for that once, when the
+    subclass is defined (:meth:`__init_subclass__`).
+    """
 
     training: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward, backward = cls.__dict__.get("forward"), cls.__dict__.get("backward")
+        if forward is not None:
+            @functools.wraps(forward)
+            def checked_forward(self, x, _forward=forward):
+                y = _forward(self, x)
+                self._forwarded = True  # only once forward has saved what backward needs
+                return y
+
+            cls.forward = checked_forward
+        if backward is not None:
+            @functools.wraps(backward)
+            def checked_backward(self, grad_y, _backward=backward):
+                if not self.__dict__.get("_forwarded"):
+                    raise RuntimeError(f"{type(self).__name__}: backward() called before forward(); backward uses "
+                                       "what forward saves")
+                return _backward(self, grad_y)
+
+            cls.backward = checked_backward
 
     # --- to implement -------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:

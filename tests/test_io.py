@@ -87,6 +87,18 @@ def test_corrupted_and_hostile_files(tmp_path):
         io.load(tmp_path / "missing.safetensors")
 
 
+def test_save_refuses_weights_that_load_would_refuse(tmp_path):
+    """A model whose weights hold NaN (a diverged run) is not written, and an older file stays readable: load
+    refuses non-finite tensors, so the saved file could never have been read back."""
+    path = tmp_path / "m.safetensors"
+    model = _model()
+    io.save(model, path)
+    model.layers[0].weight.value[0, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"save: '0.weight' holds NaN or inf; a model file holds finite weights"):
+        io.save(model, path)
+    io.load(path)  # the older file, intact
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     io.save(_model(), path)

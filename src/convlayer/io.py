@@ -41,6 +41,10 @@ def save(model: Layer, path, *, extra: dict | None = None) -> None:
         raise TypeError(f"save: model must be a convlayer Layer, got {type(model).__name__}")
     path = os.fspath(path)
     tensors = {name: np.ascontiguousarray(value) for name, value in model.state_dict().items()}
+    for name, value in tensors.items():  # load refuses them: a file it cannot read back would lose the model
+        if not np.isfinite(value).all():
+            raise ValueError(f"save: {name!r} holds NaN or inf; a model file holds finite weights only "
+                             f"(nothing was written to {path})")
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

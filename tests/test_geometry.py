@@ -97,18 +97,18 @@ def test_output_padding_for_size_names_range():
         G.output_padding_for_size(4, 11, 4, 2, (1, 1))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: G.same_padding(5, 3, 0), "same_padding: s=0 must be an int >= 1"),
-    (lambda: G.same_padding(5, 0), "same_padding: k=0 must be an int >= 1"),
-    (lambda: G.same_padding(-5, 3), "same_padding: n=-5 must be an int >= 0"),
-    (lambda: G.same_padding(5, 3, d=1.0), "same_padding: d=1.0 must be an int >= 1"),
-    (lambda: G.padding_for_output_size(5, 5, 3, 0), "padding_for_output_size: s=0 must be an int >= 1"),
-    (lambda: G.output_padding_for_size(5, 9, 3, 0, (0, 0)), "output_padding_for_size: s=0 must be an int >= 1"),
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: G.same_padding(5, 3, 0), ValueError, "same_padding: s=0 must be >= 1"),
+    (lambda: G.same_padding(5, 0), ValueError, "same_padding: k=0 must be >= 1"),
+    (lambda: G.same_padding(-5, 3), ValueError, "same_padding: n=-5 must be >= 0"),
+    (lambda: G.same_padding(5, 3, d=1.0), TypeError, "same_padding: d must be an int, got float 1.0"),
+    (lambda: G.padding_for_output_size(5, 5, 3, 0), ValueError, "padding_for_output_size: s=0 must be >= 1"),
+    (lambda: G.output_padding_for_size(5, 9, 3, 0, (0, 0)), ValueError, "output_padding_for_size: s=0 must be >= 1"),
 ])
-def test_size_functions_reject_sizes_that_are_not_sizes(call, message):
+def test_size_functions_reject_sizes_that_are_not_sizes(call, error, message):
     """A zero stride was a ZeroDivisionError in ``same_padding``; a zero kernel or a negative input size gave
     a padding as if they were sizes."""
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         call()
 
 

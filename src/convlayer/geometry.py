@@ -53,13 +53,21 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_sizes(op: str, **sizes) -> None:
-    """The pure size functions' inputs: ``n`` (an input size) an int >= 0, the others (kernel, stride,
-    dilation) ints >= 1."""
-    for name, value in sizes.items():
-        least = 0 if name == "n" else 1
-        if not _is_int(value) or value < least:
-            raise ValueError(f"{op}: {name}={value!r} must be an int >= {least}")
+def check_int(op: str, name: str, value, minimum: int) -> int:
+    """``value`` as an int, checked: ``TypeError`` if it is not one (bools are not), ``ValueError`` if it is
+    below ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name}={value} must be >= {minimum}")
+    return int(value)
+
+
+def _check_sizes(op: str, n, k, s, d) -> None:
+    """The pure size functions' inputs: ``n`` (an input size) an int >= 0, kernel, stride and dilation ints
+    >= 1."""
+    for name, value, least in (("n", n, 0), ("k", k, 1), ("s", s, 1), ("d", d, 1)):
+        check_int(op, name, value, least)
 
 
 def _fmt(value) -> str:
@@ -121,7 +129,7 @@ def same_padding(n: int, k: int, s: int = 1, d: int = 1, *, lower: bool = False)
     >>> same_padding(4, 3, 2, lower=True)
     (1, 0)
     """
-    _check_sizes("same_padding", n=n, k=k, s=s, d=d)
+    _check_sizes("same_padding", n, k, s, d)
     out = -(-n // s)
     total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
     small, large = total // 2, total - total // 2
@@ -344,7 +352,7 @@ def padding_for_output_size(
     >>> padding_for_output_size(28, 28, 5)
     (2, 2)
     """
-    _check_sizes("padding_for_output_size", n=n, k=k, s=s, d=d)
+    _check_sizes("padding_for_output_size", n, k, s, d)
     span = d * (k - 1) + 1
     unpadded = (n - span) // s + 1 if n >= span else 0
     if out < 1 or unpadded > out:
@@ -366,7 +374,7 @@ def output_padding_for_size(n: int, out: int, k: int, s: int, padding: Pair, d: 
     >>> output_padding_for_size(4, 9, 4, 2, (1, 1))
     1
     """
-    _check_sizes("output_padding_for_size", n=n, k=k, s=s, d=d)
+    _check_sizes("output_padding_for_size", n, k, s, d)
     ((smallest, largest),) = conv_transpose_output_range((n,), (k,), (s,), (padding,), (d,))
     if not smallest <= out <= largest:
         raise ValueError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import _is_int
+from ..geometry import _is_int, check_int  # noqa: F401 - check_int: the functional ops' and layers' import
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DATA_FORMATS = ("channels_first", "channels_last")
@@ -33,14 +33,6 @@ def same_dtype(op: str, **arrays) -> np.dtype:
         listing = ", ".join(f"{k} {d}" for k, d in dtypes.items())
         raise TypeError(f"{op}: arrays must share one dtype, got {listing}; cast them to one of float32, float64")
     return next(iter(dtypes.values()))
-
-
-def check_int(op: str, name: str, value, minimum: int) -> int:
-    if not _is_int(value):
-        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{op}: {name}={value} must be >= {minimum}")
-    return int(value)
 
 
 def to_channels_first(op: str, x: np.ndarray, rank: int, data_format: str, name: str = "input"):

@@ -59,9 +59,7 @@ class Linear(Layer):
                     init=self.init, dtype=self.dtype.name)
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 2 or input_shape[1] != self.in_features:
-            raise ValueError(f"Linear: input shape must be (N, {self.in_features}), got {tuple(input_shape)}")
-        return (input_shape[0], self.out_features)
+        return (check_input_shape(self, input_shape, 0, self.in_features)[0], self.out_features)
 
     def flops(self, input_shape):
         return 2 * input_shape[0] * self.in_features * self.out_features

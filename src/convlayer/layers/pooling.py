@@ -15,6 +15,7 @@ __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Subsampling"
 
 
 class _Pool(Layer):
+    channels: int | None = None  # the channel count the layer's parameters fix (Subsampling's), else any
     def __init__(self, rank, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         name = type(self).__name__
         self.rank = rank
@@ -50,7 +51,7 @@ class _Pool(Layer):
         return cls(**tuples_from_config(config, ("kernel_size", "stride", "dilation")))
 
     def output_shape(self, input_shape):
-        n, c, *spatial = check_input_shape(self, input_shape, self.rank)
+        n, c, *spatial = check_input_shape(self, input_shape, self.rank, self.channels)
         pads = resolve_padding(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
         return (n, c, *pool_output_size(spatial, self.kernel_size, self.stride, pads, self.dilation, self.ceil_mode))
 
@@ -168,9 +169,6 @@ class Subsampling(_Pool):
     def get_config(self):
         return dict(rank=self.rank, channels=self.channels, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), dtype=self.dtype.name)
-
-    def output_shape(self, input_shape):
-        return super().output_shape(check_input_shape(self, input_shape, self.rank, self.channels))
 
     def flops(self, input_shape):
         return math.prod(self.output_shape(input_shape)) * (math.prod(self.kernel_size) + 2)

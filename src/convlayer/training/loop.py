@@ -100,18 +100,20 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
                 optimizer.zero_grad()
                 out = model.forward(xb)
                 loss, grad = loss_fn(out, yb)
-                where = f"batch {step - epoch * steps_per_epoch + 1} of epoch {epoch + 1}"
                 if not math.isfinite(loss):  # stop before the update
-                    raise FloatingPointError(f"fit: the loss is {loss} at {where}; training diverged (try a lower "
-                                             "learning rate). The parameters are those from before that batch.")
+                    raise FloatingPointError(f"fit: the loss is {loss} at {_batch(step, epoch, steps_per_epoch)}; "
+                                             "training diverged (try a lower learning rate). The parameters are "
+                                             "those from before that batch.")
                 model.backward(grad)
                 if not all(np.isfinite(p.grad).all() for p in optimizer.params):
-                    raise FloatingPointError(f"fit: a gradient holds NaN or inf at {where} (the loss was {loss}); "
-                                             "the parameters are those from before that batch.")
+                    raise FloatingPointError(f"fit: a gradient holds NaN or inf at "
+                                             f"{_batch(step, epoch, steps_per_epoch)} (the loss was {loss}); the "
+                                             "parameters are those from before that batch.")
                 optimizer.step()
-                if not all(np.isfinite(p.value).all() for p in optimizer.params):  # ~40 us a step on LeNet-5
-                    raise FloatingPointError(f"fit: the update of {where} made parameters infinite or NaN; the "
-                                             "learning rate is far too high for this model.")
+                if not all(np.isfinite(p.value).all() for p in optimizer.params):
+                    raise FloatingPointError(f"fit: the update of {_batch(step, epoch, steps_per_epoch)} made "
+                                             "parameters infinite or NaN; the learning rate is far too high for this "
+                                             "model.")
                 step += 1
                 n = len(idx)
                 seen += n
@@ -145,6 +147,11 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
             first.input_grad = saved
     model.eval()
     return history
+
+
+def _batch(step: int, epoch: int, steps_per_epoch: int) -> str:
+    """Where ``fit`` stopped, for its messages (formatted only when one is raised)."""
+    return f"batch {step - epoch * steps_per_epoch + 1} of epoch {epoch + 1}"
 
 
 def predict(model, x, batch_size=256, progress=False) -> np.ndarray:

@@ -20,12 +20,14 @@ NUMPY_MODE = {
 }
 
 
-def pad(x, pads, modes):
-    """Pad the spatial axes of ``x (N, C, *S)``: ``pads`` (lo, hi) pairs, one mode per axis."""
+def pad(x, pads, modes, value=0.0):
+    """Pad the spatial axes of ``x (N, C, *S)``: ``pads`` (lo, hi) pairs, one mode per axis, ``value`` in the
+    ``"zeros"`` (constant) axes' padding."""
     for i, ((lo, hi), mode) in enumerate(zip(pads, modes)):
         width = [(0, 0)] * x.ndim
         width[2 + i] = (lo, hi)
-        x = np.pad(x, width, mode=NUMPY_MODE[mode])
+        extra = {"constant_values": value} if mode == "zeros" else {}
+        x = np.pad(x, width, mode=NUMPY_MODE[mode], **extra)
     return x
 
 
@@ -46,11 +48,11 @@ def pad_adjoint(g, in_shape, pads, modes):
     return g
 
 
-def conv(x, w, b, stride, pads, dilation, groups, modes):
+def conv(x, w, b, stride, pads, dilation, groups, modes, value=0.0):
     """``y[n,k,o] = b[k] + sum_{c,m} xpad[n, g*Cg + c, o*s + m*d] * w[k, c, m]``."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
-    xp = pad(x, pads, modes)
+    xp = pad(x, pads, modes, value)
     n, c = x.shape[:2]
     k, cg = w.shape[:2]
     kernel = w.shape[2:]

@@ -69,14 +69,26 @@ def test_conv_matches_torch_forward_and_gradients(case, seed, how):
         _check_conv_against_torch(case, seed)
 
 
-def _check_conv_against_torch(case, seed):
+@settings(max_examples=150)
+@given(case=conv_case(modes=("zeros",)), seed=st.integers(0, 2**31 - 1), how=st.sampled_from(STRATEGIES),
+       value=st.floats(-4, 4).filter(bool))
+def test_conv_padding_value_matches_torch(case, seed, how, value):
+    """Constant padding of another value than 0 (``padding_value``): PyTorch pads explicitly
+    (``F.pad(value=...)``), then convolves without padding; every strategy, forced."""
+    with force_strategy(how):
+        _check_conv_against_torch(case, seed, value)
+
+
+def _check_conv_against_torch(case, seed, value=0.0):
     rng, x, w, b = _arrays(case, seed)
     kw = _kwargs(case)
+    if value:
+        kw["padding_value"] = value
     y = CF.conv(x, w, b, **kw)
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True) if b is not None else None
-    xpad = F.pad(xt, torch_pad_arg(case["pads"]), mode=TORCH_MODE[case["mode"]])
+    xpad = F.pad(xt, torch_pad_arg(case["pads"]), mode=TORCH_MODE[case["mode"]], **({"value": value} if value else {}))
     yt = TORCH_CONV[case["rank"]](xpad, wt, bt, stride=case["stride"], dilation=case["dilation"],
                                   groups=case["groups"])
     assert y.shape == tuple(yt.shape)
@@ -215,6 +227,30 @@ def test_adjoint_identity(mode, geom, rng):
 
 def _numeric_directional(f, x, v, h=1e-6):
     return (np.sum(f(x + h * v)) - np.sum(f(x - h * v))) / (2 * h)
+
+
+@settings(max_examples=80)
+@given(case=conv_case(max_rank=3, modes=ALL_MODES, torch_pads=False), seed=st.integers(0, 2**31 - 1),
+       value=st.floats(-4, 4).filter(bool))
+def test_conv_padding_value_per_axis_modes_matches_reference(case, seed, value):
+    """``padding_value`` fills the ``"zeros"`` axes' padding, beside other modes on the other axes (the corners
+    as ``numpy.pad`` makes them, axis by axis); the gradients against the reference's on the padded input."""
+    rng, x, w, b = _arrays(case, seed)
+    modes = ("zeros",) + tuple(rng.choice(ALL_MODES) for _ in range(case["rank"] - 1))
+    modes = tuple(rng.permutation(modes))
+    kw = {**_kwargs(case), "padding_mode": modes, "padding_value": value}
+    y = CF.conv(x, w, b, **kw)
+    expected = ref.conv(x, w, b, case["stride"], case["pads"], case["dilation"], case["groups"], modes, value)
+    assert max_rel_err(y, expected) < 1e-12
+    gy = rng.standard_normal(y.shape)
+    gx, gw, _ = CF.conv_backward(gy, x, w, b, **kw)
+    xp = ref.pad(x, case["pads"], modes, value)
+    # On the padded input without padding, the weight gradient is the reference's; the input gradient is that of
+    # the padding's linear part (the value only adds a constant), folded back by the reference's adjoint.
+    valid = dict(stride=case["stride"], padding=0, dilation=case["dilation"], groups=case["groups"])
+    gxp, gw_p, _ = CF.conv_backward(gy, xp, w, b, **valid)
+    assert max_rel_err(gw, gw_p) < 1e-12
+    assert max_rel_err(gx, ref.pad_adjoint(gxp, x.shape, case["pads"], modes)) < 1e-12
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)

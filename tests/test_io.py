@@ -31,6 +31,19 @@ def test_round_trip(tmp_path, rng):
     assert io.load(path).num_parameters() == 60850
 
 
+def test_round_trip_keeps_the_padding_value(tmp_path, rng):
+    """A constant padding of another value than 0 survives the file (it is in the architecture, not a tensor)."""
+    model = L.Sequential([L.Conv2d(1, 2, 3, padding=1, padding_value=0.75),
+                          L.DepthwiseConv(2, 2, 3, padding=((1, 0), (2, 1)), padding_value=-2.0),
+                          L.SeparableConv(2, 2, 3, 3, padding="same", padding_value=1.5)])
+    path = tmp_path / "m.safetensors"
+    io.save(model, path)
+    loaded = io.load(path)
+    assert [layer.padding_value for layer in loaded.layers[:2]] == [0.75, -2.0]
+    x = rng.standard_normal((2, 1, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
 def _header(data):
     n = int.from_bytes(data[:8], "little")
     return n, json.loads(data[8:8 + n])

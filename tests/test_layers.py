@@ -83,6 +83,10 @@ CASES = [
     (lambda: L.ConvTranspose1d(2, 3, 3, stride=3, padding_mode="replicate", padding=1), (1, 2, 5), 2 * 3 * 3 + 3),
     (lambda: L.DepthwiseConv(2, 3, 3, depth_multiplier=2, stride=2, padding=1), (2, 3, 7, 7), 6 * 9 + 6),
     (lambda: L.SeparableConv(2, 3, 5, 3, padding="same"), (2, 3, 6, 6), 3 * 9 + 5 * 3 + 5),
+    (lambda: L.Conv2d(3, 4, 3, padding=((2, 1), (0, 2)), padding_mode=("zeros", "reflect"), padding_value=0.5),
+     (2, 3, 5, 6), 4 * 3 * 9 + 4),
+    (lambda: L.DepthwiseConv(1, 3, 3, padding="same", padding_value=-1.25), (2, 3, 7), 3 * 3 + 3),
+    (lambda: L.SeparableConv(2, 3, 5, 3, padding="same", padding_value=2.0), (2, 3, 6, 6), 3 * 9 + 5 * 3 + 5),
     (lambda: L.ConnectionTableConv(2, 6, [list(t) for t in C3_TABLE], 5), (2, 6, 14, 14), 1516),
     (lambda: L.MaxPool(2, 3, 2, padding=1, ceil_mode=True), (2, 3, 7, 8), 0),
     (lambda: L.AvgPool(1, 3, 2, padding="same", count_include_pad=False), (2, 3, 9), 0),
@@ -154,6 +158,12 @@ def test_layer_errors():
         L.Conv2d(1, 1, 0)
     with pytest.raises(ValueError, match="is not one of"):
         L.Conv2d(1, 1, 3, padding="bogus")
+    with pytest.raises(ValueError, match=r"Conv2d: padding_value=1 fills 'zeros' \('constant'\) padding, but "):
+        L.Conv2d(1, 1, 3, padding=1, padding_mode="circular", padding_value=1)
+    with pytest.raises(ValueError, match="DepthwiseConv: padding_value=inf must be finite"):
+        L.DepthwiseConv(2, 1, 3, padding_value=float("inf"))
+    with pytest.raises(TypeError, match="padding_value"):  # the adjoint of constant padding knows no value
+        L.ConvTranspose2d(1, 1, 3, padding_value=1.0)
     with pytest.raises(ValueError, match="Linear: input must be \\(N, 4\\)"):
         L.Linear(4, 2).forward(np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match="unknown layer type 'os.system'"):

@@ -25,6 +25,7 @@ Padding strings (see DESIGN.md section 3):
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Sequence
@@ -61,6 +62,16 @@ def check_int(op: str, name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{op}: {name}={value} must be >= {minimum}")
     return int(value)
+
+
+def check_real(op: str, name: str, value, finite: bool = True) -> float:
+    """``value`` as a float, checked: ``TypeError`` if it is not a real number (bools are not), ``ValueError``
+    if ``finite`` and it is infinite or NaN."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{op}: {name}={value!r} must be finite")
+    return float(value)
 
 
 def _check_sizes(op: str, n, k, s, d) -> None:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _config
-from .geometry import _is_int, resolve_padding
+from .geometry import _is_int, check_real, resolve_padding
 
 __all__ = ["MODES", "MODE_ALIASES", "normalize_mode", "source_index", "pad", "pad_adjoint"]
 
@@ -190,7 +190,7 @@ def pad(x, padding, mode="zeros", value: float = 0.0, *, axes=None) -> np.ndarra
         ``"circular"`` (``"wrap"``), ``"replicate"`` (``"edge"``,
         ``"nearest"``); one for all axes or one per axis.
     value : float
-        Fill value of ``"zeros"``/``"constant"`` positions.
+        Fill value of ``"zeros"``/``"constant"`` positions (any real number, inf and NaN included).
     axes : int or sequence of int, optional
         Axes to pad instead of the spatial axes ``2..ndim-1``.
 
@@ -206,6 +206,7 @@ def pad(x, padding, mode="zeros", value: float = 0.0, *, axes=None) -> np.ndarra
     [4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0]
     """
     x = np.asarray(x)
+    value = check_real("pad", "value", value, finite=False)
     axes = _spatial_axes(x.ndim, axes, "pad")
     if isinstance(padding, str):
         raise TypeError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import _is_int, check_int  # noqa: F401 - check_int: the functional ops' and layers' import
+from ..geometry import _is_int, check_int, check_real  # noqa: F401 - check_int: the functional ops' and layers' import
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DATA_FORMATS = ("channels_first", "channels_last")
@@ -64,3 +64,13 @@ def from_channels_first(y: np.ndarray, batched: bool, data_format: str) -> np.nd
 def check_grad_shape(op: str, grad: np.ndarray, expected: tuple, name: str = "grad_y") -> None:
     if grad.shape != tuple(expected):
         raise ValueError(f"{op}: {name} has shape {grad.shape}, but the op's output has shape {tuple(expected)}")
+
+
+def check_padding_value(op: str, value, modes) -> float:
+    """The value of a convolution's ``"zeros"`` (``"constant"``) padding, checked: a finite real number, and
+    nonzero only where one of the canonical ``modes`` (one per axis) is that mode, which it fills."""
+    checked = check_real(op, "padding_value", value)
+    if checked and "zeros" not in modes:
+        raise ValueError(f"{op}: padding_value={value!r} fills 'zeros' ('constant') padding, but padding_mode="
+                         f"{tuple(modes)!r} has none; leave padding_value at 0")
+    return checked

@@ -6,7 +6,8 @@ axes::
 
     y[n, k, i...] = b[k] + sum_{c, m...} xpad[n, g(k)*C_g + c, s*i + d*m ...] * w[k, c, m...]
 
-where ``xpad`` is the input padded by ``padding`` with ``padding_mode``.
+where ``xpad`` is the input padded by ``padding`` with ``padding_mode``
+(``"zeros"``/``"constant"`` positions hold ``padding_value``, 0 by default).
 
 Transposed convolution is *defined* as the exact adjoint (input gradient)
 of :func:`conv` with the same arguments, padding mode included, so
@@ -47,6 +48,7 @@ from ._common import (
     as_float_array,
     check_grad_shape,
     check_int,
+    check_padding_value,
     from_channels_first,
     same_dtype,
     to_channels_first,
@@ -172,20 +174,21 @@ def _resolve(op, in_shape, w_shape, stride, padding, dilation, groups, padding_m
 # --- compute on validated, channels-first arrays ---------------------------------------------
 
 
-def _engine_input(x, geo: _Geometry):
+def _engine_input(x, geo: _Geometry, value=0.0):
     """``(input, zero pads)`` for the engine: it zero-pads by itself (the direct kernels never materialise
-    the padded input), so only the other modes are padded here."""
-    if all(m == "zeros" for m in geo.modes):
+    the padded input), so only the other modes, and constant padding of another value, are padded here."""
+    if not value and all(m == "zeros" for m in geo.modes):
         return x, geo.pads
-    return _pad(x, geo.axes, geo.pads, geo.modes), ((0, 0),) * len(geo.pads)
+    return _pad(x, geo.axes, geo.pads, geo.modes, value), ((0, 0),) * len(geo.pads)
 
 
-def _forward(x, w, geo: _Geometry) -> np.ndarray:
-    xe, pads = _engine_input(x, geo)
+def _forward(x, w, geo: _Geometry, value=0.0) -> np.ndarray:
+    xe, pads = _engine_input(x, geo, value)
     return gemm.conv_forward(xe, w, geo.groups, geo.plan, pads)  # (N, K, *O)
 
 
 def _grad_input(gy, w, geo: _Geometry) -> np.ndarray:
+    """The padding's value adds a constant to the output, so it has no part in the input gradient."""
     if all(m == "zeros" for m in geo.modes):
         return gemm.conv_grad_input(gy, w, geo.groups, geo.plan, geo.in_shape, geo.pads)  # (N, C, *S)
     padded = (*geo.in_shape[:2], *geo.plan.full)
@@ -193,8 +196,8 @@ def _grad_input(gy, w, geo: _Geometry) -> np.ndarray:
     return _pad_adjoint(gxp, geo.axes, geo.pads, geo.modes, geo.in_shape)  # (N, C, *S)
 
 
-def _grad_weight(gy, x, w_shape, geo: _Geometry) -> np.ndarray:
-    xe, pads = _engine_input(x, geo)
+def _grad_weight(gy, x, w_shape, geo: _Geometry, value=0.0) -> np.ndarray:
+    xe, pads = _engine_input(x, geo, value)
     return gemm.conv_grad_weight(gy, xe, geo.groups, geo.plan, w_shape[2:], pads)
 
 
@@ -212,7 +215,7 @@ def _bias_grad(gy, bias):
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-         data_format="channels_first"):
+         data_format="channels_first", *, padding_value=0.0):
     """N-d convolution (cross-correlation).
 
     Parameters
@@ -237,6 +240,10 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, paddin
         ``"replicate"`` or an alias (see :mod:`convlayer.padding`), one or
         one per spatial axis.
     data_format : {"channels_first", "channels_last"}
+    padding_value : float
+        The value of the ``"zeros"`` (``"constant"``) padding, 0 by default
+        (:func:`convlayer.padding.pad`'s ``value``); finite, and nonzero only
+        where some axis pads in that mode.
 
     Returns
     -------
@@ -263,12 +270,13 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, paddin
     x, batched = to_channels_first(op, x, rank, data_format)
     geo = _geometry(op, x.shape, weight.shape, stride, padding, dilation, groups, padding_mode,
                     bias_shape=_shape(bias), dtype=x.dtype)
-    y = _add_bias(_forward(x, weight, geo), bias)
+    y = _add_bias(_forward(x, weight, geo, check_padding_value(op, padding_value, geo.modes)), bias)
     return from_channels_first(y, batched, data_format)
 
 
 def conv_backward(grad_y, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                  padding_mode="zeros", data_format="channels_first", grads=("input", "weight", "bias")):
+                  padding_mode="zeros", data_format="channels_first", grads=("input", "weight", "bias"), *,
+                  padding_value=0.0):
     """Gradients of :func:`conv`: ``(grad_x, grad_weight, grad_bias)``.
 
     ``grad_y`` has the shape of ``conv``'s output; ``grad_bias`` is ``None``
@@ -286,8 +294,9 @@ def conv_backward(grad_y, x, weight, bias=None, stride=1, padding=0, dilation=1,
     geo = _geometry(op, x.shape, weight.shape, stride, padding, dilation, groups, padding_mode,
                     bias_shape=_shape(bias), dtype=x.dtype)
     check_grad_shape(op, gy, geo.out_shape)
+    value = check_padding_value(op, padding_value, geo.modes)
     gx = from_channels_first(_grad_input(gy, weight, geo), batched, data_format) if "input" in want else None
-    gw = _grad_weight(gy, x, weight.shape, geo) if "weight" in want else None
+    gw = _grad_weight(gy, x, weight.shape, geo, value) if "weight" in want else None
     gb = _bias_grad(gy, bias) if "bias" in want else None
     return gx, gw, gb
 
@@ -472,7 +481,7 @@ def _depthwise_groups(op, x, weight, data_format):
 
 
 def depthwise_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, padding_mode="zeros",
-                   data_format="channels_first"):
+                   data_format="channels_first", *, padding_value=0.0):
     """Depthwise convolution: each input channel convolved with its own ``multiplier`` kernels.
 
     ``weight`` is ``(C * multiplier, 1, *k)``; output channel
@@ -480,25 +489,28 @@ def depthwise_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, paddin
     as :func:`conv` with ``groups = C``.
     """
     groups = _depthwise_groups("depthwise_conv", x, weight, data_format)
-    return conv(x, weight, bias, stride, padding, dilation, groups, padding_mode, data_format)
+    return conv(x, weight, bias, stride, padding, dilation, groups, padding_mode, data_format,
+                padding_value=padding_value)
 
 
 def depthwise_conv_backward(grad_y, x, weight, bias=None, stride=1, padding=0, dilation=1, padding_mode="zeros",
-                            data_format="channels_first"):
+                            data_format="channels_first", *, padding_value=0.0):
     """Gradients of :func:`depthwise_conv`: ``(grad_x, grad_weight, grad_bias)``."""
     groups = _depthwise_groups("depthwise_conv_backward", x, weight, data_format)
-    return conv_backward(grad_y, x, weight, bias, stride, padding, dilation, groups, padding_mode, data_format)
+    return conv_backward(grad_y, x, weight, bias, stride, padding, dilation, groups, padding_mode, data_format,
+                         padding_value=padding_value)
 
 
 def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1,
-                   padding_mode="zeros", data_format="channels_first"):
+                   padding_mode="zeros", data_format="channels_first", *, padding_value=0.0):
     """Depthwise-separable convolution: depthwise ``(C*M, 1, *k)`` then pointwise ``(C_out, C*M, 1, ...)``.
 
-    Stride, padding and dilation apply to the depthwise step; ``bias``
+    Stride, padding, dilation and ``padding_value`` apply to the depthwise step; ``bias``
     (``(C_out,)``) to the pointwise step.
     """
     _check_pointwise("separable_conv", pointwise_weight)
-    mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format)
+    mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format,
+                         padding_value=padding_value)
     return conv(mid, pointwise_weight, bias, data_format=data_format)
 
 
@@ -510,13 +522,14 @@ def _check_pointwise(op, weight):
 
 
 def separable_conv_backward(grad_y, x, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0,
-                            dilation=1, padding_mode="zeros", data_format="channels_first"):
+                            dilation=1, padding_mode="zeros", data_format="channels_first", *, padding_value=0.0):
     """Gradients of :func:`separable_conv`: ``(grad_x, grad_depthwise, grad_pointwise, grad_bias)``."""
     _check_pointwise("separable_conv_backward", pointwise_weight)
-    mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format)
+    mid = depthwise_conv(x, depthwise_weight, None, stride, padding, dilation, padding_mode, data_format,
+                         padding_value=padding_value)
     g_mid, g_pw, g_b = conv_backward(grad_y, mid, pointwise_weight, bias, data_format=data_format)
     g_x, g_dw, _ = depthwise_conv_backward(g_mid, x, depthwise_weight, None, stride, padding, dilation,
-                                           padding_mode, data_format)
+                                           padding_mode, data_format, padding_value=padding_value)
     return g_x, g_dw, g_pw, g_b
 
 

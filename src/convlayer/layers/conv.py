@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..functional._common import check_int
+from ..functional._common import check_int, check_padding_value
 from ..geometry import conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
 from ..padding import normalize_mode
 from .base import Layer, Parameter, check_input_shape, init_weight, register, tuples_from_config
@@ -24,6 +24,11 @@ def _padding_config(padding):
     if isinstance(padding, (tuple, list)):
         return [_padding_config(p) for p in padding]
     return padding
+
+
+def _value_config(value) -> dict:
+    """``padding_value`` for a layer's config: absent at 0, so configs and files stay as they were before it."""
+    return {"padding_value": value} if value else {}
 
 
 def _padding_arg(padding):
@@ -56,6 +61,9 @@ class ConvNd(Layer):
     padding_mode : str or sequence of str
     init : {"kaiming_uniform", "glorot_uniform", "lecun_uniform"}
     dtype : float32 (default) or float64
+    padding_value : float
+        The value of ``"zeros"`` (``"constant"``) padding, 0 by default (see
+        :func:`convlayer.functional.conv`). Not on the transposed layers.
 
     Shape
     -----
@@ -76,7 +84,7 @@ class ConvNd(Layer):
     input_grad = True
 
     def __init__(self, rank, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", init="kaiming_uniform", dtype="float32"):
+                 bias=True, padding_mode="zeros", init="kaiming_uniform", dtype="float32", padding_value=0.0):
         self.rank = check_int(type(self).__name__, "rank", rank, 1)
         name = type(self).__name__
         self.in_channels = check_int(name, "in_channels", in_channels, 0)
@@ -94,7 +102,7 @@ class ConvNd(Layer):
         # Validate the padding spec now (sizes do not matter for the check).
         resolve_padding(self.padding, (10**6,) * self.rank, self.kernel_size, self.stride, self.dilation, op=name)
         self.padding_mode = padding_mode
-        normalize_mode(padding_mode, self.rank, op=name)
+        self.padding_value = check_padding_value(name, padding_value, normalize_mode(padding_mode, self.rank, op=name))
         self.init = init
         self.dtype = _dtype(dtype)
         self._build(bias)
@@ -110,9 +118,12 @@ class ConvNd(Layer):
         self.weight = Parameter(init_weight(shape, fan_in, fan_out, self.init, self.dtype))
         self.bias = Parameter(np.zeros(self.out_channels, self.dtype)) if bias else None
 
-    def _kw(self):
+    def _geometry_kw(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     padding_mode=self.padding_mode)
+
+    def _kw(self):
+        return {**self._geometry_kw(), "padding_value": self.padding_value}
 
     # The functional op and its backward; the transposed layer swaps in its own pair.
     _op = staticmethod(F.conv)
@@ -137,6 +148,7 @@ class ConvNd(Layer):
                       padding=_padding_config(self.padding), dilation=list(self.dilation), groups=self.groups,
                       bias=self.bias is not None, padding_mode=_padding_config(self.padding_mode),
                       init=self.init, dtype=self.dtype.name)
+        config.update(_value_config(self.padding_value))
         if not self._fixed_rank:
             config = {"rank": self.rank, **config}
         return config
@@ -213,7 +225,7 @@ class ConvTransposeNd(ConvNd):
     _op_backward = staticmethod(F.conv_transpose_backward)
 
     def _kw(self):
-        return {**super()._kw(), "output_padding": self.output_padding}
+        return {**self._geometry_kw(), "output_padding": self.output_padding}
 
     def get_config(self):
         config = super().get_config()
@@ -247,10 +259,10 @@ class DepthwiseConv(ConvNd):
     """
 
     def __init__(self, rank, channels, kernel_size, depth_multiplier=1, stride=1, padding=0, dilation=1, bias=True,
-                 padding_mode="zeros", init="kaiming_uniform", dtype="float32"):
+                 padding_mode="zeros", init="kaiming_uniform", dtype="float32", padding_value=0.0):
         check_int("DepthwiseConv", "depth_multiplier", depth_multiplier, 1)
         super().__init__(rank, channels, channels * depth_multiplier, kernel_size, stride, padding, dilation,
-                         max(channels, 1), bias, padding_mode, init, dtype)
+                         max(channels, 1), bias, padding_mode, init, dtype, padding_value)
         self.depth_multiplier = depth_multiplier
 
     def get_config(self):
@@ -258,7 +270,7 @@ class DepthwiseConv(ConvNd):
         return dict(rank=self.rank, channels=self.in_channels, kernel_size=config["kernel_size"],
                     depth_multiplier=self.depth_multiplier, stride=config["stride"], padding=config["padding"],
                     dilation=config["dilation"], bias=config["bias"], padding_mode=config["padding_mode"],
-                    init=self.init, dtype=self.dtype.name)
+                    init=self.init, dtype=self.dtype.name, **_value_config(self.padding_value))
 
 
 @register
@@ -270,9 +282,10 @@ class SeparableConv(Layer):
     """
 
     def __init__(self, rank, in_channels, out_channels, kernel_size, depth_multiplier=1, stride=1, padding=0,
-                 dilation=1, bias=True, padding_mode="zeros", init="kaiming_uniform", dtype="float32"):
+                 dilation=1, bias=True, padding_mode="zeros", init="kaiming_uniform", dtype="float32",
+                 padding_value=0.0):
         self.depthwise = DepthwiseConv(rank, in_channels, kernel_size, depth_multiplier, stride, padding, dilation,
-                                       False, padding_mode, init, dtype)
+                                       False, padding_mode, init, dtype, padding_value)
         self.pointwise = ConvNd(rank, in_channels * depth_multiplier, out_channels, 1, bias=bias, init=init,
                                 dtype=dtype)
 
@@ -291,7 +304,7 @@ class SeparableConv(Layer):
                     kernel_size=list(d.kernel_size), depth_multiplier=d.depth_multiplier, stride=list(d.stride),
                     padding=_padding_config(d.padding), dilation=list(d.dilation),
                     bias=self.pointwise.bias is not None, padding_mode=_padding_config(d.padding_mode),
-                    init=d.init, dtype=d.dtype.name)
+                    init=d.init, dtype=d.dtype.name, **_value_config(d.padding_value))
 
     @classmethod
     def from_config(cls, config):

@@ -11,6 +11,8 @@ from convlayer.models import C3_TABLE, lenet5, lenet5_modern
 
 def _f64(layer):
     """Cast a layer's parameters (recursively) to float64 for finite differences."""
+    if hasattr(layer, "dtype"):  # the layers with parameters check their inputs against it
+        layer.dtype = np.dtype(np.float64)
     for p in layer.parameters():
         p.value = p.value.astype(np.float64)
         p.grad = np.zeros_like(p.value)
@@ -262,3 +264,49 @@ def test_backward_before_forward_names_the_layer(make):
     layer = make()
     with pytest.raises(RuntimeError, match=f"{type(layer).__name__}: backward\\(\\) called before forward\\(\\)"):
         layer.backward(np.ones((2, 4, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("make, shape, n_params", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_backward_rejects_a_gradient_of_another_shape(make, shape, n_params, rng):
+    """A gradient of one image where the batch has two broadcast over the batch in most layers' arithmetic (a
+    silent wrong answer); ``backward`` checks it against the last ``forward``'s output instead."""
+    layer = make()
+    y = layer.forward(rng.standard_normal(shape).astype(np.float32))
+    wrong = np.ones((1 if y.shape[0] > 1 else 2, *y.shape[1:]), np.float32)
+    with pytest.raises(ValueError, match=rf"{type(layer).__name__}: grad_y has shape \({wrong.shape[0]}, .*, but the "
+                                         rf"last forward's output has shape \({y.shape[0]}, "):
+        layer.backward(wrong)
+    assert layer.backward(np.ones_like(y)).shape == shape  # nothing was left half done
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: L.Linear(3, 2), "Linear"), (lambda: L.BatchNorm(3), "BatchNorm"),
+    (lambda: L.Subsampling(2, 3, 2), "Subsampling"),
+])
+def test_layers_with_parameters_check_the_dtype(make, name, rng):
+    """As the convolution layers do: a float64 input on float32 parameters is a TypeError, not a silent upcast,
+    and so is a float64 gradient, which would be rounded into the parameters' gradients."""
+    layer = make()
+    x = rng.standard_normal((2, 3, 4, 4) if name != "Linear" else (2, 3))
+    with pytest.raises(TypeError, match=rf"{name}: input has dtype float64, the layer's parameters float32"):
+        layer.forward(x)
+    y = layer.forward(x.astype(np.float32))
+    with pytest.raises(TypeError, match=rf"{name}: grad_y has dtype float64, the layer's parameters float32"):
+        layer.backward(np.ones(y.shape))
+    with pytest.raises(TypeError, match=rf"{name}: dtype must be float32 or float64, got int32"):
+        type(layer)(*({"Linear": (3, 2), "BatchNorm": (3,), "Subsampling": (2, 3, 2)}[name]), dtype="int32")
+
+
+def test_layer_argument_checks():
+    with pytest.raises(ValueError, match=r"BatchNorm: eps=0 must be > 0"):
+        L.BatchNorm(3, eps=0)
+    with pytest.raises(TypeError, match=r"BatchNorm: eps must be a real number, got str '1e-5'"):
+        L.BatchNorm(3, eps="1e-5")
+    with pytest.raises(ValueError, match=r"BatchNorm: momentum=1.5 must be in \[0, 1\]"):
+        L.BatchNorm(3, momentum=1.5)
+    with pytest.raises(ValueError, match=r"BatchNorm: momentum=nan must be finite"):
+        L.BatchNorm(3, momentum=float("nan"))
+    with pytest.raises(TypeError, match=r"Subsampling: channels must be an int, got str '6'"):
+        L.Subsampling(2, "6", 2)
+    with pytest.raises(ValueError, match=r"Subsampling: input shape must be \(N, 1, S1, S2\), got \(1, 6, 4, 4\)"):
+        L.Subsampling(2, 1, 2).forward(np.ones((1, 6, 4, 4), np.float32))  # its one weight broadcast over six

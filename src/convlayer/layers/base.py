@@ -88,6 +88,25 @@ def check_input_shape(layer, input_shape, rank: int | None = None, channels: int
     return shape
 
 
+def float_dtype(name: str, dtype) -> np.dtype:
+    """A layer's ``dtype`` argument as a NumPy dtype, float32 or float64, else ``TypeError``."""
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{name}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_dtype(layer, name: str, array) -> np.ndarray:
+    """``array`` (the input of ``forward`` or the gradient of ``backward``), checked to have the layer's own
+    float dtype (``layer.dtype``), as the convolutions check theirs: mixing float32 and float64 would upcast
+    silently, or round the gradients down into the parameters."""
+    array = np.asarray(array)
+    if array.dtype != layer.dtype:
+        raise TypeError(f"{type(layer).__name__}: {name} has dtype {array.dtype}, the layer's parameters "
+                        f"{layer.dtype}; cast one to the other, e.g. {name}.astype(np.{layer.dtype})")
+    return array
+
+
 def register(cls):
     """Class decorator: add a layer type to the closed registry used by model files."""
     REGISTRY[cls.__name__] = cls
@@ -114,9 +133,11 @@ class Layer:
     """Base class: parameters, buffers, train/eval mode, config round trip, repr.
 
     ``backward`` uses what ``forward`` saved; called before any ``forward``
-    it raises ``RuntimeError`` naming the layer. Each subclass's own
-    ``forward`` and ``backward`` are wrapped for that once, when the
-    subclass is defined (:meth:`__init_subclass__`).
+    it raises ``RuntimeError`` naming the layer, and with a gradient of
+    another shape than the last ``forward``'s output ``ValueError`` (NumPy
+    would broadcast a gradient of one image over the batch, a silent wrong
+    answer). Each subclass's own ``forward`` and ``backward`` are wrapped
+    for that once, when the subclass is defined (:meth:`__init_subclass__`).
     """
 
     training: bool = True
@@ -128,16 +149,20 @@ class Layer:
             @functools.wraps(forward)
             def checked_forward(self, x, _forward=forward):
                 y = _forward(self, x)
-                self._forwarded = True  # only once forward has saved what backward needs
+                self._forwarded = np.shape(y)  # only once forward has saved what backward needs
                 return y
 
             cls.forward = checked_forward
         if backward is not None:
             @functools.wraps(backward)
             def checked_backward(self, grad_y, _backward=backward):
-                if not self.__dict__.get("_forwarded"):
+                shape = self.__dict__.get("_forwarded")
+                if shape is None:
                     raise RuntimeError(f"{type(self).__name__}: backward() called before forward(); backward uses "
                                        "what forward saves")
+                if np.shape(grad_y) != shape:
+                    raise ValueError(f"{type(self).__name__}: grad_y has shape {np.shape(grad_y)}, but the last "
+                                     f"forward's output has shape {shape}")
                 return _backward(self, grad_y)
 
             cls.backward = checked_backward

@@ -10,7 +10,7 @@ from .. import functional as F
 from ..functional._common import check_int, check_padding_value
 from ..geometry import conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
 from ..padding import normalize_mode
-from .base import Layer, Parameter, check_input_shape, init_weight, register, tuples_from_config
+from .base import Layer, Parameter, check_input_shape, float_dtype, init_weight, register, tuples_from_config
 
 __all__ = [
     "ConvNd", "Conv1d", "Conv2d", "Conv3d",
@@ -35,13 +35,6 @@ def _padding_arg(padding):
     if isinstance(padding, list):
         return tuple(_padding_arg(p) for p in padding)
     return padding
-
-
-def _dtype(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 @register
@@ -104,7 +97,7 @@ class ConvNd(Layer):
         self.padding_mode = padding_mode
         self.padding_value = check_padding_value(name, padding_value, normalize_mode(padding_mode, self.rank, op=name))
         self.init = init
-        self.dtype = _dtype(dtype)
+        self.dtype = float_dtype(name, dtype)
         self._build(bias)
         self._x = None
 
@@ -352,7 +345,7 @@ class ConnectionTableConv(Layer):
         self.out_channels = len(self.table)
         self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", minimum=1, op=name)
         self.init = init
-        self.dtype = _dtype(dtype)
+        self.dtype = float_dtype(name, dtype)
         taps = math.prod(self.kernel_size)
         rows = sum(len(t) for t in self.table)
         fan_in = max(len(t) for t in self.table) * taps

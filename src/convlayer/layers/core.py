@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from ..engine import blas
-from ..functional._common import check_int
-from .base import REGISTRY, Layer, Parameter, check_input_shape, init_rng, init_weight, register
+from ..functional._common import check_int, check_real
+from .base import (REGISTRY, Layer, Parameter, check_dtype, check_input_shape, float_dtype, init_rng, init_weight,
+                   register)
 
 __all__ = [
     "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "ScaledTanh", "Sigmoid", "Softmax",
@@ -34,12 +35,13 @@ class Linear(Layer):
         self.in_features = check_int("Linear", "in_features", in_features, 1)
         self.out_features = check_int("Linear", "out_features", out_features, 1)
         self.init = init
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype("Linear", dtype)
         self.weight = Parameter(init_weight((out_features, in_features), in_features, out_features, init, self.dtype))
         self.bias = Parameter(np.zeros(out_features, self.dtype)) if bias else None
         self._x = None
 
     def forward(self, x):
+        x = check_dtype(self, "input", x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear: input must be (N, {self.in_features}), got shape {x.shape}")
         self._x = x
@@ -49,6 +51,7 @@ class Linear(Layer):
         return y
 
     def backward(self, grad_y):
+        grad_y = check_dtype(self, "grad_y", grad_y)
         self.weight.grad += _product(grad_y.T, self._x)
         if self.bias is not None:
             self.bias.grad += grad_y.sum(axis=0)
@@ -199,9 +202,15 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype="float32"):
         self.num_features = check_int("BatchNorm", "num_features", num_features, 1)
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        self.dtype = np.dtype(dtype)
+        self.eps = check_real("BatchNorm", "eps", eps)
+        if self.eps <= 0:
+            raise ValueError(f"BatchNorm: eps={eps!r} must be > 0 (it keeps a constant channel's 1/sqrt(var + eps) "
+                             "finite)")
+        self.momentum = check_real("BatchNorm", "momentum", momentum)
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"BatchNorm: momentum={momentum!r} must be in [0, 1] (the new batch's weight in the "
+                             "running estimates)")
+        self.dtype = float_dtype("BatchNorm", dtype)
         self.weight = Parameter(np.ones(num_features, self.dtype))
         self.bias = Parameter(np.zeros(num_features, self.dtype))
         self.running_mean = np.zeros(num_features, self.dtype)
@@ -216,6 +225,7 @@ class BatchNorm(Layer):
         return (1, self.num_features, *([1] * (x.ndim - 2)))
 
     def forward(self, x):
+        x = check_dtype(self, "input", x)
         shape = self._shape(x)
         axes = (0, *range(2, x.ndim))
         if self.training:
@@ -233,6 +243,7 @@ class BatchNorm(Layer):
         return self._xhat * self.weight.value.reshape(shape) + self.bias.value.reshape(shape)
 
     def backward(self, grad_y):
+        grad_y = check_dtype(self, "grad_y", grad_y)
         shape = self._shape(grad_y)
         axes = (0, *range(2, grad_y.ndim))
         self.weight.grad += (grad_y * self._xhat).sum(axis=axes)

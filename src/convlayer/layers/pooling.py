@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..geometry import normalize_tuple, pool_output_size, resolve_padding
-from .base import Layer, Parameter, check_input_shape, register, tuples_from_config
+from ..geometry import check_int, normalize_tuple, pool_output_size, resolve_padding
+from .base import Layer, Parameter, check_dtype, check_input_shape, float_dtype, register, tuples_from_config
 from .conv import _padding_arg, _padding_config
 
 __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Subsampling"]
@@ -143,8 +143,8 @@ class Subsampling(_Pool):
 
     def __init__(self, rank, channels, kernel_size, stride=None, dtype="float32"):
         super().__init__(rank, kernel_size, stride)
-        self.channels = channels
-        self.dtype = np.dtype(dtype)
+        self.channels = check_int("Subsampling", "channels", channels, 1)
+        self.dtype = float_dtype("Subsampling", dtype)
         self.weight = Parameter(np.ones(channels, self.dtype))
         self.bias = Parameter(np.zeros(channels, self.dtype))
         self._window_sum = None
@@ -153,12 +153,15 @@ class Subsampling(_Pool):
         return v.reshape(1, -1, *([1] * self.rank))
 
     def forward(self, x):
+        x = check_dtype(self, "input", x)
+        check_input_shape(self, x.shape, self.rank, self.channels)  # its weights would broadcast over others
         self._x = x
         taps = math.prod(self.kernel_size)
         self._window_sum = F.avg_pool(x, self.kernel_size, self.stride) * x.dtype.type(taps)
         return self._window_sum * self._expand(self.weight.value) + self._expand(self.bias.value)
 
     def backward(self, grad_y):
+        grad_y = check_dtype(self, "grad_y", grad_y)
         axes = (0, *range(2, grad_y.ndim))
         self.weight.grad += (grad_y * self._window_sum).sum(axis=axes)
         self.bias.grad += grad_y.sum(axis=axes)

@@ -310,3 +310,14 @@ def test_layer_argument_checks():
         L.Subsampling(2, "6", 2)
     with pytest.raises(ValueError, match=r"Subsampling: input shape must be \(N, 1, S1, S2\), got \(1, 6, 4, 4\)"):
         L.Subsampling(2, 1, 2).forward(np.ones((1, 6, 4, 4), np.float32))  # its one weight broadcast over six
+    with pytest.raises(TypeError, match=r"Dropout: p must be a real number, got str '0.5'"):
+        L.Dropout("0.5")  # accepted before, its config then holding a string
+    with pytest.raises(TypeError, match=r"Dropout: seed must be an int, got str 'a'"):
+        L.Dropout(0.5, seed="a")
+    with pytest.raises(TypeError, match=r"LeakyReLU: negative_slope must be a real number, got str 'a'"):
+        L.LeakyReLU("a")
+    with pytest.raises(ValueError, match=r"ScaledTanh: slope=nan must be finite"):
+        L.ScaledTanh(slope=float("nan"))
+    with pytest.raises(TypeError, match=r"Softmax: axis must be an int, got float 1.5"):
+        L.Softmax(1.5)  # truncated to 1 before
+    assert L.Dropout(np.float32(0.25), seed=np.int64(3)).get_config() == {"p": 0.25, "seed": 3}

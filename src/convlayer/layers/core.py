@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..engine import blas
-from ..functional._common import check_int, check_real
+from ..functional._common import _is_int, check_int, check_real
 from .base import (REGISTRY, Layer, Parameter, check_dtype, check_input_shape, float_dtype, init_rng, init_weight,
                    register)
 
@@ -108,7 +108,7 @@ class LeakyReLU(_Elementwise):
     """``x if x > 0 else negative_slope * x``."""
 
     def __init__(self, negative_slope=0.01):
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_real("LeakyReLU", "negative_slope", negative_slope)
 
     def forward(self, x):
         self._mask = x > 0
@@ -142,8 +142,8 @@ class ScaledTanh(_Elementwise):
     """
 
     def __init__(self, amplitude=1.7159, slope=2.0 / 3.0):
-        self.amplitude = float(amplitude)
-        self.slope = float(slope)
+        self.amplitude = check_real("ScaledTanh", "amplitude", amplitude)
+        self.slope = check_real("ScaledTanh", "slope", slope)
 
     def forward(self, x):
         self._t = np.tanh(x * x.dtype.type(self.slope))
@@ -176,6 +176,8 @@ class Softmax(_Elementwise):
     :func:`convlayer.training.softmax_cross_entropy` on logits."""
 
     def __init__(self, axis=-1):
+        if not _is_int(axis):
+            raise TypeError(f"Softmax: axis must be an int, got {type(axis).__name__} {axis!r}")
         self.axis = int(axis)
 
     def forward(self, x):
@@ -275,10 +277,10 @@ class Dropout(_Elementwise):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale by ``1/(1-p)``."""
 
     def __init__(self, p=0.5, seed=None):
-        if not 0.0 <= float(p) < 1.0:
+        if not 0.0 <= check_real("Dropout", "p", p) < 1.0:
             raise ValueError(f"Dropout: p={p} must be in [0, 1)")
         self.p = float(p)
-        self.seed = seed
+        self.seed = None if seed is None else check_int("Dropout", "seed", seed, 0)
         self._rng = np.random.default_rng(seed if seed is not None else init_rng().integers(2**63))
 
     def forward(self, x):

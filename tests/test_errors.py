@@ -84,7 +84,12 @@ W = np.zeros((6, 4, 3, 3), np.float32)
         (lambda: CF.max_pool(X, 0), ValueError, r"max_pool: kernel_size=0 must be >= 1"),
         (lambda: CF.max_pool(X, 9), ValueError, r"max_pool: kernel \(size 9, .* larger than the padded input \(size 8"),
         (lambda: CF.avg_pool(X, 2, stride=0), ValueError, r"avg_pool: stride=0 must be >= 1"),
-        (lambda: CF.max_pool(X, 2, ceil_mode="yes"), TypeError, r"ceil_mode must be a bool"),
+        (lambda: CF.max_pool(X, 2, ceil_mode="yes"), TypeError, r"max_pool: ceil_mode must be a bool, got str 'yes'"),
+        (lambda: CF.max_pool(X, 2, return_indices=1), TypeError, r"max_pool: return_indices must be a bool, got int 1"),
+        (lambda: CF.avg_pool(X, 2, count_include_pad="no"), TypeError,  # "no" counted as true before
+         r"avg_pool: count_include_pad must be a bool, got str 'no'"),
+        (lambda: CF.avg_pool_backward(np.zeros((2, 4, 4, 4), np.float32), X, 2, count_include_pad=None), TypeError,
+         r"avg_pool_backward: count_include_pad must be a bool, got NoneType None"),
         (lambda: CF.max_pool(X.astype(np.int32), 2), TypeError, r"max_pool: input must have dtype float32 or float64"),
         (lambda: CF.max_pool(np.zeros(4), 2), ValueError, r"has no spatial axis"),
         (lambda: CF.max_pool_backward(np.zeros((2, 4, 3, 3)), X.astype(np.float64), 2), ValueError,

@@ -321,3 +321,14 @@ def test_layer_argument_checks():
     with pytest.raises(TypeError, match=r"Softmax: axis must be an int, got float 1.5"):
         L.Softmax(1.5)  # truncated to 1 before
     assert L.Dropout(np.float32(0.25), seed=np.int64(3)).get_config() == {"p": 0.25, "seed": 3}
+    for make, message in [
+        (lambda: L.Conv2d(1, 1, 3, bias="no"), "Conv2d: bias must be a bool, got str 'no'"),  # a bias before
+        (lambda: L.Linear(2, 2, bias=None), "Linear: bias must be a bool, got NoneType None"),
+        (lambda: L.ConnectionTableConv(2, 2, [[0]], 3, bias=1), "ConnectionTableConv: bias must be a bool, got int 1"),
+        (lambda: L.MaxPool(2, 2, ceil_mode="no"), "MaxPool: ceil_mode must be a bool, got str 'no'"),
+        (lambda: L.AvgPool(2, 2, count_include_pad=0), "AvgPool: count_include_pad must be a bool, got int 0"),
+        (lambda: L.MaxPool(2.0, 2), "MaxPool: rank must be an int, got float 2.0"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            make()
+    assert L.Conv2d(1, 1, 3, bias=np.bool_(False)).get_config()["bias"] is False  # NumPy's bools are bools

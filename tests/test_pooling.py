@@ -193,3 +193,18 @@ def test_pooling_inputs_without_elements(shape, padding, pool):
     np.testing.assert_array_equal(y, expected)
     gx = backward(np.ones(y.shape), x, **kw)
     assert gx.shape == x.shape and gx.dtype == x.dtype
+
+
+def test_windows_wholly_in_the_padding():
+    """Padding past half the kernel (which PyTorch refuses): a window with no input gives -inf for the maximum
+    and 0 for the average without ``count_include_pad`` (the mean of nothing, not 0 / 0), and no gradient."""
+    x = np.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    y = CF.max_pool(x, 2, padding=2)
+    assert y.shape == (1, 1, 4, 4) and np.isneginf(y[0, 0, 0]).all() and np.isneginf(y[0, 0, :, 3]).all()
+    assert y[0, 0, 1:3, 1:3].tolist() == [[6.0, 8.0], [14.0, 16.0]]
+    a = CF.avg_pool(x, 2, padding=2, count_include_pad=False)
+    assert a[0, 0, 0].tolist() == [0.0] * 4 and a[0, 0, 1:3, 1:3].tolist() == [[3.5, 5.5], [11.5, 13.5]]
+    g = CF.avg_pool_backward(np.ones_like(a), x, 2, padding=2, count_include_pad=False)
+    np.testing.assert_array_equal(g, np.full_like(x, 0.25))
+    np.testing.assert_array_equal(CF.max_pool_backward(np.ones_like(y), x, 2, padding=2),
+                                  np.array([[[[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]]]], float))

@@ -30,6 +30,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 __all__ = [
     "PADDING_STRINGS",
     "normalize_tuple",
@@ -62,6 +64,14 @@ def check_int(op: str, name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{op}: {name}={value} must be >= {minimum}")
     return int(value)
+
+
+def check_bool(op: str, name: str, value) -> bool:
+    """``value`` as a bool, checked: ``TypeError`` unless it is one (Python's or NumPy's); a string such as
+    ``"no"`` would otherwise count as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_real(op: str, name: str, value, finite: bool = True) -> float:

@@ -5,7 +5,10 @@ pairs, ``"same"`` ...). Max pooling ignores padded positions (they are
 ``-inf``); average pooling counts them in the divisor only when
 ``count_include_pad``. With ``ceil_mode`` a last partial window is kept
 when it starts inside the input or its low padding; the part of it past
-the padded input is never counted.
+the padded input is never counted. Padding may reach past half the kernel
+(PyTorch refuses that): a window that lies wholly in the padding gives
+``-inf`` (the maximum of nothing) and, without ``count_include_pad``, an
+average of 0.
 
 The number of spatial axes is ``len(kernel_size)`` when a tuple is given,
 else ``x.ndim - 2``.
@@ -20,7 +23,7 @@ import numpy as np
 
 from .. import _config
 from ..engine.windows import make_plan
-from ..geometry import normalize_tuple, pool_output_size, resolve_padding
+from ..geometry import check_bool, normalize_tuple, pool_output_size, resolve_padding
 from ..padding import _pad
 from ._common import as_float_array, check_grad_shape, from_channels_first, to_channels_first
 
@@ -77,11 +80,10 @@ def _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format
     kernel = normalize_tuple(kernel_size, rank, "kernel_size", minimum=1, op=op)
     stride = kernel if stride is None else normalize_tuple(stride, rank, "stride", minimum=1, op=op)
     dilation = normalize_tuple(dilation, rank, "dilation", minimum=1, op=op)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    ceil_mode = check_bool(op, "ceil_mode", ceil_mode)
     spatial = x.shape[2:]
     pads = resolve_padding(padding, spatial, kernel, stride, dilation, op=op)
-    out = pool_output_size(spatial, kernel, stride, pads, dilation, bool(ceil_mode), op=op)
+    out = pool_output_size(spatial, kernel, stride, pads, dilation, ceil_mode, op=op)
     ext = tuple(
         (lo, hi + max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
         for n, (lo, hi), o, s, d, k in zip(spatial, pads, out, stride, dilation, kernel)
@@ -184,6 +186,7 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     """
     op = "max_pool"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
+    return_indices = check_bool(op, "return_indices", return_indices)
     xp = _padded(x, geo, -np.inf)
     y = _window_max(xp, geo)
     out = from_channels_first(y, batched, data_format)
@@ -250,6 +253,7 @@ def avg_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     """
     op = "avg_pool"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
+    count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
     xp = _padded(x, geo, 0.0)
     acc = np.zeros(geo.out_shape, dtype=x.dtype)
     for _, view in geo.taps():
@@ -263,6 +267,7 @@ def avg_pool_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1
     """Gradient of :func:`avg_pool` w.r.t. ``x``."""
     op = "avg_pool_backward"
     x, batched, geo = _setup(op, x, kernel_size, stride, padding, dilation, ceil_mode, data_format)
+    count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
     gy = as_float_array(op, "grad_y", grad_y)
     gy, _ = to_channels_first(op, gy, len(geo.kernel), data_format, name="grad_y")
     check_grad_shape(op, gy, geo.out_shape)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional._common import check_int, check_padding_value
-from ..geometry import conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
+from ..geometry import check_bool, conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
 from ..padding import normalize_mode
 from .base import Layer, Parameter, check_input_shape, float_dtype, init_weight, register, tuples_from_config
 
@@ -98,7 +98,7 @@ class ConvNd(Layer):
         self.padding_value = check_padding_value(name, padding_value, normalize_mode(padding_mode, self.rank, op=name))
         self.init = init
         self.dtype = float_dtype(name, dtype)
-        self._build(bias)
+        self._build(check_bool(name, "bias", bias))
         self._x = None
 
     def _weight_shape(self):
@@ -350,7 +350,7 @@ class ConnectionTableConv(Layer):
         rows = sum(len(t) for t in self.table)
         fan_in = max(len(t) for t in self.table) * taps
         self.weight = Parameter(init_weight((rows, *self.kernel_size), fan_in, taps, init, self.dtype))
-        self.bias = Parameter(np.zeros(self.out_channels, self.dtype)) if bias else None
+        self.bias = Parameter(np.zeros(self.out_channels, self.dtype)) if check_bool(name, "bias", bias) else None
         self._x = None
 
     def forward(self, x):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..engine import blas
-from ..functional._common import _is_int, check_int, check_real
+from ..geometry import _is_int, check_bool, check_int, check_real
 from .base import (REGISTRY, Layer, Parameter, check_dtype, check_input_shape, float_dtype, init_rng, init_weight,
                    register)
 
@@ -37,7 +37,7 @@ class Linear(Layer):
         self.init = init
         self.dtype = float_dtype("Linear", dtype)
         self.weight = Parameter(init_weight((out_features, in_features), in_features, out_features, init, self.dtype))
-        self.bias = Parameter(np.zeros(out_features, self.dtype)) if bias else None
+        self.bias = Parameter(np.zeros(out_features, self.dtype)) if check_bool("Linear", "bias", bias) else None
         self._x = None
 
     def forward(self, x):

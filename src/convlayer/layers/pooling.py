@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..geometry import check_int, normalize_tuple, pool_output_size, resolve_padding
+from ..geometry import check_bool, check_int, normalize_tuple, pool_output_size, resolve_padding
 from .base import Layer, Parameter, check_dtype, check_input_shape, float_dtype, register, tuples_from_config
 from .conv import _padding_arg, _padding_config
 
@@ -18,14 +18,14 @@ class _Pool(Layer):
     channels: int | None = None  # the channel count the layer's parameters fix (Subsampling's), else any
     def __init__(self, rank, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         name = type(self).__name__
-        self.rank = rank
+        self.rank = check_int(name, "rank", rank, 1)
         self.kernel_size = normalize_tuple(kernel_size, rank, "kernel_size", minimum=1, op=name)
         self.stride = self.kernel_size if stride is None else normalize_tuple(stride, rank, "stride", minimum=1,
                                                                                  op=name)
         self.dilation = normalize_tuple(dilation, rank, "dilation", minimum=1, op=name)
         self.padding = _padding_arg(padding)
         resolve_padding(self.padding, (10**6,) * rank, self.kernel_size, self.stride, self.dilation, op=name)
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = check_bool(name, "ceil_mode", ceil_mode)
         self._x = None
 
     def _kw(self):
@@ -81,7 +81,7 @@ class AvgPool(_Pool):
     def __init__(self, rank, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                  count_include_pad=True):
         super().__init__(rank, kernel_size, stride, padding, dilation, ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = check_bool("AvgPool", "count_include_pad", count_include_pad)
 
     def _kw(self):
         return {**super()._kw(), "count_include_pad": self.count_include_pad}

@@ -105,8 +105,16 @@ def test_fit_errors(rng):
     net = _net()
     with pytest.raises(ValueError, match="x has 10 samples but y has 9"):
         fit(net, x, y[:9], optimizer=SGD(net.parameters()), progress=False)
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match="fit: epochs=0 must be >= 1"):
         fit(net, x, y, optimizer=SGD(net.parameters()), epochs=0, progress=False)
+    with pytest.raises(TypeError, match="fit: epochs must be an int, got float 1.5"):  # range()'s error before
+        fit(net, x, y, optimizer=SGD(net.parameters()), epochs=1.5, progress=False)
+    with pytest.raises(TypeError, match="fit: batch_size must be an int, got str '8'"):
+        fit(net, x, y, optimizer=SGD(net.parameters()), batch_size="8", progress=False)
+    with pytest.raises(ValueError, match="predict: batch_size=0 must be >= 1"):  # range()'s error before
+        predict(net, x, batch_size=0)
+    with pytest.raises(ValueError, match="predict: batch_size=0 must be >= 1"):
+        evaluate(net, x, y, batch_size=0)
     with pytest.raises(ValueError, match="nesterov=True needs momentum"):
         SGD(net.parameters(), nesterov=True)
     for kwargs in (dict(lr=float("inf")), dict(lr=float("nan")), dict(lr=0), dict(betas=(0.9, 1.0)),

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.batching import batches
+from ..geometry import check_int
 from .losses import softmax, softmax_cross_entropy
 
 __all__ = ["History", "fit", "evaluate", "predict"]
@@ -66,8 +67,8 @@ def fit(model, x, y, *, optimizer, epochs=1, batch_size=64, schedule=None, valid
         batch's update, the parameters left as they were) or an update
         makes a parameter infinite or NaN (right after it).
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"fit: epochs={epochs} and batch_size={batch_size} must be >= 1")
+    check_int("fit", "epochs", epochs, 1)
+    check_int("fit", "batch_size", batch_size, 1)
     if len(x) != len(y):
         raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
     if len(x) == 0:
@@ -156,6 +157,7 @@ def _batch(step: int, epoch: int, steps_per_epoch: int) -> str:
 
 def predict(model, x, batch_size=256, progress=False) -> np.ndarray:
     """Outputs of ``model`` in evaluation mode (logits for a classifier), in batches."""
+    check_int("predict", "batch_size", batch_size, 1)
     model.eval()
     outs = [model.forward(x[i:i + batch_size])
             for i in tqdm(range(0, len(x), batch_size), disable=not progress, desc="predict", unit="batch")]

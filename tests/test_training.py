@@ -123,6 +123,30 @@ def test_fit_errors(rng):
             Adam(net.parameters(), **kwargs)
 
 
+def test_optimizer_and_schedule_arguments(rng):
+    """Each argument named, before any step: strings and NaN were compared or stored, and failed (or
+    diverged) only later; a zero step size divided by zero at the first epoch; ``total_steps=0`` became 1."""
+    params = _net().parameters()
+    for make, exc, message in [
+        (lambda: SGD(params, momentum="0.9"), TypeError, "SGD: momentum must be a real number, got str '0.9'"),
+        (lambda: SGD(params, weight_decay=float("nan")), ValueError, "SGD: weight_decay=nan must be finite"),
+        (lambda: SGD(params, momentum=0.9, nesterov="yes"), TypeError, "SGD: nesterov must be a bool, got str 'yes'"),
+        (lambda: SGD([np.zeros(3)]), TypeError, r"SGD: params\[0\] is a ndarray, not a Parameter"),
+        (lambda: Adam(params, betas="ab"), TypeError, "Adam: betas must be a pair of numbers, got str 'ab'"),
+        (lambda: Adam(params, betas=(0.9, 0.9, 0.9)), ValueError, "Adam: betas must be a pair of numbers, got 3"),
+        (lambda: AdamW(params, eps="1e-8"), TypeError, "AdamW: eps must be a real number, got str '1e-8'"),
+        (lambda: StepLR(SGD(params), step_size=0), ValueError, "StepLR: step_size=0 must be >= 1"),
+        (lambda: StepLR(SGD(params), 2, gamma="a"), TypeError, "StepLR: gamma must be a real number, got str 'a'"),
+        (lambda: StepLR(SGD(params), 2, gamma=0), ValueError, "StepLR: gamma=0 must be > 0"),
+        (lambda: CosineLR(SGD(params), total_steps=0), ValueError, "CosineLR: total_steps=0 must be >= 1"),
+        (lambda: CosineLR(SGD(params, lr=0.01), 10, min_lr=0.1), ValueError,
+         r"CosineLR: min_lr=0.1 must be in \[0, lr=0.01\]"),
+    ]:
+        with pytest.raises(exc, match=message):
+            make()
+    assert CosineLR(SGD(params, lr=0.01), 10, min_lr=0.01).lr_at(5) == pytest.approx(0.01)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")  # the diverging run
 def test_fit_and_evaluate_refuse_what_would_lose_the_model(rng):

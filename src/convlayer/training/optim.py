@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ..geometry import check_bool, check_int, check_real
+
 __all__ = ["SGD", "Adam", "AdamW", "StepLR", "CosineLR"]
 
 
@@ -19,6 +21,10 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: no parameters to optimize")
+        for i, p in enumerate(self.params):
+            if not (hasattr(p, "value") and hasattr(p, "grad")):  # a Parameter, or anything that holds both
+                raise TypeError(f"{type(self).__name__}: params[{i}] is a {type(p).__name__}, not a Parameter (a "
+                                "layer's parameters() gives them)")
         if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"{type(self).__name__}: lr={lr!r} must be a finite number > 0")
         self.lr = float(lr)
@@ -36,6 +42,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
+        momentum = check_real("SGD", "momentum", momentum)
+        weight_decay = check_real("SGD", "weight_decay", weight_decay)
+        nesterov = check_bool("SGD", "nesterov", nesterov)
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: momentum={momentum} and weight_decay={weight_decay} must be >= 0")
         if nesterov and momentum == 0:
@@ -61,7 +70,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        self.b1, self.b2 = betas
+        name = type(self).__name__
+        if not isinstance(betas, (tuple, list)):
+            raise TypeError(f"{name}: betas must be a pair of numbers, got {type(betas).__name__} {betas!r}")
+        if len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair of numbers, got {len(betas)}: {tuple(betas)!r}")
+        self.b1, self.b2 = (check_real(name, f"betas[{i}]", b) for i, b in enumerate(betas))
+        eps, weight_decay = check_real(name, "eps", eps), check_real(name, "weight_decay", weight_decay)
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1) or not eps > 0 or not weight_decay >= 0:
             raise ValueError(f"{type(self).__name__}: betas={tuple(betas)} must be in [0, 1), eps={eps} > 0 and "
                              f"weight_decay={weight_decay} >= 0")
@@ -102,7 +117,11 @@ class StepLR:
     unit = "epoch"
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.optimizer, self.step_size, self.gamma = optimizer, int(step_size), float(gamma)
+        self.optimizer, self.step_size = optimizer, check_int("StepLR", "step_size", step_size, 1)
+        self.gamma = check_real("StepLR", "gamma", gamma)
+        if self.gamma <= 0:
+            raise ValueError(f"StepLR: gamma={gamma!r} must be > 0 (the learning rate's factor every step_size "
+                             "epochs)")
         self.base_lr = optimizer.lr
 
     def lr_at(self, epoch: int) -> float:
@@ -118,9 +137,13 @@ class CosineLR:
     def __init__(self, optimizer, total_steps, min_lr=0.0, unit="step"):
         if unit not in ("step", "epoch"):
             raise ValueError(f"CosineLR: unit={unit!r} must be 'step' or 'epoch'")
-        self.optimizer, self.total, self.min_lr = optimizer, max(int(total_steps), 1), float(min_lr)
+        self.optimizer, self.total = optimizer, check_int("CosineLR", "total_steps", total_steps, 1)
+        self.min_lr = check_real("CosineLR", "min_lr", min_lr)
         self.unit = unit
         self.base_lr = optimizer.lr
+        if not 0 <= self.min_lr <= self.base_lr:
+            raise ValueError(f"CosineLR: min_lr={min_lr!r} must be in [0, lr={self.base_lr!r}] (the rate it decays "
+                             "to)")
 
     def lr_at(self, step: int) -> float:
         t = min(step, self.total) / self.total

@@ -11,8 +11,6 @@ from convlayer.models import C3_TABLE, lenet5, lenet5_modern
 
 def _f64(layer):
     """Cast a layer's parameters (recursively) to float64 for finite differences."""
-    if hasattr(layer, "dtype"):  # the layers with parameters check their inputs against it
-        layer.dtype = np.dtype(np.float64)
     for p in layer.parameters():
         p.value = p.value.astype(np.float64)
         p.grad = np.zeros_like(p.value)

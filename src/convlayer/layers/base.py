@@ -97,13 +97,14 @@ def float_dtype(name: str, dtype) -> np.dtype:
 
 
 def check_dtype(layer, name: str, array) -> np.ndarray:
-    """``array`` (the input of ``forward`` or the gradient of ``backward``), checked to have the layer's own
-    float dtype (``layer.dtype``), as the convolutions check theirs: mixing float32 and float64 would upcast
-    silently, or round the gradients down into the parameters."""
+    """``array`` (the input of ``forward`` or the gradient of ``backward``), checked to have the dtype of the
+    layer's parameters (its ``weight``'s, whatever they were cast to), as the convolutions check theirs: mixing
+    float32 and float64 would upcast silently, or round the gradients down into the parameters."""
     array = np.asarray(array)
-    if array.dtype != layer.dtype:
+    dtype = layer.weight.value.dtype
+    if array.dtype != dtype:
         raise TypeError(f"{type(layer).__name__}: {name} has dtype {array.dtype}, the layer's parameters "
-                        f"{layer.dtype}; cast one to the other, e.g. {name}.astype(np.{layer.dtype})")
+                        f"{dtype}; cast one to the other, e.g. {name}.astype(np.{dtype})")
     return array
 
 

@@ -69,11 +69,12 @@ def test_data_dir_with_corrupted_file(tmp_path):
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), pad=-1), ValueError, "pad must be an int >= 0, got -1"),
+    (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), pad=-1), ValueError, "preprocess: pad=-1 must be >= 0"),
+    (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), pad=2.0), TypeError, "pad must be an int, got float 2.0"),
     (lambda: preprocess(np.zeros(5, np.uint8)), ValueError, r"images must be \(N, H, W\), got shape \(5,\)"),
     (lambda: preprocess(np.zeros((2, 28, 28), np.uint8), dtype=np.int32), TypeError,
      "dtype must be float32 or float64, got int32"),
-    (lambda: list(batches(10, 0)), ValueError, "batch_size=0 >= 1"),
+    (lambda: list(batches(10, 0)), ValueError, "batches: batch_size=0 must be >= 1"),
     (lambda: list(batches(-3, 2)), ValueError, "n=-3 must be >= 0"),
 ])
 def test_preprocess_and_batches_name_bad_arguments(call, error, message):

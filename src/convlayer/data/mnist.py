@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import check_int
 from .idx import read_idx
 
 __all__ = ["BUNDLED_DIR", "FILES", "load_mnist", "preprocess"]
@@ -74,8 +75,7 @@ def preprocess(images: np.ndarray, pad: int = 2, dtype=np.float32) -> np.ndarray
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"preprocess: images must be (N, H, W), got shape {images.shape}")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise ValueError(f"preprocess: pad must be an int >= 0, got {pad!r}")
+    check_int("preprocess", "pad", pad, 0)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"preprocess: dtype must be float32 or float64, got {np.dtype(dtype)}")
     dtype = np.dtype(dtype).type

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import _is_int, check_int, check_real  # noqa: F401 - check_int: the functional ops' and layers' import
+from ..geometry import check_real
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DATA_FORMATS = ("channels_first", "channels_last")

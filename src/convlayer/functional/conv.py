@@ -38,6 +38,7 @@ from ..engine import gemm
 from ..engine.windows import WindowPlan, make_plan
 from ..geometry import (
     _is_int,
+    check_int,
     conv_output_size,
     conv_transpose_output_range,
     normalize_tuple,
@@ -47,7 +48,6 @@ from ..padding import _pad, _pad_adjoint, _validate_pairs_for_modes, normalize_m
 from ._common import (
     as_float_array,
     check_grad_shape,
-    check_int,
     check_padding_value,
     from_channels_first,
     same_dtype,

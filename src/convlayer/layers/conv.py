@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..functional._common import check_int, check_padding_value
-from ..geometry import check_bool, conv_output_size, conv_transpose_output_size, normalize_tuple, resolve_padding
+from ..functional._common import check_padding_value
+from ..geometry import (check_bool, check_int, conv_output_size, conv_transpose_output_size, normalize_tuple,
+                        resolve_padding)
 from ..padding import normalize_mode
 from .base import Layer, Parameter, check_input_shape, float_dtype, init_weight, register, tuples_from_config
 

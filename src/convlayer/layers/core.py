@@ -42,8 +42,7 @@ class Linear(Layer):
 
     def forward(self, x):
         x = check_dtype(self, "input", x)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear: input must be (N, {self.in_features}), got shape {x.shape}")
+        check_input_shape(self, x.shape, 0, self.in_features)
         self._x = x
         y = _product(x, self.weight.value.T)
         if self.bias is not None:
@@ -222,8 +221,7 @@ class BatchNorm(Layer):
         return check_input_shape(self, input_shape, channels=self.num_features)
 
     def _shape(self, x):
-        if x.ndim < 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm: input must be (N, {self.num_features}, ...), got shape {x.shape}")
+        check_input_shape(self, x.shape, channels=self.num_features)
         return (1, self.num_features, *([1] * (x.ndim - 2)))
 
     def forward(self, x):

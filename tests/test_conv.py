@@ -811,26 +811,22 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     assert gemm.strategy(1, 1, large, "grad_weight", n=64) == "direct"
 
 
-@pytest.mark.parametrize("measured", [True, False])
-def test_plane_kernels_take_the_depthwise_and_grouped_3x3_layers(measured, monkeypatch):
-    """The rule, where the plane kernels were measured (``measured``: 512-bit vectors; the rule alone is
-    patched): depthwise 3x3 layers (2-D, stride 1 or 2, any dilation and batch): forwards, weight gradients,
-    and the input gradients of stride 2 without a channel multiplier (stride 1's is a forward, flipped); the
-    stride-1 forwards of groups of a few channels; forced where it does not apply, the planner's rules run
-    instead. Elsewhere the direct kernels keep these layers."""
+def test_plane_kernels_take_the_depthwise_and_grouped_3x3_layers():
+    """The rule, on any CPU: depthwise 3x3 layers (2-D, stride 1 or 2, any dilation and batch): forwards,
+    weight gradients, and the input gradients of stride 2 without a channel multiplier (stride 1's is a
+    forward, flipped); the stride-1 forwards of groups of a few channels; forced where it does not apply, the
+    planner's rules run instead."""
     from convlayer.engine import gemm
     from convlayer.engine.windows import make_plan
-
-    monkeypatch.setattr(gemm, "_planes_measured", lambda: measured)
 
     same = make_plan((58, 58), (3, 3), (1, 1), (1, 1), (56, 56))
     dilated = make_plan((20, 20), (3, 3), (1, 1), (2, 2), (16, 16))
     strided = make_plan((57, 57), (3, 3), (2, 2), (1, 1), (28, 28))
     for plan, k_g, n in ((same, 1, 1), (dilated, 4, 64), (strided, 1, 8)):  # k_g: a channel multiplier
-        assert (gemm.strategy(1, k_g, plan, "forward", n=n) == "planes") == measured
-        assert (gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "planes") == measured
+        assert gemm.strategy(1, k_g, plan, "forward", n=n) == "planes"
+        assert gemm.strategy(1, k_g, plan, "grad_weight", n=n) == "planes"
     assert gemm.strategy(1, 1, same, "grad_input", n=8) == "flipped"  # a forward on the depthwise kernel
-    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == ("planes" if measured else "direct")
+    assert gemm.strategy(1, 1, strided, "grad_input", n=8) == "planes"
     assert gemm.strategy(1, 2, strided, "grad_input", n=8) != "planes"  # a channel multiplier
     three = make_plan((58, 58), (3, 3), (3, 3), (1, 1), (19, 19))
     uneven = make_plan((58, 58), (3, 3), (1, 2), (1, 1), (56, 28))
@@ -842,8 +838,7 @@ def test_plane_kernels_take_the_depthwise_and_grouped_3x3_layers(measured, monke
             with force_strategy("planes"):
                 assert gemm.strategy(c_g, 1, plan, pass_, n=8) != "planes"
     # groups of a few channels (where the direct kernels would run): the stride-1 forward only
-    resnext = gemm.strategy(4, 4, same, "forward", n=8)  # ResNeXt's 4 x 4
-    assert resnext == ("planes" if measured else "direct")
+    assert gemm.strategy(4, 4, same, "forward", n=8) == "planes"  # ResNeXt's 4 x 4
     assert gemm.strategy(4, 4, same, "grad_input", n=8) == "flipped"  # a forward of 4 x 4 groups
     assert gemm.strategy(4, 4, same, "grad_weight", n=8) != "planes"
     assert gemm.strategy(8, 4, same, "forward", n=8) != "planes"  # more pairs than the direct kernels take

@@ -228,7 +228,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     """
     if _forced and _forced_fits(_forced[-1], c_g, k_g, plan, pass_):
         return _forced[-1]
-    if _planes_measured() and _planes_fit(c_g, k_g, plan, pass_):
+    if _planes_fit(c_g, k_g, plan, pass_):
         return "planes"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
@@ -316,20 +316,14 @@ def _forced_fits(how: str, c_g: int, k_g: int, plan, pass_: str) -> bool:
     return True
 
 
-def _planes_measured() -> bool:
-    """Whether the rules pick the plane kernels (:func:`_planes_fit`): with 512-bit vectors, where they were
-    measured (on Zen 4). Elsewhere the direct kernels, measured on Zen 3 and on the Xeon, keep these layers;
-    forced, the plane kernels run on any CPU (``tests`` check them at both vector widths)."""
-    return _implicit().VECTOR_BYTES == 64
-
-
 def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:
     """Whether the plane kernels of :mod:`.planes` compute this pass: the forward and weight gradient of
     layers with one input channel per group, 3 x 3, stride 1 or 2, 2-D, and the input gradient of the
     stride-2 ones without a channel multiplier (stride 1's is a forward, flipped); and the stride-1 forward
     of 3 x 3 layers whose groups the direct kernels would take (at most DIRECT_MAX_CHANNELS channel pairs;
-    their stride-1 input gradients are such forwards, flipped). On all the layers measured they beat the
-    direct and lanes kernels (one process, best of 20 or 15, ms).
+    their stride-1 input gradients are such forwards, flipped). On all the layers measured, with 512-bit
+    vectors (Zen 4) and with 256-bit ones (Zen 3), they beat the direct and lanes kernels; so they run on
+    any CPU. Zen 4 (one process, best of 20 or 15, ms):
 
     * Stride-1 forwards, direct / lanes / depthwise: MobileNet's 144 x 56 x 56, batch 8, 1.7-2.6 (planner)
       / - / 0.9-1.5; 576 x 14 x 14, batch 32, 3.5 / 3.6 / 1.5, batch 8 1.2 / 1.4 / 0.6; 192 x 28 x 28,
@@ -343,6 +337,12 @@ def _planes_fit(c_g: int, k_g: int, plan, pass_: str) -> bool:
       suite; 4.5-4.7 / 3.4-3.6 with new pages for each gradient.
     * ResNeXt's 4 x 4 groups (128 x 56 x 56, batch 8), direct / planes (direct sums, before F(2, 3) down the
       rows): forward 2.6-2.9 / 1.9-2.0, input gradient (flipped) 4.7-5.6 / 2.1-2.7.
+
+    Zen 3, AVX2, the suite's passes (``F.conv`` and ``F.conv_backward``, best of 5 in each of 7 alternating
+    rounds, one process; fastest and median round, ms), direct / planes: MobileNet's stride-1 layer forward
+    3.1, 3.2 / 2.4, 2.7, input gradient (flipped) 3.2, 3.4 / 2.4, 2.5, weight gradient 4.0, 4.5 / 2.7, 3.1; the
+    stride-2 layer 4.8, 5.0 / 3.3, 3.5, 6.2, 6.6 / 4.3, 4.7 and 6.8, 7.0 / 3.6, 3.9; ResNeXt's forward 4.7,
+    4.9 / 3.5, 4.4 (winning 7, 7, 7, 7, 7, 7 and 6 rounds of 7).
     """
     if c_g > 1:  # few channels per group, where the direct kernels would run: the grouped forward
         return pass_ == "forward" and c_g * k_g <= DIRECT_MAX_CHANNELS and _plane_kernels().applies_grouped(c_g, plan)

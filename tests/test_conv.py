@@ -623,7 +623,7 @@ def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, rng, mon
     padded rows and outputs (5 and 7 channels per group)."""
     from convlayer.engine import implicit
 
-    monkeypatch.setattr(implicit, "DOT", dot)
+    monkeypatch.setattr(implicit, "DOT_POINTWISE", dot)
     monkeypatch.setattr(implicit, "DOT_POSITIONS", 21)
     x = rng.standard_normal((5, c, 6, 7))
     w = rng.standard_normal((k, c // groups, 1, 1))
@@ -1187,11 +1187,10 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert 8 * one_d.n_taps < gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS <= 3 * rgb.n_taps
     assert gemm.strategy(8, 64, one_d, "grad_input", n=8, flip=False) == "cols"
     # weight gradients with few input channels: the direct kernels on the same terms, but the 1-D layers'
-    # dot products with AVX-512
+    # dot products
     threads = gemm.blas._threads()  # from an image per thread
-    dot = gemm._implicit().DOT
-    assert gemm.strategy(1, 64, stem, "grad_weight", n=threads) == ("implicit" if dot else "direct")
-    assert gemm.strategy(8, 64, one_d, "grad_weight", n=threads) == ("implicit" if dot else "direct")
+    assert gemm.strategy(1, 64, stem, "grad_weight", n=threads) == "implicit"
+    assert gemm.strategy(8, 64, one_d, "grad_weight", n=threads) == "implicit"
     assert gemm.strategy(3, 64, rgb, "grad_weight", n=threads) == "direct"
     if threads > 1:
         assert gemm.strategy(3, 64, rgb, "grad_weight", n=threads - 1) == "cols"
@@ -1331,8 +1330,8 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
 @pytest.mark.parametrize("dot", [True, False])
 def test_one_dimensional_weight_gradients_cover_every_block_edge(size, kernel, c, k, groups, stride, dilation,
                                                                  padding, dtype, dot, rng, monkeypatch):
-    """The 1-D weight gradient as dot products along the positions (on by default with AVX-512 only, forced
-    here) and with the transposed blocks of gy (AVX2's): blocks of positions full and partial, the masked tail
+    """The 1-D weight gradient as dot products along the positions (the default) and with the transposed
+    blocks of gy (as 2-D and 3-D layers run): blocks of positions full and partial, the masked tail
     of each, padded patch rows and outputs; the input's window where the stride is 1, the filled planes
     otherwise."""
     from convlayer.engine import implicit

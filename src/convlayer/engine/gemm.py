@@ -149,10 +149,11 @@ FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # 3 -> 64 3x3 at 224x224 33-35 / 28-33 / 18-19, 1 -> 32 5x5 at 28x28 3.2-4.9 / 3.8-5.7 / 1.4-1.6,
 # 3 -> 32 3x3/2 3.0-3.7 / 2.8-3.1 / 1.4-1.5, 1-D 8 -> 64 k=3 7.5-8.7 / 8.7-10.0 / 4.0-5.6, the 3-D stem's
 # 2 images 17-19 / 13-19 / 10-13, the ResNet stem 27-30 / 19-22 / 15-21; the 1-D stem even (1.0-1.5 /
-# 1.8-2.3 / 1.2-1.9). 1-D layers with AVX-512 take the implicit GEMM's dot products instead (implicit.DOT, which
+# 1.8-2.3 / 1.2-1.9). 1-D layers take the implicit GEMM's dot products instead (implicit.DOT, which
 # came after these figures): the 1-D stem 0.38-0.47 / 0.48-0.52 ms (implicit / direct), 1-D 8 -> 64 k=3
 # 2.97-3.32 / 4.32-6.17 (the same command, a later round); the suite's stem in one process, ten rounds
-# alternating, 0.32 vs 0.41 (a one-off script).
+# alternating, 0.32 vs 0.41 (a one-off script). On Zen 3 (AVX2), with the 4 x 3 tile of dot products: the 1-D
+# stem 0.59-0.82 / 0.67-1.07, 1-D 8 -> 64 k=3 4.81-5.76 / 5.68-6.40 (the same command).
 FEW_CHANNELS_DIRECT_GRAD_WEIGHT = 8
 # ...and at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT_MAX_ROWS patch rows (C_g * T): with DeepBench's speech layer
 # (one channel, 41 x 11 taps, 451 rows) the implicit GEMM wins, 3.7-4.0 vs 4.1-4.3 ms (one process, Zen 4);
@@ -930,7 +931,7 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
         gw = blas.matmul(gyg, xg, np.empty((groups, k_g, c_g * plan.n_taps), dtype=x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
-    if how == "taps" and _pointwise(plan, pads) and _implicit().DOT:
+    if how == "taps" and _pointwise(plan, pads) and _implicit().DOT_POINTWISE:
         # Dot products along the positions, x and gy read as they lie (AVX-512; Zen 4, one process, ms: ResNet's
         # 1x1 256->64 5.3-5.6 vs 6.0-6.5 for OpenBLAS's per-image products, MobileNet's 144->24 1.0-1.9 vs 1.8-2.8)
         gw = _implicit().grad_weight_rows(gy, x, groups, plan, pads, _scratch(x.dtype))

@@ -49,8 +49,8 @@ kernel instead, which reads its operands where they lie:
      image, each thread summing into its own copy of the result, or, where
      that copy would not fit in cache, by patch rows over the whole batch
      (:data:`CHUNKS_MIN_BYTES`). For 1-D
-     and 1x1 layers with AVX-512, where both operands run along the
-     positions, :func:`make_dot_microkernel`'s tile of dot products
+     layers, and 1x1 layers with AVX-512, where both operands run along
+     the positions, :func:`make_dot_microkernel`'s tile of dot products
      instead (``DOT_MR x DOT_NR``), with no transposed copy.
 
    Vector width comes from the CPU (512-bit registers with AVX-512, else
@@ -196,19 +196,26 @@ GRAD_WEIGHT_POSITIONS = 512
 # DeepBench C128's 576 KiB (by rows, above it; 18.9-20.4 against 19.0-20.5), the 3-D C64 layer's 432 KiB.
 CHUNKS_MIN_BYTES = 1 << 19
 CHUNK_ROWS = 384
-# The weight gradient of 1-D layers with AVX-512: dot products along the positions
-# (:func:`make_dot_microkernel`), 4 patch rows by 6 output channels (24 of 32 registers), in jobs of at most
-# DOT_POSITIONS positions, which amortize the tile's horizontal sums; gy is read where it lies, not
-# transposed block by block. The rows are the input's window with stride 1, the filled planes' phases
-# otherwise. Zen 4, one process, alternating (one-off scripts): WaveNet's 6.3-7.3 ms against 8.4-12.0 with
-# the transposed blocks, 160 GFLOP/s where the tile of :func:`make_microkernel` gets 125; 1-D k=9 even
-# (25-28 vs 25-30 ms); strided 64->64 k=3/2, 128->128 k=4/4 and 32->64 k=5/2 over 8000-16000 positions
-# 98-145 GFLOP/s against 71-125. 4 x 6 and 6 x 4 ran alike, 4 x 4 and 3 x 8 slower; blocks of 1024-8192
-# positions within noise of each other on WaveNet, 1024 slower on k=9. Unmeasured with AVX2, whose 16
-# registers hold fewer accumulators: off there.
-DOT_MR, DOT_NR = 4, 6
+# The weight gradient of 1-D layers: dot products along the positions (:func:`make_dot_microkernel`), DOT_MR
+# patch rows by DOT_NR output channels, in jobs of at most DOT_POSITIONS positions, which amortize the tile's
+# horizontal sums; gy is read where it lies, not transposed block by block. The rows are the input's window with
+# stride 1, the filled planes' phases otherwise. With AVX-512, 4 x 6 (24 of 32 registers). Zen 4, one process,
+# alternating (one-off scripts): WaveNet's 6.3-7.3 ms against 8.4-12.0 with the transposed blocks, 160 GFLOP/s
+# where the tile of :func:`make_microkernel` gets 125; 1-D k=9 even (25-28 vs 25-30 ms); strided 64->64 k=3/2,
+# 128->128 k=4/4 and 32->64 k=5/2 over 8000-16000 positions 98-145 GFLOP/s against 71-125. 4 x 6 and 6 x 4 ran
+# alike, 4 x 4 and 3 x 8 slower; blocks of 1024-8192 positions within noise of each other on WaveNet, 1024 slower
+# on k=9. With AVX2's 16 registers, 4 x 3 (12 accumulators). Zen 3, the suite's weight gradients in one process,
+# five rounds alternating, best of 5 (fastest and median round, ms; one-off script), the transposed blocks /
+# 4 x 3 / 5 x 2: WaveNet 13.4, 13.6 / 9.7, 9.8 / 10.0, 10.4; 1-D k=9 45.1, 45.4 / 37.2, 38.2 / 40.9, 41.4; the
+# 1-D stem 0.82, 1.02 / 0.69, 0.74 / 0.61, 0.75; in three rounds 4 x 2, 3 x 3 and 3 x 4 were slower than 4 x 3
+# on WaveNet and k=9, 2 x 6 and 4 x 6 (which spills) slower than the transposed blocks.
+DOT_MR, DOT_NR = (4, 6) if VECTOR_BYTES == 64 else (4, 3)
 DOT_POSITIONS = 4096
-DOT = VECTOR_BYTES == 64
+DOT = True
+# The weight gradient of 1x1 stride-1 layers by the same dot products (from :mod:`.gemm`): with AVX-512 only.
+# Zen 3's 4 x 3 tile against OpenBLAS's per-image products (as above, three rounds): ResNet's 1x1 256->64
+# 8.2, 8.4 against 6.7, 7.7 ms (MobileNet's 144->24 2.0, 2.1 against 2.8, 2.8).
+DOT_POINTWISE = VECTOR_BYTES == 64
 
 
 def lanes(dtype) -> int:

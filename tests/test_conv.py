@@ -1880,6 +1880,38 @@ def test_strided_input_gradients_take_the_implicit_gemm_without_full_width_avx51
     assert max_rel_err(gx, _torch_grads(gy, x, w, stride=2, padding=1)[0]) < 1e-12
 
 
+@pytest.mark.parametrize("vector_bytes, mr, nr", [(64, 4, 6), (32, 4, 3), (32, 2, 5)])
+@pytest.mark.parametrize("kc", [1, 13, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dot_microkernel_for_every_register_width(vector_bytes, mr, nr, kc, dtype, rng):
+    """The tile of dot products (the 1-D weight gradients'), as built for AVX-512 (4 x 6) and for 256-bit
+    machines (4 x 3), whichever this machine runs: ``C += A @ B^T`` over ``kc`` steps, whole vectors and a
+    masked tail, on rows at arbitrary offsets."""
+    from numba import njit
+
+    from convlayer.engine.implicit import make_dot_microkernel
+
+    dk = make_dot_microkernel(mr, nr, vector_bytes)
+
+    @njit
+    def tile(a, arows, b, brows, c, crows, kc):
+        dk(a, 1, arows, b, 2, brows, c, 3, crows, kc)
+
+    a = rng.standard_normal(400).astype(dtype)
+    b = rng.standard_normal(600).astype(dtype)
+    arows = rng.permutation(300)[:mr].astype(np.int64)
+    brows = rng.permutation(500)[:nr].astype(np.int64)
+    crows = (rng.permutation(8)[:mr] * nr).astype(np.int64)
+    c = rng.standard_normal(3 + 8 * nr).astype(dtype)
+    amat = np.array([a[1 + r:1 + r + kc] for r in arows])
+    bmat = np.array([b[2 + r:2 + r + kc] for r in brows])
+    expected = c.copy()
+    for i in range(mr):
+        expected[3 + crows[i]:3 + crows[i] + nr] += amat[i] @ bmat.T
+    tile(a, arows, b, brows, c, crows, kc)
+    assert max_rel_err(c, expected) < (1e-6 if dtype == np.float32 else 1e-14)
+
+
 @pytest.mark.parametrize("vector_bytes, mr, nv, prefetch, steps_table",
                          [(32, 4, 2, 0, False), (32, 6, 2, 0, False), (64, 8, 2, 0, False), (64, 3, 2, 0, False),
                           (32, 4, 3, 0, False), (32, 4, 3, 8, False), (64, 8, 3, 8, False), (64, 6, 4, 0, False),

@@ -207,8 +207,8 @@ CHUNK_ROWS = 384
 # on k=9. With AVX2's 16 registers, 4 x 3 (12 accumulators). Zen 3, the suite's weight gradients in one process,
 # five rounds alternating, best of 5 (fastest and median round, ms; one-off script), the transposed blocks /
 # 4 x 3 / 5 x 2: WaveNet 13.4, 13.6 / 9.7, 9.8 / 10.0, 10.4; 1-D k=9 45.1, 45.4 / 37.2, 38.2 / 40.9, 41.4; the
-# 1-D stem 0.82, 1.02 / 0.69, 0.74 / 0.61, 0.75; in three rounds 4 x 2, 3 x 3 and 3 x 4 were slower than 4 x 3
-# on WaveNet and k=9, 2 x 6 and 4 x 6 (which spills) slower than the transposed blocks.
+# 1-D stem 0.82, 1.02 / 0.69, 0.74 / 0.61, 0.75; in three to five rounds 4 x 2 and 3 x 3 were slower than 4 x 3
+# on WaveNet and k=9, and 3 x 4, 2 x 6 and 4 x 6 (which spills) slower than the transposed blocks.
 DOT_MR, DOT_NR = (4, 6) if VECTOR_BYTES == 64 else (4, 3)
 DOT_POSITIONS = 4096
 DOT = True

@@ -917,20 +917,24 @@ def test_depthwise_kernels_match_torch_and_stay_in_their_planes(size, padding, s
     _assert_same_with_nonfinite(gx, _torch_depthwise_grads(gy, x_finite, w_inf, pads, torch_kw)[0], tol)
 
 
-@pytest.mark.parametrize("rows", [None, 4])
+@pytest.mark.parametrize("rows", [None, 2, 4])
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, rows, rng):
     """The plane kernels built for 256-bit (AVX2) and 512-bit vectors alike, whichever this machine runs:
     one plane's forward and weight gradient in float32 and float64 (4 to 16 lanes) against PyTorch, on rows
     shorter and longer than a vector, with padding and dilation; with the default output rows per pass
-    (``plane_rows``) and with four, at either stride (13 rows: blocks of four, then a pair or a single row);
-    rows whose vectors go first to last or, where the last passes the row's end (28 wide), last to first
-    (``each_vector``)."""
+    (``plane_rows``) and with two and four, at either stride (13 rows: blocks of four, then a pair or a single
+    row); rows whose vectors go first to last or, where the last passes the row's end (28 wide), last to
+    first (``each_vector``). The default: four rows at stride 1, except the weight gradient's two with
+    256-bit vectors (16 registers); one at stride 2."""
     from numba import njit
 
     from convlayer.engine import planes
 
+    assert planes.plane_rows(stride, vector_bytes) == (4 if stride == 1 else 1)
+    weight_rows = 1 if stride == 2 else 4 if vector_bytes == 64 else 2
+    assert planes.plane_rows(stride, vector_bytes, grad_weight=True) == weight_rows
     forward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, rows=rows)
     backward = planes.make_plane_kernel(3, 3, stride, stride, vector_bytes, grad_weight=True, rows=rows)
 

@@ -21,8 +21,9 @@ the unpadded input where it lies:
   for the left column), each multiplied by its broadcast weight; one
   accumulator per kernel row (three short chains instead of one of
   nine); with stride and dilation 1
-  down the rows, several output rows at a time (:func:`plane_rows`: four
-  with 512-bit vectors, else two), each input row's loads serving all the
+  down the rows, several output rows at a time (:func:`plane_rows`: four,
+  but two for the weight gradient with 256-bit vectors), each input row's
+  loads serving all the
   rows it reaches (18 loads for four vectors instead of 36; two rows
   against one: MobileNet's 56-wide rows 4.5-4.8 against 6.5-9.5 ns per
   vector in cache, one thread);
@@ -103,7 +104,7 @@ KH = KW = 3
 GROUP_PREFETCH_ROWS = 8
 
 
-def plane_rows(sh: int, vector_bytes: int) -> int:
+def plane_rows(sh: int, vector_bytes: int, grad_weight: bool = False) -> int:
     """Output rows per pass of the depthwise kernel (:func:`make_plane_kernel`) where the dilation down the
     rows is 1: each input row loaded serves every output row of the pass that it reaches, so a pass of ``m`` rows
     loads ``3 + (m - 1) * sh`` input rows instead of ``3 m``.
@@ -119,12 +120,15 @@ def plane_rows(sh: int, vector_bytes: int) -> int:
     (2901-3077 / 2648-2651 / 2952-2973), and on the suite's layer, whose 38.5 MB input streams from memory, the
     noise of that stretch (1.3-4.3 ms for one kernel) hid any difference.
 
-    With 256-bit vectors (16 registers), two at stride 1. Zen 3, the suite's layer, kernel alone, best of 5 in
-    each of 9 alternating rounds, fastest and median round, ms, 1 / 2 / 4 rows: forward 1.80, 1.85 / 1.41, 1.49 /
-    1.31, 1.42, weight gradient 2.09, 2.16 / 1.59, 1.66 / 3.32, 3.36."""
+    With 256-bit vectors (16 registers), four at stride 1 for the forward, two for the weight gradient
+    (``grad_weight``). Zen 3, the suite's layer, kernel alone, best of 5 in each of 9 alternating rounds, fastest
+    and median round, ms, 1 / 2 / 4 rows: forward 1.80, 1.85 / 1.41, 1.49 / 1.31, 1.42, weight gradient 2.09,
+    2.16 / 1.59, 1.66 / 3.32, 3.36; in the suite's passes (one process, two runs of 9 alternating rounds), 2 / 4
+    rows: forward 2.16-2.40, 2.43-2.56 / 1.79-2.28, 2.30-2.45, input gradient (a forward, flipped) 2.42-2.54,
+    2.65-2.71 / 1.66-2.21, 2.43-2.63, four rows faster in 12 and 14 of the 18 rounds."""
     if sh != 1:
         return 1
-    return 4 if vector_bytes >= 64 else 2
+    return 2 if vector_bytes < 64 and grad_weight else 4
 
 
 # Winograd's F(2, 3) down the rows of the grouped kernel (make_group_kernel): two output rows y = A^T [(G g) (.)
@@ -294,7 +298,7 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
     1-D arrays of one float dtype; nothing is bounds-checked, and nothing outside the planes is read or written.
     """
     assert sh in (1, 2) and sw in (1, 2)
-    rows = plane_rows(sh, vector_bytes) if rows is None else rows
+    rows = plane_rows(sh, vector_bytes, grad_weight) if rows is None else rows
     assert rows >= 1 and rows & (rows - 1) == 0
 
     @intrinsic

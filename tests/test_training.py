@@ -132,6 +132,7 @@ def test_optimizer_and_schedule_arguments(rng):
         (lambda: SGD(params, weight_decay=float("nan")), ValueError, "SGD: weight_decay=nan must be finite"),
         (lambda: SGD(params, momentum=0.9, nesterov="yes"), TypeError, "SGD: nesterov must be a bool, got str 'yes'"),
         (lambda: SGD([np.zeros(3)]), TypeError, r"SGD: params\[0\] is a ndarray, not a Parameter"),
+        (lambda: SGD(params, lr="0.1"), TypeError, "SGD: lr must be a real number, got str '0.1'"),  # ValueError before
         (lambda: Adam(params, betas="ab"), TypeError, "Adam: betas must be a pair of numbers, got str 'ab'"),
         (lambda: Adam(params, betas=(0.9, 0.9, 0.9)), ValueError, "Adam: betas must be a pair of numbers, got 3"),
         (lambda: AdamW(params, eps="1e-8"), TypeError, "AdamW: eps must be a real number, got str '1e-8'"),

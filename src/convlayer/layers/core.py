@@ -275,9 +275,9 @@ class Dropout(_Elementwise):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale by ``1/(1-p)``."""
 
     def __init__(self, p=0.5, seed=None):
-        if not 0.0 <= check_real("Dropout", "p", p) < 1.0:
+        self.p = check_real("Dropout", "p", p)
+        if not 0.0 <= self.p < 1.0:
             raise ValueError(f"Dropout: p={p} must be in [0, 1)")
-        self.p = float(p)
         self.seed = None if seed is None else check_int("Dropout", "seed", seed, 0)
         self._rng = np.random.default_rng(seed if seed is not None else init_rng().integers(2**63))
 

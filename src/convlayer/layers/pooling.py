@@ -16,6 +16,7 @@ __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Subsampling"
 
 class _Pool(Layer):
     channels: int | None = None  # the channel count the layer's parameters fix (Subsampling's), else any
+
     def __init__(self, rank, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         name = type(self).__name__
         self.rank = check_int(name, "rank", rank, 1)

@@ -25,9 +25,9 @@ class Optimizer:
             if not (hasattr(p, "value") and hasattr(p, "grad")):  # a Parameter, or anything that holds both
                 raise TypeError(f"{type(self).__name__}: params[{i}] is a {type(p).__name__}, not a Parameter (a "
                                 "layer's parameters() gives them)")
-        if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{type(self).__name__}: lr={lr!r} must be a finite number > 0")
-        self.lr = float(lr)
+        self.lr = check_real(type(self).__name__, "lr", lr)
+        if self.lr <= 0:
+            raise ValueError(f"{type(self).__name__}: lr={lr!r} must be > 0")
 
     def zero_grad(self):
         for p in self.params:
@@ -78,7 +78,7 @@ class Adam(Optimizer):
         self.b1, self.b2 = (check_real(name, f"betas[{i}]", b) for i, b in enumerate(betas))
         eps, weight_decay = check_real(name, "eps", eps), check_real(name, "weight_decay", weight_decay)
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1) or not eps > 0 or not weight_decay >= 0:
-            raise ValueError(f"{type(self).__name__}: betas={tuple(betas)} must be in [0, 1), eps={eps} > 0 and "
+            raise ValueError(f"{name}: betas={tuple(betas)} must be in [0, 1), eps={eps} > 0 and "
                              f"weight_decay={weight_decay} >= 0")
         self.eps, self.weight_decay = eps, weight_decay
         self._m = [np.zeros_like(p.value) for p in self.params]

@@ -172,20 +172,6 @@ IMPLICIT_GRAD_INPUT_MIN_ROWS = 25
 IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS = 128
 IMPLICIT_GRAD_WEIGHT_MIN_ROWS = 64
 IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS = 256
-# 1x1 products (forwards, and input gradients as forwards of the transposed weights) go to the implicit GEMM's
-# tile on the operand as it lies (implicit.forward_pointwise, AVX-512) rather than to OpenBLAS's per-image
-# products where the outputs per group are at most the inputs, or the inputs (the inner dimension) at most
-# POINTWISE_TILE_MAX_INNER (a likely reason: OpenBLAS zeroes each image's output first, its beta step for NumPy's
-# beta = 0, then adds the product to it, two passes over an output that outgrows the caches, with an inner
-# dimension of a few dozen too little arithmetic to hide them; the tile writes each output once). Zen 4,
-# one process, GFLOP/s against OpenBLAS: ResNet 256->64 142-167 vs 88-148, MobileNet 144->24 137-148 vs 86-91,
-# 128->128 150-183 vs 143-171, 512->128 164-180 vs 150-176, 1024->256 at 14x14 122-152 vs 125-150 (four rounds);
-# with more outputs than inputs, ms, best of 5 in each of 8-12 rounds alternating (min-median): the suite's
-# input gradients, ResNet 1x1 256->64 4.87-4.93 vs 5.21-5.32 and MobileNet 144->24 1.03-1.16 vs 1.25-1.34;
-# forwards 64->256 at 56x56 4.76-5.49 vs 5.21-5.62, 32->192 at 28x28 0.43-0.46 vs 0.54-0.76, 16->96 at 112x112
-# 10.5-11.2 vs 10.8-11.9; even (within 2%) with 64->384 and 96->576 at 14x14, 128->512 at 28x28, 160->960 at
-# 7x7, 256->1024 at 14x14 (one-off scripts).
-POINTWISE_TILE_MAX_INNER = 64
 STRATEGIES = ("direct", "lanes", "taps", "cols", "winograd", "implicit", "planes")
 _forced: list[str] = []
 
@@ -450,9 +436,34 @@ def _pointwise(plan, pads) -> bool:
 
 
 def _pointwise_tile(inner: int, outer: int) -> bool:
-    """Whether a 1x1 product with ``inner`` input and ``outer`` output channels per group runs on the
-    implicit GEMM's tile (see :data:`POINTWISE_TILE_MAX_INNER`)."""
-    return _implicit().POINTWISE_FORWARD and (outer <= inner or inner <= POINTWISE_TILE_MAX_INNER)
+    """Whether a 1x1 product (a forward, or an input gradient as the forward of the transposed weights) with
+    ``inner`` input and ``outer`` output channels per group runs on the implicit GEMM's tile, on its operand as
+    it lies (:func:`.implicit.forward_pointwise`), rather than as OpenBLAS's per-image products: where the inputs
+    (the inner dimension) are at most ``implicit.POINTWISE_MAX_INNER`` (64 with AVX-512, 48 with AVX2), or,
+    with AVX-512 (``implicit.POINTWISE_FEWER_OUTPUTS``), the outputs at most the inputs. A likely reason:
+    OpenBLAS zeroes each image's output first, its beta step for NumPy's beta = 0, then adds the product to
+    it, two passes over an output that outgrows the caches, with an inner dimension of a few dozen too little
+    arithmetic to hide them; the tile writes each output once. The AVX2 measurements are in
+    :mod:`.implicit`'s comment. Zen 4, one process, GFLOP/s against OpenBLAS: ResNet 256->64 142-167 vs
+    88-148, MobileNet 144->24 137-148 vs 86-91, 128->128 150-183 vs 143-171, 512->128 164-180 vs 150-176,
+    1024->256 at 14x14 122-152 vs 125-150 (four rounds); with more outputs than inputs, ms, best of 5 in each
+    of 8-12 rounds alternating (min-median): the suite's input gradients, ResNet 1x1 256->64 4.87-4.93 vs
+    5.21-5.32 and MobileNet 144->24 1.03-1.16 vs 1.25-1.34; forwards 64->256 at 56x56 4.76-5.49 vs 5.21-5.62,
+    32->192 at 28x28 0.43-0.46 vs 0.54-0.76, 16->96 at 112x112 10.5-11.2 vs 10.8-11.9; even (within 2%) with
+    64->384 and 96->576 at 14x14, 128->512 at 28x28, 160->960 at 7x7, 256->1024 at 14x14 (one-off scripts)."""
+    imp = _implicit()
+    return imp.POINTWISE_FORWARD and (inner <= imp.POINTWISE_MAX_INNER or (imp.POINTWISE_FEWER_OUTPUTS
+                                                                           and outer <= inner))
+
+
+def _dot_pointwise(c_g: int, k_g: int) -> bool:
+    """Whether a 1x1 stride-1 layer's weight gradient runs as dot products along the positions
+    (:func:`.implicit.grad_weight_rows`) rather than as OpenBLAS's per-image products: with AVX-512, every one;
+    with AVX2, where the fewer of its channels per group, inputs or outputs, are at most
+    ``implicit.DOT_POINTWISE_MAX_CHANNELS`` (see the measurements there)."""
+    imp = _implicit()
+    limit = imp.DOT_POINTWISE_MAX_CHANNELS
+    return imp.DOT_POINTWISE and (limit is None or min(c_g, k_g) <= limit)
 
 
 def _dense(plan, pads) -> bool:
@@ -931,9 +942,10 @@ def conv_grad_weight(gy: np.ndarray, x: np.ndarray, groups: int, plan: WindowPla
         xg = _planes(x).reshape(n, groups, c_g * plan.n_taps).swapaxes(0, 1)  # (g, n, C_g*T)
         gw = blas.matmul(gyg, xg, np.empty((groups, k_g, c_g * plan.n_taps), dtype=x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
-    if how == "taps" and _pointwise(plan, pads) and _implicit().DOT_POINTWISE:
-        # Dot products along the positions, x and gy read as they lie (AVX-512; Zen 4, one process, ms: ResNet's
-        # 1x1 256->64 5.3-5.6 vs 6.0-6.5 for OpenBLAS's per-image products, MobileNet's 144->24 1.0-1.9 vs 1.8-2.8)
+    if how == "taps" and _pointwise(plan, pads) and _dot_pointwise(c_g, k_g):
+        # Dot products along the positions (see _dot_pointwise), x and gy read as they lie (Zen 4, one process,
+        # ms: ResNet's 1x1 256->64 5.3-5.6 vs 6.0-6.5 for OpenBLAS's per-image products, MobileNet's 144->24
+        # 1.0-1.9 vs 1.8-2.8)
         gw = _implicit().grad_weight_rows(gy, x, groups, plan, pads, _scratch(x.dtype))
         return gw.reshape(k, c_g, *kernel_shape)
     if how == "taps" and _pointwise(plan, pads):  # sum over images of gy[b] @ x[b]^T

@@ -177,14 +177,16 @@ CHANNELS_WIDE_STEPS = 256
 # (POINTWISE_FEWER_OUTPUTS), those with at most as many outputs as inputs (see .gemm's comment on
 # _pointwise_tile for the Zen 4 measurements). With AVX2, only the first: Zen 3, the suite's batch of 8, one
 # process, best of 5 in each of 5-7 rounds alternating, OpenBLAS's per-image products against the tile (ms,
-# fastest and median round; one-off script): with 16-48 inputs the tile won 4-5 of 5 rounds or 4-5 of 7
+# fastest and median round; one-off script): with 16-48 inputs the tile won 4-5 of 5 or 7 rounds in ten of the
+# twelve passes measured, 3 of 5 in 48->48's forward and 128->32's input gradient, its median lower but in one
 # (MobileNet's 144->24 input gradient 2.87, 3.34 / 1.86, 3.13; 24->144 forward 2.76, 3.85 / 2.05, 2.69; at
 # 28 x 28, 32->192 1.46, 1.98 / 0.94, 1.07 and 48->288 2.79, 3.17 / 1.94, 2.32, and the input gradients of
 # their reverses 1.79, 2.26 / 0.83, 1.14 and 2.55, 2.77 / 2.26, 2.83; 48->48 at 56 x 56 2.15, 2.50 / 2.12,
 # 2.26 and 1.97, 3.35 / 1.78, 1.99); with 64 or more, at 56 x 56 it lost or ran even, also where the outputs
 # are fewer (ResNet's 256->64 forward 7.61, 8.09 / 9.32, 9.84, input gradient 8.17, 8.90 / 8.44, 9.12;
 # 144->24 forward 2.36, 3.00 / 2.90, 3.19, 128->32 3.09, 3.99 / 4.13, 4.43; 16->96 at 112 x 112, input
-# gradient 6.16, 6.40 / 7.47, 9.61); 64->384 and 384->64 at 14 x 14 ran even.
+# gradient 6.16, 6.40 / 7.47, 9.61); 64->384 and 384->64 at 14 x 14 ran even; at 28 x 28 it won with 192
+# (192->32's forward 1.73, 2.06 / 1.11, 1.16) but lost with 288 (48->288's input gradient 2.20, 2.80 / 3.36, 3.42).
 POINTWISE_FORWARD = True
 POINTWISE_FEWER_OUTPUTS = VECTOR_BYTES == 64
 POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48

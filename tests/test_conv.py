@@ -827,12 +827,17 @@ def test_lanes_kernels_keep_nan_and_inf_in_their_own_images(rng):
 
 
 def test_planner_puts_small_planes_of_large_batches_in_lanes():
-    from convlayer.engine import gemm
+    from convlayer.engine import gemm, implicit
     from convlayer.engine.windows import make_plan
 
     c3 = make_plan((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))  # LeNet's C3
     assert gemm.strategy(6, 16, c3, "grad_weight", n=64) == "lanes"
     assert gemm.strategy(6, 16, c3, "forward", n=64) == "implicit"  # more channels than the direct kernels'
+    # from LANES_FORWARD_MIN_IMAGES images, with 256-bit vectors only (Zen 3's measurements)
+    many = gemm.LANES_FORWARD_MIN_IMAGES
+    assert gemm.strategy(6, 16, c3, "forward", n=many) == ("lanes" if implicit.VECTOR_BYTES == 32 else "implicit")
+    assert gemm.strategy(6, 16, c3, "forward", n=many - 1) == "implicit"
+    assert gemm.strategy(6, 16, c3, "grad_input", n=many) == "implicit"
     assert gemm.strategy(6, 16, c3, "grad_weight", n=gemm.LANES_MIN_IMAGES - 1) == "direct"
     large = make_plan((60, 60), (5, 5), (1, 1), (1, 1), (56, 56))  # depthwise 5x5, 56x56: planes too long
     assert gemm.strategy(1, 1, large, "grad_weight", n=64) == "direct"

@@ -101,6 +101,17 @@ PER_IMAGE_GEMM_MIN_OUTPUTS = 1024
 # 64 and 256 ran 1.4-1.9x faster in each pass; on LeNet C1's 28x28 outputs, whose interleaved runs no
 # longer fit the L1 cache, 1.5x slower.
 LANES_MIN_IMAGES = 16
+# With 256-bit vectors (AVX2), forwards on small planes with at least LANES_FORWARD_MIN_IMAGES images go to the
+# lanes kernels too, not to the implicit GEMM (see IMPLICIT_MIN_ROWS), whose interleaved lattice of the whole
+# batch (LeNet C3's at batch 256: 1.2 MB of input, 1.6 MB of output) outgrows Zen 3's 512 KB L2; with AVX-512 the
+# implicit GEMM puts few output channels along the vectors instead (implicit.CHANNELS), and this was not
+# measured. Zen 3, one process, best of 5 in each of 9-15 rounds alternating, implicit / lanes (ms, fastest and
+# median round; one-off script): LeNet C3 at batch 256 2.26, 2.71 / 1.88, 2.33 (lanes faster in 14 of 15
+# rounds), at 128 1.12, 1.39 / 0.97, 1.22 (8 of 9); 4 -> 32 channels, 5x5 on 14 x 14, batch 256 3.16, 4.18 /
+# 2.82, 3.13 (9 of 9); 8 -> 16, 5x5 on 12 x 12, 1.72, 2.23 / 1.89, 2.04 (4 of 9) and 16 -> 8, 3x3 on 16 x 16,
+# 2.63, 3.49 / 2.57, 3.36 (5 of 9). At batch 64 the implicit GEMM was as fast or faster (C3 0.57, 0.67 / 0.58,
+# 0.67; 16 -> 8 0.57, 0.64 / 0.84, 0.91; 4 -> 32 0.71, 0.80 / 0.64, 0.82, implicit faster in 7 of 9 rounds).
+LANES_FORWARD_MIN_IMAGES = 128
 
 # Where the implicit GEMM (:mod:`.implicit`) takes over (python -m benchmarks.strategies; BENCHMARKS.md).
 # Forward: wherever the patch matrix was used, on small planes with more than DIRECT_MAX_CHANNELS
@@ -209,7 +220,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     one large GEMM and wins in general, even for 2-tap kernels (WaveNet k=2:
     21 vs 32 ms weight gradient, 25 vs 40 ms input gradient against per-tap
     GEMMs); per-tap GEMMs win where there is nothing to gather (1x1
-    kernels); for the lanes kernels see :data:`LANES_MIN_IMAGES`. A forced
+    kernels); for the lanes kernels see :data:`LANES_MIN_IMAGES` and
+    :data:`LANES_FORWARD_MIN_IMAGES`. A forced
     strategy that does not apply to the problem (Winograd on a 5x5 kernel,
     say) falls back to these rules.
     """
@@ -222,7 +234,7 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
         return "lanes" if n >= LANES_MIN_IMAGES and plan.length <= DIRECT_SMALL_LENGTH else "direct"
     if c_g * k_g <= DIRECT_SMALL_MAX_CHANNELS and plan.length <= DIRECT_SMALL_LENGTH:
-        if _implicit_wins(c_g, k_g, plan, pass_, "direct"):
+        if _implicit_wins(c_g, k_g, plan, pass_, "direct") and not _lanes_forward(pass_, n):
             return "implicit"
         return "lanes" if n >= LANES_MIN_IMAGES else "direct"
     if (pass_ == "grad_weight" and c_g <= FEW_CHANNELS_DIRECT_GRAD_WEIGHT and plan.n_taps > 1
@@ -263,6 +275,12 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
         return True
     return (instead_of == "cols" and rows >= IMPLICIT_GRAD_WEIGHT_MIN_ROWS
             and k_g <= IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS)
+
+
+def _lanes_forward(pass_: str, n: int) -> bool:
+    """Whether a forward on small planes that the implicit GEMM would take goes to the lanes kernels instead:
+    with 256-bit vectors, from :data:`LANES_FORWARD_MIN_IMAGES` images."""
+    return pass_ == "forward" and n >= LANES_FORWARD_MIN_IMAGES and _implicit().VECTOR_BYTES == 32
 
 
 def _strided_grad_input_implicit() -> bool:

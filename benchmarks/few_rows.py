@@ -2,7 +2,8 @@
 
 The rules: ``gemm.FEW_ROWS_DIRECT_MIN_IMAGES`` (forwards),
 ``gemm.FEW_CHANNELS_DIRECT_GRAD_WEIGHT`` (weight gradients) and
-``gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS`` (input gradients), and the lines of
+``gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS`` (input gradients; with AVX2, also
+``gemm.FEW_ROWS_DIRECT_GRAD_INPUT_ROWS``), and the lines of
 ``gemm.strategy`` that use them.
 
     python -m benchmarks.few_rows [--grad-weight | --grad-input] [--rounds 3] [--repeats 7]

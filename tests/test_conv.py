@@ -843,6 +843,29 @@ def test_planner_puts_small_planes_of_large_batches_in_lanes():
     assert gemm.strategy(1, 1, large, "grad_weight", n=64) == "direct"
 
 
+def test_planner_puts_few_row_input_gradients_of_stride_1_on_the_direct_kernels_with_avx2():
+    """With 256-bit vectors, the input gradients of stride-1 layers with at most 8 input channels per group and
+    fewer than FEW_ROWS_DIRECT_GRAD_INPUT_ROWS patch rows run on the direct kernels (Zen 3's measurements);
+    with AVX-512 they keep the implicit GEMM and the flipped forwards, and strided layers, 1x1 ones and those
+    with more rows keep their rules on every CPU."""
+    from convlayer.engine import gemm, implicit
+    from convlayer.engine.windows import make_plan
+
+    avx2 = implicit.VECTOR_BYTES == 32
+    rgb = make_plan((226, 226), (3, 3), (1, 1), (1, 1), (224, 224))  # 27 rows
+    assert gemm.strategy(3, 64, rgb, "grad_input", n=8) == ("direct" if avx2 else "implicit")
+    audio = make_plan((16002,), (3,), (1,), (1,), (16000,))  # 1-D 8 -> 64, k=3: 24 rows
+    assert gemm.strategy(8, 64, audio, "grad_input", n=8) == ("direct" if avx2 else "flipped")
+    strided = make_plan((114, 114), (3, 3), (2, 2), (1, 1), (56, 56))
+    assert gemm.strategy(3, 32, strided, "grad_input", n=16) == "implicit"
+    stem = make_plan((230, 230), (7, 7), (2, 2), (1, 1), (112, 112))  # 147 rows
+    assert gemm.strategy(3, 64, stem, "grad_input", n=8) == "implicit"
+    video = make_plan((18, 58, 58), (3, 3, 3), (1, 1, 1), (1, 1, 1), (16, 56, 56))  # 81 rows
+    assert gemm.strategy(3, 64, video, "grad_input", n=2) == "implicit"
+    pointwise = make_plan((56, 56), (1, 1), (1, 1), (1, 1), (56, 56))
+    assert gemm.strategy(8, 64, pointwise, "grad_input", n=8) != "direct"  # one tap
+
+
 def test_plane_kernels_take_the_depthwise_and_grouped_3x3_layers():
     """The rule, on any CPU: depthwise 3x3 layers (2-D, stride 1 or 2, any dilation and batch): forwards,
     weight gradients, and the input gradients of stride 2 without a channel multiplier (stride 1's is a
@@ -1203,7 +1226,7 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     FEW_ROWS_DIRECT_MIN_IMAGES images on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, the implicit
     GEMM for strided 1-D layers, the patch matrix otherwise; the weight gradients of layers with few input
     channels on the direct kernels on the same terms; the input gradients keep their own rules."""
-    from convlayer.engine import gemm
+    from convlayer.engine import gemm, implicit
     from convlayer.engine.windows import make_plan
 
     rgb = make_plan((226, 226), (3, 3), (1, 1), (1, 1), (224, 224))  # 3 -> 64: 27 rows
@@ -1218,10 +1241,13 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
     assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
-    # input gradients with few input channels: the implicit GEMM from IMPLICIT_GRAD_INPUT_MIN_ROWS rows
-    assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == "implicit"
+    # input gradients with few input channels: the implicit GEMM from IMPLICIT_GRAD_INPUT_MIN_ROWS rows (with
+    # AVX2, those of stride-1 layers with fewer than FEW_ROWS_DIRECT_GRAD_INPUT_ROWS rows on the direct kernels)
+    avx2 = implicit.VECTOR_BYTES == 32
+    assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == ("direct" if avx2 else "implicit")
     assert 8 * one_d.n_taps < gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS <= 3 * rgb.n_taps
-    assert gemm.strategy(8, 64, one_d, "grad_input", n=8, flip=False) == "cols"
+    assert gemm.strategy(8, 64, one_d, "grad_input", n=8, flip=False) == ("direct" if avx2 else "cols")
+    assert gemm.strategy(1, 64, stem, "grad_input", n=8) == "cols"  # strided, 10 rows: on every CPU
     # weight gradients with few input channels: the direct kernels on the same terms, but the 1-D layers'
     # dot products
     threads = gemm.blas._threads()  # from an image per thread

@@ -177,6 +177,19 @@ IMPLICIT_GRAD_INPUT_MAX_CHANNELS = 8
 # 2.3-2.5 / 1.0-1.3, RGB 3x3 22.7-25.1 / 19.1-20.0, RGB 3x3/2 1.2-1.4 / 0.9-1.1, the 3-D stem's 81 rows
 # 14.2-17.0 / 8.7-9.8; but 1-D 8 -> 64 k=3, 24 rows, 4.7-5.1 / 5.2-6.2 (the 1-D stem's 10 rows: even).
 IMPLICIT_GRAD_INPUT_MIN_ROWS = 25
+# With 256-bit vectors (AVX2), those input gradients of stride-1 layers (at most IMPLICIT_GRAD_INPUT_MAX_CHANNELS
+# input channels per group, more than one tap, more channel pairs than the direct kernels' own
+# DIRECT_MAX_CHANNELS) run on the direct kernels wherever they have fewer than FEW_ROWS_DIRECT_GRAD_INPUT_ROWS
+# patch rows, before the implicit GEMM, the flipped forwards and the patch matrix. Zen 3, the same command (5
+# rounds, ms; planner before the rule / patch matrix / implicit / direct): RGB 3x3 on 224 x 224 (27 rows; the
+# implicit GEMM) 55.5-64.1 / 30.9-43.9 / 52.8-60.8 / 34.7-37.2, PyTorch 46.8-60.9; 1-D 8 -> 64 k=3 (24 rows;
+# the flipped forward) 14.6-22.3 / 7.6-10.2 / 13.6-29.9 / 9.0-10.9, PyTorch 8.1-9.6; one channel 5x5 (25)
+# 2.3-4.1 / 6.2-7.6 / 2.8-3.2 / 2.0-2.6; 2 -> 32 3x3 (18; the patch matrix) 5.3-6.9 / 5.4-6.1 / 5.2-6.3 /
+# 4.2-6.2. Strided layers keep their rules: the RGB 3x3/2 (27 rows) 2.3-3.5 / 3.3-4.6 / 2.3-2.6 / 2.4-2.8 (the
+# implicit GEMM), the suite's 1-D stem (10 rows, stride 5) 1.6-2.7 / 1.6-1.9 / 1.2-1.7 / 1.0-1.4 (the patch
+# matrix; the direct kernels faster, but not a rule of one layer). With 81 rows (the 3-D stem) the three ran
+# alike, with 147 (the ResNet stem) the implicit GEMM won (24.5-32.8 / 30.0-38.0 / - / 35.7-41.2).
+FEW_ROWS_DIRECT_GRAD_INPUT_ROWS = 64
 # Elsewhere, from IMPLICIT_GRAD_INPUT_OTHER_MIN_ROWS rows, as measured in earlier rounds: against the direct and
 # lanes kernels (small planes, few channel pairs; LeNet C3's 150 rows: 2.8 vs 3.8 ms), and for the strided input
 # gradients with more channels (see _strided_grad_input_implicit); fewer rows were not measured there.
@@ -229,6 +242,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
         return _forced[-1]
     if _planes_fit(c_g, k_g, plan, pass_):
         return "planes"
+    if pass_ == "grad_input" and _few_rows_direct_grad_input(c_g, k_g, plan):
+        return "direct"
     if pass_ == "grad_input" and flip and _flipped_wins(c_g, k_g, plan):
         return "flipped"
     if c_g * k_g <= DIRECT_MAX_CHANNELS:
@@ -275,6 +290,14 @@ def _implicit_wins(c_g: int, k_g: int, plan, pass_: str, instead_of: str) -> boo
         return True
     return (instead_of == "cols" and rows >= IMPLICIT_GRAD_WEIGHT_MIN_ROWS
             and k_g <= IMPLICIT_GRAD_WEIGHT_MAX_OUTPUTS)
+
+
+def _few_rows_direct_grad_input(c_g: int, k_g: int, plan) -> bool:
+    """Whether the input gradient of a stride-1 layer with few input channels and few patch rows runs on the
+    direct kernels, with 256-bit vectors (see :data:`FEW_ROWS_DIRECT_GRAD_INPUT_ROWS`)."""
+    return (plan.unit_stride and c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS and c_g * k_g > DIRECT_MAX_CHANNELS
+            and plan.n_taps > 1 and c_g * plan.n_taps < FEW_ROWS_DIRECT_GRAD_INPUT_ROWS
+            and _implicit().VECTOR_BYTES == 32)
 
 
 def _lanes_forward(pass_: str, n: int) -> bool:

@@ -1224,7 +1224,8 @@ def _torch_depthwise_grads(gy, x, w, pads, torch_kw):
 def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     """Stems and one-channel inputs (fewer than IMPLICIT_MIN_ROWS patch rows): the direct kernels from
     FEW_ROWS_DIRECT_MIN_IMAGES images on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, the implicit
-    GEMM for strided 1-D layers, the patch matrix otherwise; the weight gradients of layers with few input
+    GEMM for strided 1-D layers (and with AVX2 for the 1-D ones with FEW_ROWS_IMPLICIT_1D_MIN_ROWS rows or more),
+    the patch matrix otherwise; the weight gradients of layers with few input
     channels on the direct kernels on the same terms; the input gradients keep their own rules."""
     from convlayer.engine import gemm, implicit
     from convlayer.engine.windows import make_plan
@@ -1240,10 +1241,14 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     stem = make_plan((16000,), (10,), (5,), (1,), (3199,))  # the 1-D stem, 10 rows
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
-    assert gemm.strategy(8, 64, one_d, "forward", n=8) == "direct"
+    avx2 = implicit.VECTOR_BYTES == 32
+    # 1-D, stride 1: with AVX2 the implicit GEMM from FEW_ROWS_IMPLICIT_1D_MIN_ROWS rows (24 here), else direct
+    assert gemm.strategy(8, 64, one_d, "forward", n=8) == ("implicit" if avx2 else "direct")
+    nine = make_plan((16008,), (9,), (1,), (1,), (16000,))  # one channel, 9 rows
+    assert 9 < gemm.FEW_ROWS_IMPLICIT_1D_MIN_ROWS
+    assert gemm.strategy(1, 64, nine, "forward", n=8) == "direct"
     # input gradients with few input channels: the implicit GEMM from IMPLICIT_GRAD_INPUT_MIN_ROWS rows (with
     # AVX2, those of stride-1 layers with fewer than FEW_ROWS_DIRECT_GRAD_INPUT_ROWS rows on the direct kernels)
-    avx2 = implicit.VECTOR_BYTES == 32
     assert gemm.strategy(3, 64, rgb, "grad_input", n=few) == ("direct" if avx2 else "implicit")
     assert 8 * one_d.n_taps < gemm.IMPLICIT_GRAD_INPUT_MIN_ROWS <= 3 * rgb.n_taps
     assert gemm.strategy(8, 64, one_d, "grad_input", n=8, flip=False) == ("direct" if avx2 else "cols")

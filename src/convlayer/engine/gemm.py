@@ -154,6 +154,16 @@ FEW_ROWS_DIRECT_MIN_IMAGES = 4
 # group's padded planes and four output planes at once (several MB per thread beyond that, not measured),
 # where the patch matrix is chunked to the workspace limit.
 FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
+# With 256-bit vectors (AVX2), 1-D forwards of stride 1 with at least FEW_ROWS_IMPLICIT_1D_MIN_ROWS patch rows
+# (and fewer than IMPLICIT_MIN_ROWS) go to the implicit GEMM too, not the direct kernels. Zen 3, batch 8, 16000
+# positions, one process, best of 5 in each of 7 rounds alternating, direct (the planner's choice before) /
+# implicit (ms, fastest and median round; one-off script): 8 -> 64 k=3 (24 rows) 6.14, 6.47 / 5.10, 5.59
+# (implicit faster in 7 of 7 rounds), 4 -> 64 k=5 (20) 5.76, 6.10 / 4.69, 5.37 (6), 2 -> 32 k=9 (18) 2.70, 3.30
+# / 1.84, 2.18 (7), 2 -> 64 k=7 (14) 5.86, 6.04 / 3.66, 4.25 (7), 4 -> 64 k=3 (12) 4.71, 4.98 / 3.49, 4.34 (6);
+# even with 3 -> 64 k=5 (15: 5.63, 5.97 / 5.40, 6.33, 2 rounds); but 1 -> 64 k=9 (9 rows) 2.23, 2.52 / 3.67,
+# 4.14. 2-D layers with as few rows stay with the direct kernels (2 -> 32 3x3 at 64 x 64, 18 rows: 2.9-3.7 /
+# 4.0-4.3, python -m benchmarks.few_rows).
+FEW_ROWS_IMPLICIT_1D_MIN_ROWS = 12
 # Weight gradients with at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT input channels per group go to the direct
 # kernels on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, from one image per thread. On the AMD
 # EPYC of BENCHMARKS.md (python -m benchmarks.few_rows --grad-weight; patch matrix / implicit / direct, ms):
@@ -265,6 +275,9 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
         return "implicit"
     if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
         if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
+            return "implicit"
+        if (len(plan.out) == 1 and c_g * plan.n_taps >= FEW_ROWS_IMPLICIT_1D_MIN_ROWS
+                and _implicit().VECTOR_BYTES == 32):  # see FEW_ROWS_IMPLICIT_1D_MIN_ROWS
             return "implicit"
         if n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH:
             return "direct"

@@ -550,12 +550,11 @@ def _check_many_channels(groups, stride, dilation, padding, dtype, rng):
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
-def _pointwise_tile_calls(monkeypatch, kernel: bool, max_inner: int, fewer: bool) -> list:
-    """With the 1x1 tile on or off and its rule's settings (``POINTWISE_MAX_INNER``, ``POINTWISE_FEWER_OUTPUTS``)
-    set: the list that gets an entry per call of ``implicit.forward_pointwise``."""
+def _pointwise_tile_calls(monkeypatch, max_inner: int, fewer: bool) -> list:
+    """With the 1x1 tile's rule set (``POINTWISE_MAX_INNER``, ``POINTWISE_FEWER_OUTPUTS``; 0 and False: never):
+    the list that gets an entry per call of ``implicit.forward_pointwise``."""
     from convlayer.engine import implicit
 
-    monkeypatch.setattr(implicit, "POINTWISE_FORWARD", kernel)
     monkeypatch.setattr(implicit, "POINTWISE_MAX_INNER", max_inner)
     monkeypatch.setattr(implicit, "POINTWISE_FEWER_OUTPUTS", fewer)
     calls = []
@@ -567,23 +566,20 @@ def _pointwise_tile_calls(monkeypatch, kernel: bool, max_inner: int, fewer: bool
 @pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (24, 24, 2, (5, 7)), (40, 12, 4, (20, 13)),
                                                 (16, 48, 1, (11, 9)), (32, 16, 2, (20, 21))])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("kernel, max_inner, fewer", [(True, 0, True), (True, 16, True), (True, 16, False),
-                                                      (False, 64, True)])
-def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, kernel, max_inner, fewer, rng,
-                                                     monkeypatch):
+@pytest.mark.parametrize("max_inner, fewer", [(0, True), (16, True), (16, False), (0, False)])
+def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, max_inner, fewer, rng, monkeypatch):
     """The 1x1 forward with at most ``POINTWISE_MAX_INNER`` inputs per group, or (``POINTWISE_FEWER_OUTPUTS``,
     AVX-512's default) at most as many outputs as inputs, on the implicit GEMM's tile, reading ``x`` as it lies
-    (forced here), over the
-    positions whole tiles cover, the rest (99 and 260 positions; 35, fewer than a float32 tile) by BLAS; else,
-    and without the tile, one GEMM per image. With whole tiles' rows of output channels (16 and 8 per group)
+    (the rule set here), over the positions whole tiles cover, the rest (99 and 260 positions; 35, fewer than a
+    float32 tile) by BLAS; else one GEMM per image. With whole tiles' rows of output channels (16 and 8 per group)
     the tiles are stored in the output itself, over one block of positions or several (420: 384 of them in two
     blocks in float32)."""
-    calls = _pointwise_tile_calls(monkeypatch, kernel, max_inner, fewer)
+    calls = _pointwise_tile_calls(monkeypatch, max_inner, fewer)
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
     with force_strategy("taps"):
         y = CF.conv(x, w, groups=groups)
-    assert bool(calls) == (kernel and (c // groups <= max_inner or (fewer and k <= c)))
+    assert bool(calls) == (c // groups <= max_inner or (fewer and k <= c))
     expected = F.conv2d(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), groups=groups)
     assert y.dtype == dtype
     assert max_rel_err(y, expected.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
@@ -592,23 +588,21 @@ def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, 
 @pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (16, 48, 1, (11, 9)), (40, 12, 4, (20, 13)),
                                                 (12, 40, 4, (5, 7)), (24, 24, 2, (20, 21))])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("kernel, max_inner, fewer", [(True, 0, True), (True, 64, True), (True, 16, False),
-                                                      (False, 64, True)])
-def test_pointwise_input_gradient_as_a_forward_of_the_transposed_weights(c, k, groups, size, dtype, kernel,
-                                                                         max_inner, fewer, rng, monkeypatch):
+@pytest.mark.parametrize("max_inner, fewer", [(0, True), (64, True), (16, False), (0, False)])
+def test_pointwise_input_gradient_as_a_forward_of_the_transposed_weights(c, k, groups, size, dtype, max_inner,
+                                                                         fewer, rng, monkeypatch):
     """The 1x1 input gradient ``w^T gy`` per group on the forward's tile (the layer's K_g inputs, its C_g
     outputs) where :func:`gemm._pointwise_tile` picks it: at most ``POINTWISE_MAX_INNER`` inputs of that product,
     or (``POINTWISE_FEWER_OUTPUTS``) at most as many outputs as inputs (``C_g <= K_g``); else one GEMM per image.
-    inf and NaN in
-    the gradient spread to the same positions as in the float64 reference."""
-    calls = _pointwise_tile_calls(monkeypatch, kernel, max_inner, fewer)
+    inf and NaN in the gradient spread to the same positions as in the float64 reference."""
+    calls = _pointwise_tile_calls(monkeypatch, max_inner, fewer)
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
     gy = rng.standard_normal((3, k, *size)).astype(dtype)
     gy[1, 0, 2, 3], gy[2, -1, -1, -1] = np.inf, np.nan
     with force_strategy("taps"):
         gx, _, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("input",))
-    assert bool(calls) == (kernel and (k // groups <= max_inner or (fewer and c <= k)))
+    assert bool(calls) == (k // groups <= max_inner or (fewer and c <= k))
     g = gy.astype(np.float64).reshape(3, groups, k // groups, -1)
     expected = np.einsum("gkc,ngkp->ngcp", w.astype(np.float64).reshape(groups, k // groups, -1), g).reshape(x.shape)
     assert gx.dtype == dtype and gx.shape == x.shape
@@ -621,16 +615,15 @@ def test_pointwise_input_gradient_as_a_forward_of_the_transposed_weights(c, k, g
 
 @pytest.mark.parametrize("c, k, groups", [(48, 16, 1), (16, 48, 1), (24, 24, 1), (48, 16, 2), (16, 48, 2),
                                           (10, 14, 2)])
-@pytest.mark.parametrize("dot, max_channels", [(True, None), (True, 12), (False, None)])
-def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, max_channels, rng, monkeypatch):
+@pytest.mark.parametrize("max_channels", [None, 12, 0])
+def test_pointwise_weight_gradient_both_orientations(c, k, groups, max_channels, rng, monkeypatch):
     """The 1x1 weight gradient as per-image products, ``gy[b] @ x[b]^T`` or, with more input than output
-    channels per group, ``x[b] @ gy[b]^T`` transposed back; or as dot products along the positions (forced
-    here: with ``DOT_POINTWISE_MAX_CHANNELS`` None, AVX-512's default, on every layer; with 12, on those with
-    at most 12 channels per group on one side), in blocks of 21 positions (whole vectors and a masked tail),
-    with padded rows and outputs (5 and 7 channels per group)."""
+    channels per group, ``x[b] @ gy[b]^T`` transposed back; or as dot products along the positions (the rule
+    set here: with ``DOT_POINTWISE_MAX_CHANNELS`` None, AVX-512's default, on every layer; with 12, on those
+    with at most 12 channels per group on one side; with 0, on none), in blocks of 21 positions (whole vectors
+    and a masked tail), with padded rows and outputs (5 and 7 channels per group)."""
     from convlayer.engine import implicit
 
-    monkeypatch.setattr(implicit, "DOT_POINTWISE", dot)
     monkeypatch.setattr(implicit, "DOT_POINTWISE_MAX_CHANNELS", max_channels)
     monkeypatch.setattr(implicit, "DOT_POSITIONS", 21)
     x = rng.standard_normal((5, c, 6, 7))
@@ -641,7 +634,7 @@ def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, max_chan
     monkeypatch.setattr(implicit, "grad_weight_rows", lambda *a, f=implicit.grad_weight_rows: calls.append(1) or f(*a))
     with force_strategy("taps"):
         _, gw, _ = CF.conv_backward(gy, x, w, groups=groups, grads=("weight",))
-    assert bool(calls) == (dot and (max_channels is None or min(c, k) // groups <= max_channels))
+    assert bool(calls) == (max_channels is None or min(c, k) // groups <= max_channels)
     assert max_rel_err(gw, tgw) < 1e-12
 
 
@@ -653,8 +646,8 @@ def test_pointwise_weight_gradient_both_orientations(c, k, groups, dot, max_chan
     ((64, 256), (True, True, True), (False, False, False)),
 ], ids=["144-24", "48-288", "24-144", "256-64", "64-256"])
 def test_pointwise_rules_per_register_width(shape, avx512, avx2):
-    """The default rules for 1x1 layers, (forward on the tile, input gradient on the tile, weight gradient by dot
-    products), on this machine's vector width: with AVX-512 all three on every layer here (the tile for at most
+    """The default rules for 1x1 layers (forward on the tile, input gradient on the tile, weight gradient by dot
+    products) on this machine's vector width: with AVX-512 all three on every layer here (the tile for at most
     64 inputs or at most as many outputs as inputs); with AVX2, the tile for at most 48 inputs of the product,
     the dot products for at most 48 channels on one side (Zen 3's measurements, in :mod:`.implicit`)."""
     from convlayer.engine import gemm, implicit

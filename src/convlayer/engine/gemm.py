@@ -276,9 +276,8 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
         if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
             return "implicit"
-        if (len(plan.out) == 1 and c_g * plan.n_taps >= FEW_ROWS_IMPLICIT_1D_MIN_ROWS
-                and _implicit().VECTOR_BYTES == 32):  # see FEW_ROWS_IMPLICIT_1D_MIN_ROWS
-            return "implicit"
+        if len(plan.out) == 1 and c_g * plan.n_taps >= FEW_ROWS_IMPLICIT_1D_MIN_ROWS and _zen3_rules():
+            return "implicit"  # see FEW_ROWS_IMPLICIT_1D_MIN_ROWS
         if n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH:
             return "direct"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
@@ -309,14 +308,20 @@ def _few_rows_direct_grad_input(c_g: int, k_g: int, plan) -> bool:
     """Whether the input gradient of a stride-1 layer with few input channels and few patch rows runs on the
     direct kernels, with 256-bit vectors (see :data:`FEW_ROWS_DIRECT_GRAD_INPUT_ROWS`)."""
     return (plan.unit_stride and c_g <= IMPLICIT_GRAD_INPUT_MAX_CHANNELS and c_g * k_g > DIRECT_MAX_CHANNELS
-            and plan.n_taps > 1 and c_g * plan.n_taps < FEW_ROWS_DIRECT_GRAD_INPUT_ROWS
-            and _implicit().VECTOR_BYTES == 32)
+            and plan.n_taps > 1 and c_g * plan.n_taps < FEW_ROWS_DIRECT_GRAD_INPUT_ROWS and _zen3_rules())
 
 
 def _lanes_forward(pass_: str, n: int) -> bool:
     """Whether a forward on small planes that the implicit GEMM would take goes to the lanes kernels instead:
     with 256-bit vectors, from :data:`LANES_FORWARD_MIN_IMAGES` images."""
-    return pass_ == "forward" and n >= LANES_FORWARD_MIN_IMAGES and _implicit().VECTOR_BYTES == 32
+    return pass_ == "forward" and n >= LANES_FORWARD_MIN_IMAGES and _zen3_rules()
+
+
+def _zen3_rules() -> bool:
+    """Whether the rules measured on Zen 3 with 256-bit vectors apply (:func:`_lanes_forward`,
+    :func:`_few_rows_direct_grad_input`, :data:`FEW_ROWS_IMPLICIT_1D_MIN_ROWS`): without AVX-512, whose machines
+    keep the rules measured there."""
+    return _implicit().VECTOR_BYTES == 32
 
 
 def _strided_grad_input_implicit() -> bool:
@@ -506,8 +511,7 @@ def _pointwise_tile(inner: int, outer: int) -> bool:
     32->192 at 28x28 0.43-0.46 vs 0.54-0.76, 16->96 at 112x112 10.5-11.2 vs 10.8-11.9; even (within 2%) with
     64->384 and 96->576 at 14x14, 128->512 at 28x28, 160->960 at 7x7, 256->1024 at 14x14 (one-off scripts)."""
     imp = _implicit()
-    return imp.POINTWISE_FORWARD and (inner <= imp.POINTWISE_MAX_INNER or (imp.POINTWISE_FEWER_OUTPUTS
-                                                                           and outer <= inner))
+    return inner <= imp.POINTWISE_MAX_INNER or (imp.POINTWISE_FEWER_OUTPUTS and outer <= inner)
 
 
 def _dot_pointwise(c_g: int, k_g: int) -> bool:
@@ -515,9 +519,8 @@ def _dot_pointwise(c_g: int, k_g: int) -> bool:
     (:func:`.implicit.grad_weight_rows`) rather than as OpenBLAS's per-image products: with AVX-512, every one;
     with AVX2, where the fewer of its channels per group, inputs or outputs, are at most
     ``implicit.DOT_POINTWISE_MAX_CHANNELS`` (see the measurements there)."""
-    imp = _implicit()
-    limit = imp.DOT_POINTWISE_MAX_CHANNELS
-    return imp.DOT_POINTWISE and (limit is None or min(c_g, k_g) <= limit)
+    limit = _implicit().DOT_POINTWISE_MAX_CHANNELS
+    return limit is None or min(c_g, k_g) <= limit
 
 
 def _dense(plan, pads) -> bool:

@@ -171,9 +171,9 @@ CHANNELS = VECTOR_BYTES == 64
 CHANNELS_WIDE_MIN_COVER = 1.13
 CHANNELS_WIDE_POSITIONS = 48
 CHANNELS_WIDE_STEPS = 256
-# Whether 1x1 products (forwards, and input gradients as forwards of the transposed weights) may run on the
-# forward's tile from their operand as it lies (:func:`forward_pointwise`); :func:`.gemm._pointwise_tile` picks
-# them: those with at most POINTWISE_MAX_INNER inputs (the product's inner dimension), and, with AVX-512
+# The 1x1 products (forwards, and input gradients as forwards of the transposed weights) that run on the
+# forward's tile from their operand as it lies (:func:`forward_pointwise`; :func:`.gemm._pointwise_tile`): those
+# with at most POINTWISE_MAX_INNER inputs (the product's inner dimension), and, with AVX-512
 # (POINTWISE_FEWER_OUTPUTS), those with at most as many outputs as inputs (see .gemm's comment on
 # _pointwise_tile for the Zen 4 measurements). With AVX2, only the first: Zen 3, the suite's batch of 8, one
 # process, best of 5 in each of 5-7 rounds alternating, OpenBLAS's per-image products against the tile (ms,
@@ -187,7 +187,6 @@ CHANNELS_WIDE_STEPS = 256
 # 144->24 forward 2.36, 3.00 / 2.90, 3.19, 128->32 3.09, 3.99 / 4.13, 4.43; 16->96 at 112 x 112, input
 # gradient 6.16, 6.40 / 7.47, 9.61); 64->384 and 384->64 at 14 x 14 ran even; at 28 x 28 it won with 192
 # (192->32's forward 1.73, 2.06 / 1.11, 1.16) but lost with 288 (48->288's input gradient 2.20, 2.80 / 3.36, 3.42).
-POINTWISE_FORWARD = True
 POINTWISE_FEWER_OUTPUTS = VECTOR_BYTES == 64
 POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
@@ -228,15 +227,14 @@ DOT_MR, DOT_NR = (4, 6) if VECTOR_BYTES == 64 else (4, 3)
 DOT_POSITIONS = 4096
 DOT = True
 # The weight gradient of 1x1 stride-1 layers by the same dot products (from :mod:`.gemm`): with AVX-512, all of
-# them; with AVX2, those with at most DOT_POINTWISE_MAX_CHANNELS channels per group on one side (input or
-# output). Zen 3's 4 x 3 tile against OpenBLAS's per-image products (as for POINTWISE_MAX_INNER, fastest and
+# them (None); with AVX2, those with at most DOT_POINTWISE_MAX_CHANNELS channels per group on one side (input
+# or output). Zen 3's 4 x 3 tile against OpenBLAS's per-image products (as for POINTWISE_MAX_INNER, fastest and
 # median round, ms): 16 to 48 on the smaller side won 4-7 of 5-7 rounds (MobileNet's 144->24 2.87, 3.16 /
 # 2.07, 2.28; 24->144 2.50, 3.19 / 1.78, 2.33; 16->96 at 112 x 112 6.13, 6.83 / 4.71, 5.29; 128->32 3.40,
 # 3.49 / 2.50, 2.59; 48->48 2.71, 2.90 / 1.28, 1.48; 32->192 and 48->288 at 28 x 28 1.29, 2.03 / 0.90, 0.97
 # and 3.18, 3.39 / 2.07, 2.43); with 64 it lost (ResNet's 256->64 7.63, 8.10 / 7.74, 8.53, 1-2 of 7 rounds;
 # 64->256 7.54, 8.45 / 8.50, 9.19; 64->384 at 14 x 14 1.72, 2.28 / 1.70, 3.16), but for 384->64 at 14 x 14
 # (1.39, 1.67 / 1.20, 1.51).
-DOT_POINTWISE = True
 DOT_POINTWISE_MAX_CHANNELS = None if VECTOR_BYTES == 64 else 48
 
 

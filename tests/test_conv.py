@@ -974,8 +974,9 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
     shorter and longer than a vector, with padding and dilation; with the default output rows per pass
     (``plane_rows``) and with two and four, at either stride (13 rows: blocks of four, then a pair or a single
     row); rows whose vectors go first to last or, where the last passes the row's end (28 wide), last to
-    first (``each_vector``). The default: four rows at stride 1, except the weight gradient's two with
-    256-bit vectors (16 registers); one at stride 2."""
+    first (``each_vector``); an output that ends before its input does (``cut``: the kernel's inner vectors,
+    which test no edge, must still end with the output's rows). The default: four rows at stride 1, except the
+    weight gradient's two with 256-bit vectors (16 registers); one at stride 2."""
     from numba import njit
 
     from convlayer.engine import planes
@@ -992,15 +993,15 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
         backward(x, 0, h, wd, gw, 0, gy, 0, ho, wo, pt, pl, d, d)
 
     for dtype in (np.float32, np.float64):
-        for (h, wd), (pt, pl), d in (((5, 3), (1, 1), 1), ((9, 21), (2, 0), 2), ((6, 40), (1, 2), 1),
-                                     ((13, 19), (1, 1), 1), ((13, 28), (1, 1), 1)):
+        for (h, wd), (pt, pl), d, cut in (((5, 3), (1, 1), 1, 0), ((9, 21), (2, 0), 2, 0), ((6, 40), (1, 2), 1, 0),
+                                          ((13, 19), (1, 1), 1, 0), ((13, 28), (1, 1), 1, 0), ((9, 43), (1, 1), 1, 5)):
             x = rng.standard_normal((h, wd)).astype(dtype)
             w = rng.standard_normal(9).astype(dtype)
             xt = torch.tensor(x.astype(np.float64))[None, None]
             padded = F.pad(xt, (pl, 2 * d - pl + 1, pt, 2 * d - pt + 1))
             yt = F.conv2d(padded, torch.tensor(w.astype(np.float64)).reshape(1, 1, 3, 3), stride=stride, dilation=d)
             ho = (h + 2 * d - (2 * d + 1)) // stride + 1
-            wo = (wd + 2 * d - (2 * d + 1)) // stride + 1
+            wo = (wd + 2 * d - (2 * d + 1)) // stride + 1 - cut  # cut: output columns left out on the right
             expected = yt[0, 0, :ho, :wo].numpy()
             gy = rng.standard_normal((ho, wo)).astype(dtype)
             wt = torch.tensor(w.astype(np.float64)).reshape(1, 1, 3, 3).requires_grad_()
@@ -1013,6 +1014,41 @@ def test_depthwise_plane_kernels_of_either_vector_width(vector_bytes, stride, ro
             assert max_rel_err(y[:ho * wo].reshape(ho, wo), expected) < tol
             assert (y[ho * wo:] == -7.0).all()
             assert max_rel_err(gw, wt.grad.numpy().ravel()) < tol
+
+
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_stride2_input_gradient_kernel_of_either_vector_width(vector_bytes, rng):
+    """The stride-2 depthwise input gradient's kernel built for 256-bit and 512-bit vectors, in float32 and
+    float64, against PyTorch: MobileNet's rows, no padding (taps left of a vector's first column), padding on
+    the right beyond the kernel's reach (a gradient wider than half the input: its vectors inside their rows
+    while the input's pass their end), dilation, and planes narrower than a vector; nothing written outside
+    the plane (canaries on both sides)."""
+    from numba import njit
+
+    from convlayer.engine import planes
+
+    kernel = planes.make_grad_input2_kernel(3, 3, vector_bytes)
+
+    @njit
+    def run(gy, w, gx, ho, wo, h, wd, pt, pl, d):
+        kernel(gy, 0, ho, wo, w, 0, gx, 16, h, wd, pt, pl, d, d)
+
+    for dtype in (np.float32, np.float64):
+        for (h, wd), (pt, pb), (pl, pr), d in (((13, 56), (1, 1), (1, 1), 1), ((7, 40), (0, 0), (0, 0), 1),
+                                               ((7, 36), (1, 1), (1, 14), 1), ((9, 71), (0, 1), (2, 2), 2),
+                                               ((6, 5), (0, 0), (0, 0), 1)):
+            w = rng.standard_normal(9).astype(dtype)
+            xt = torch.zeros((1, 1, h, wd), dtype=torch.float64, requires_grad=True)
+            yt = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), torch.tensor(w.astype(np.float64)).reshape(1, 1, 3, 3),
+                          stride=2, dilation=d)
+            ho, wo = yt.shape[2:]
+            gy = rng.standard_normal((ho, wo)).astype(dtype)
+            yt.backward(torch.tensor(gy.astype(np.float64))[None, None])
+            gx = np.full(h * wd + 32, -7.0, dtype=dtype)
+            run(gy.ravel(), w, gx, ho, wo, h, wd, pt, pl, d)
+            tol = 1e-12 if dtype == np.float64 else 1e-5
+            assert max_rel_err(gx[16:16 + h * wd].reshape(h, wd), xt.grad.numpy()[0, 0]) < tol
+            assert (gx[:16] == -7.0).all() and (gx[16 + h * wd:] == -7.0).all()
 
 
 @pytest.mark.parametrize("vector_bytes", [32, 64])

@@ -708,23 +708,34 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
             first = b.ashr(b.sub(pl, b.mul(const(kw - 1), dw)), const(1))
             last = b.ashr(b.add(pl, const(1)), const(1))
 
-            def pair(p, m, inside):
-                """Input columns ``2 m ..`` of row ``p``; with ``inside``, every load and store lies in its row."""
+            def pair(p, m, inside, taps=None):
+                """Input columns ``2 m ..`` of row ``p``; with ``inside``, every load and store lies in its row.
+                With ``taps`` (the kernel rows, and the kernel columns of either parity of the input's columns),
+                the caller knows which taps reach the pair and that their rows exist: no test of either."""
                 for acc in accs:
                     b.store(v.zero, acc)
+
+                def add_tap(r, e, c, row):
+                    col = b.add(m, b.ashr(b.sub(b.add(const(e), pl), b.mul(const(c), dw)), const(1)))
+                    got = v.load(b.gep(row, [col]), col, lanes, wo, inside=inside)[0]
+                    b.store(v.fmadd(weights[r, c], got, b.load(accs[e])), accs[e])
+
                 for r in range(kh):
                     t = b.sub(b.add(p, pt), b.mul(const(r), dh))
+                    row = b.gep(gy_ptr, [b.mul(b.ashr(t, const(1)), wo)])
+                    if taps is not None:
+                        if r in taps[0]:
+                            for e in range(2):
+                                for c in taps[1][e]:
+                                    add_tap(r, e, c, row)
+                        continue
                     reached = b.and_(b.and_(even(t), b.icmp_signed(">=", t, const(0))),
                                      b.icmp_signed("<", b.ashr(t, const(1)), ho))
                     with b.if_then(reached):
-                        row = b.gep(gy_ptr, [b.mul(b.ashr(t, const(1)), wo)])
                         for e in range(2):
                             for c in range(kw):
-                                u = b.sub(b.add(const(e), pl), b.mul(const(c), dw))
-                                with b.if_then(even(u)):
-                                    col = b.add(m, b.ashr(u, const(1)))
-                                    got = v.load(b.gep(row, [col]), col, lanes, wo, inside=inside)[0]
-                                    b.store(v.fmadd(weights[r, c], got, b.load(accs[e])), accs[e])
+                                with b.if_then(even(b.sub(b.add(const(e), pl), b.mul(const(c), dw)))):
+                                    add_tap(r, e, c, row)
                 evens, odds = b.load(accs[0]), b.load(accs[1])
                 col = b.mul(m, const(2))
                 index = b.add(b.mul(p, w), col)
@@ -737,17 +748,40 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
                 with b.if_then(b.icmp_signed("<", col, w)):
                     v.store(b.shuffle_vector(evens, odds, high), gx_ptr, b.add(index, const(lanes)), size, col, w)
 
-            with cgutils.for_range(b, h) as rows:
-                p = rows.index
+            def row_of_pairs(p, taps=None):
                 with cgutils.for_range_slice(b, const(0), pairs, const(lanes), inc=True) as (m, _):
                     inside = b.and_(b.and_(b.icmp_signed(">=", b.add(m, first), const(0)),
                                            b.icmp_signed("<=", b.add(b.add(m, last), const(lanes)), wo)),
                                     b.icmp_signed("<=", b.add(b.mul(m, const(2)), const(2 * lanes)), w))
                     with b.if_else(inside, likely=True) as (plain, edge):
                         with plain:
-                            pair(p, m, True)
+                            pair(p, m, True, taps)
                         with edge:
                             pair(p, m, False)
+
+            # With odd dilations, the taps that reach row p are the kernel rows of the parity of p + pt, and
+            # those that reach an input column of parity e the kernel columns of the parity of e + pl: where
+            # all those rows exist, the row runs on code with its taps fixed (one of four: the parities of
+            # p + pt and pl), with no test of a tap's parity or row.
+            odd = b.and_(b.and_(dh, dw), const(1))
+            parity = {(a, e): [c for c in range(kw) if (c - a - e) % 2 == 0] for a in range(2) for e in range(2)}
+            with cgutils.for_range(b, h) as rows:
+                p = rows.index
+                top = b.add(p, pt)
+                fixed = b.and_(b.icmp_signed("!=", odd, const(0)),
+                               b.and_(b.icmp_signed(">=", b.sub(top, b.mul(const(kh - 1), dh)), const(0)),
+                                      b.icmp_signed("<", b.ashr(top, const(1)), ho)))
+                with b.if_else(fixed, likely=True) as (known, tested):
+                    with known:
+                        for a in range(2):  # the parity of p + pt
+                            for c0 in range(2):  # the parity of pl
+                                here = b.and_(b.icmp_signed("==", b.and_(top, const(1)), const(a)),
+                                              b.icmp_signed("==", b.and_(pl, const(1)), const(c0)))
+                                with b.if_then(here):
+                                    row_of_pairs(p, ([r for r in range(kh) if (r - a) % 2 == 0],
+                                                     [parity[c0, e] for e in range(2)]))
+                    with tested:
+                        row_of_pairs(p)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -207,3 +208,31 @@ def test_microkernel_runner(capsys):
     for bad in ("3", "3x", "0x2", "3x2:-1"):
         with pytest.raises(SystemExit, match="--tile"):
             microkernel.main(["--tile", bad])
+
+
+def test_gemm_shapes_runner_sets_each_large_pass_beside_its_product(tmp_path, capsys):
+    """Each pass's product by the patch matrix has the pass's own flop count (a transposed layer's forward is
+    the product of the input gradient of the layer it transposes), and the runner times the large passes only,
+    beside that product, and writes them with the square GEMM's two figures."""
+    from benchmarks import gemm_shapes
+
+    rng = np.random.default_rng(0)
+    expected = {"3x3/2 128->256 28": {"fwd": (256, 1152, 1568), "dgrad": (1152, 256, 1568), "wgrad": (256, 1568, 1152)},
+                "transposed 4x4/2 256->128 8": {"fwd": (2048, 256, 1024), "dgrad": (256, 2048, 1024),
+                                                "wgrad": (256, 1024, 2048)},
+                "C1 5x5 1->6 b64": {"fwd": (6, 25, 64 * 28 * 28), "dgrad": (25, 6, 64 * 28 * 28),
+                                    "wgrad": (6, 64 * 28 * 28, 25)}}
+    for p in suite.SUITE:
+        if p.name in expected:
+            gy = suite.problem_data(p, rng)[2]
+            got = gemm_shapes.shapes(p, gy.shape)
+            assert got == expected[p.name]
+            assert all(2 * m * k * n == suite.flops(p, gy.shape) for m, k, n in got.values())
+    out = tmp_path / "shapes.json"
+    assert gemm_shapes.main(["--filter", "lenet,256->128", "--rounds", "1", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [(r["problem"], r["pass_"]) for r in data["rows"]] == [("transposed 4x4/2 256->128 8", name)
+                                                                   for name in ("fwd", "dgrad", "wgrad")]
+    assert all(r["convlayer"] > 0 and r["blas"] > 0 for r in data["rows"]) and len(data["gemm_gflops"]) == 2
+    printed = capsys.readouterr().out
+    assert all(f"{who}: " in printed and " of 3 passes below 70%" in printed for who in ("convlayer", "blas"))

@@ -679,7 +679,9 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
     reaches get zero. Gathered, not scattered: row ``p`` takes the kernel rows ``r`` with ``p + pt - r * dh``
     even, and a vector of ``lanes`` columns ``2 m + e`` of one parity ``e`` takes the kernel columns ``c``
     with ``e + pl - c * dw`` even, from the contiguous run ``gy[q, m + (e + pl - c * dw) / 2]``; the even and
-    odd columns' vectors are then interleaved into two vectors of ``gx``.
+    odd columns' vectors are then interleaved into two vectors of ``gx``. A vector pair whose loads and
+    stores all lie in their rows tests none of them; with odd dilations a row whose taps all exist runs with
+    its taps fixed by its parities (see BENCHMARKS.md, "The round at 6afcbc2 and 2f63ffd").
     """
 
     @intrinsic

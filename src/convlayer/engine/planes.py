@@ -766,7 +766,7 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
             # all those rows exist, the row runs on code with its taps fixed (one of four: the parities of
             # p + pt and pl), with no test of a tap's parity or row.
             odd = b.and_(b.and_(dh, dw), const(1))
-            parity = {(a, e): [c for c in range(kw) if (c - a - e) % 2 == 0] for a in range(2) for e in range(2)}
+            columns = {(lp, e): [c for c in range(kw) if (c - lp - e) % 2 == 0] for lp in range(2) for e in range(2)}
             with cgutils.for_range(b, h) as rows:
                 p = rows.index
                 top = b.add(p, pt)
@@ -775,13 +775,13 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
                                       b.icmp_signed("<", b.ashr(top, const(1)), ho)))
                 with b.if_else(fixed, likely=True) as (known, tested):
                     with known:
-                        for a in range(2):  # the parity of p + pt
-                            for c0 in range(2):  # the parity of pl
-                                here = b.and_(b.icmp_signed("==", b.and_(top, const(1)), const(a)),
-                                              b.icmp_signed("==", b.and_(pl, const(1)), const(c0)))
+                        for tp in range(2):  # the parity of p + pt
+                            for lp in range(2):  # the parity of pl
+                                here = b.and_(b.icmp_signed("==", b.and_(top, const(1)), const(tp)),
+                                              b.icmp_signed("==", b.and_(pl, const(1)), const(lp)))
                                 with b.if_then(here):
-                                    row_of_pairs(p, ([r for r in range(kh) if (r - a) % 2 == 0],
-                                                     [parity[c0, e] for e in range(2)]))
+                                    row_of_pairs(p, ([r for r in range(kh) if (r - tp) % 2 == 0],
+                                                     [columns[lp, e] for e in range(2)]))
                     with tested:
                         row_of_pairs(p)
             return context.get_dummy_value()

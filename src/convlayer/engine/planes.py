@@ -38,7 +38,11 @@ the unpadded input where it lies:
   stride-1 forward 2.14, 2.16 / 1.63, 1.79, weight gradient 2.47, 2.81 /
   1.83, 2.07; stride 2 3.35, 3.88 / 3.00, 3.24 and 2.52, 2.83 / 2.20,
   2.43; faster in 9 of 9 rounds each (one thread, one image's planes in
-  L3: 7.3 against 4.0 ns per output vector);
+  L3: 7.3 against 4.0 ns per output vector); a pass whose rows all lie
+  inside but whose columns reach a row's end tests no row and masks every
+  load (no branch): stride 1, kernel alone, 1.00, 1.03 / 0.81, 0.89 ms
+  forward and 0.98, 1.01 / 0.80, 0.83 weight gradient (8 and 9 of 9
+  rounds; 3.45-3.5 ns per vector in L3), stride 2 even;
 * with 512-bit vectors, a row's last vector, where it holds at most half
   a vector of outputs (56-wide rows: 8 of 16 lanes), runs on 256-bit
   vectors, which cost half as much on Zen 4 (its 512-bit operations are
@@ -194,18 +198,20 @@ class _Vectors:
     def fmadd(self, a, x, acc):
         return self.b.call(self.fma, [a, x, acc])
 
-    def load(self, ptr, col, count, width, used=None, inside=False):
+    def load(self, ptr, col, count, width, used=None, inside=False, masked=False):
         """The ``count // lanes`` vectors from ``ptr`` (column ``col`` of a row of ``width``): whole where they
         lie in the row, else masked, zeros for the columns outside it (the padding). With ``used`` (an i32),
         only the first ``used`` elements are read, the others zeros: where the output gradient's vector has
         zeros past its row's end, the input must have zeros there too (``0 * inf`` is NaN). With ``inside``
         the caller knows that they lie in the row and that ``used`` is at least ``count``: plain loads, no
-        test."""
+        test; with ``masked``, masked loads, no test (the same values: the passes at a row's ends)."""
         b, vt = self.b, self.vt
         pointers = [b.bitcast(b.gep(ptr, [self.const(self.lanes * v)]), vt.as_pointer())
                     for v in range(count // self.lanes)]
         if inside:
             return [b.load(p, align=self.align) for p in pointers]
+        if masked:
+            return self._masked_loads(pointers, col, width, used)
         whole = b.and_(b.icmp_signed(">=", col, self.const(0)),
                        b.icmp_signed("<=", b.add(col, self.const(count)), width))
         if used is not None:
@@ -215,16 +221,7 @@ class _Vectors:
                 got = [b.load(p, align=self.align) for p in pointers]
                 bb_plain = b.block
             with edge:
-                cols = b.add(self.splat(col, self.it), self.lane)
-                masked = []
-                for v, p in enumerate(pointers):
-                    shift = self.splat(ir.Constant(self.i32, self.lanes * v), self.it)
-                    at = b.add(cols, shift)
-                    mask = b.and_(b.icmp_signed(">=", at, self.splat(ir.Constant(self.i32, 0), self.it)),
-                                  b.icmp_signed("<", at, self.splat(width, self.it)))
-                    if used is not None:
-                        mask = b.and_(mask, b.icmp_signed("<", b.add(self.lane, shift), self.splat(used, self.it)))
-                    masked.append(b.call(self.mload, [p, ir.Constant(self.i32, self.align), mask, self.zero]))
+                masked = self._masked_loads(pointers, col, width, used)
                 bb_edge = b.block
         vectors = []
         for a, m in zip(got, masked):
@@ -232,6 +229,21 @@ class _Vectors:
             phi.add_incoming(a, bb_plain)
             phi.add_incoming(m, bb_edge)
             vectors.append(phi)
+        return vectors
+
+    def _masked_loads(self, pointers, col, width, used):
+        """:meth:`load`'s vectors under masks: the lanes at columns in ``[0, width)`` (and below ``used``)."""
+        b = self.b
+        cols = b.add(self.splat(col, self.it), self.lane)
+        vectors = []
+        for v, p in enumerate(pointers):
+            shift = self.splat(ir.Constant(self.i32, self.lanes * v), self.it)
+            at = b.add(cols, shift)
+            mask = b.and_(b.icmp_signed(">=", at, self.splat(ir.Constant(self.i32, 0), self.it)),
+                          b.icmp_signed("<", at, self.splat(width, self.it)))
+            if used is not None:
+                mask = b.and_(mask, b.icmp_signed("<", b.add(self.lane, shift), self.splat(used, self.it)))
+            vectors.append(b.call(self.mload, [p, ir.Constant(self.i32, self.align), mask, self.zero]))
         return vectors
 
     def each_vector(self, half, ho, wo, dh, most, vector):
@@ -345,14 +357,14 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                 accs = {u: [[cgutils.alloca_once_value(b, u.zero) for _ in range(kh)] for _ in range(rows)]
                         for u in widths}
 
-            def paired_taps(u, row, j, used, inside):
+            def paired_taps(u, row, j, used, inside, masked):
                 """The three kernel columns' input vectors of output columns ``j ..`` at stride 2 with dilation 1
                 along the row: one pair of loads from column ``2 j - pl + 1``, its even lanes the middle column's
                 and its odd lanes the right one's; the left column's are the odd lanes one lane on, with column
                 ``2 j - pl`` (or the padding's zero) in lane 0: two vector loads and one scalar where the spread
                 taps take six vector loads, the same values in the same lanes."""
                 base = b.add(b.sub(b.mul(j, const(2)), pl), const(1))
-                pair = u.load(b.gep(row, [base]), base, 2 * u.lanes, w, used, inside)
+                pair = u.load(b.gep(row, [base]), base, 2 * u.lanes, w, used, inside, masked)
                 middle = b.shuffle_vector(pair[0], pair[1], evens[u])
                 right = b.shuffle_vector(pair[0], pair[1], odds[u])
                 col = b.sub(base, const(1))
@@ -375,31 +387,39 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                 rows of every output row they reach (see :func:`plane_rows`). With ``paired``, each input row's taps
                 come from ``paired_taps``. Where every input row and column that the vectors reach lies in the
                 plane and the output vectors in their rows (MobileNet's 56 x 56 planes: 60 of 98 passes of four
-                rows), one straight run of plain loads, multiply-adds and stores (``inside``); elsewhere each
-                row, load and store tests the plane's edges (the padding)."""
+                rows), one straight run of plain loads, multiply-adds and stores (``inside``); where only the
+                rows do, the same with masked loads; elsewhere each row, load and store tests the plane's edges
+                (the padding)."""
                 step = dh if outputs == 1 else const(1)  # several rows per pass only with dilation 1 (each_vector)
                 last = kh - 1 + (outputs - 1) * sh  # the last input row, counted from output row q's first
                 top = b.sub(b.mul(q, const(sh)), pt)
                 left = b.sub(b.mul(j, const(sw)), pl)
-                inside = b.and_(b.and_(b.icmp_signed(">=", top, const(0)),
-                                       b.icmp_signed("<", b.add(top, b.mul(const(last), step)), h)),
-                                b.and_(b.and_(b.icmp_signed(">=", left, const(0)),
-                                              b.icmp_signed("<=", b.add(left, b.add(b.mul(const(kw - 1), dw),
-                                                                                    const(sw * u.lanes))), w)),
-                                       b.icmp_signed("<=", b.add(j, const(u.lanes)), wo)))
-                with b.if_else(inside, likely=True) as (plain, edge):
-                    with plain:
-                        vector_body(u, q, j, outputs, paired, True)
-                    with edge:
-                        vector_body(u, q, j, outputs, paired, False)
+                rows_in = b.and_(b.icmp_signed(">=", top, const(0)),
+                                 b.icmp_signed("<", b.add(top, b.mul(const(last), step)), h))
+                cols_in = b.and_(b.and_(b.icmp_signed(">=", left, const(0)),
+                                        b.icmp_signed("<=", b.add(left, b.add(b.mul(const(kw - 1), dw),
+                                                                              const(sw * u.lanes))), w)),
+                                 b.icmp_signed("<=", b.add(j, const(u.lanes)), wo))
+                with b.if_else(rows_in, likely=True) as (rows_there, rows_edge):
+                    with rows_there:
+                        with b.if_else(cols_in, likely=True) as (plain, edge):
+                            with plain:
+                                vector_body(u, q, j, outputs, paired, True, True)
+                            with edge:
+                                vector_body(u, q, j, outputs, paired, False, True)
+                    with rows_edge:
+                        vector_body(u, q, j, outputs, paired, False, False)
 
-            def vector_body(u, q, j, outputs, paired, inside):
-                """:func:`vector`'s sums, the edges tested unless ``inside``; the same sums in the same order."""
+            def vector_body(u, q, j, outputs, paired, inside, rows_in):
+                """:func:`vector`'s sums, the same sums in the same order: with ``inside``, no edge tested; with
+                ``rows_in`` only, the rows not tested and every load masked (the passes at a row's ends: 24 more
+                of the 98 on MobileNet's planes); else every row and load tested."""
                 index = b.add(b.mul(q, wo), j)
                 used = g = None
+                masked = rows_in and not inside
                 if grad_weight:  # the gradient's vectors (zeros past their row's end) and the inputs they meet
-                    g = [u.load(b.gep(y_ptr, [b.add(index, b.mul(const(o), wo))]), j, u.lanes, wo, inside=inside)[0]
-                         for o in range(outputs)]
+                    g = [u.load(b.gep(y_ptr, [b.add(index, b.mul(const(o), wo))]), j, u.lanes, wo, inside=inside,
+                                masked=masked)[0] for o in range(outputs)]
                     if not inside:
                         used = b.mul(b.sub(wo, j), const(sw))
                         used = b.trunc(b.select(b.icmp_signed("<", used, const(sw * u.lanes)), used,
@@ -415,15 +435,15 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                     def taps():
                         row = b.gep(x_ptr, [b.mul(xr, w)])
                         if paired:
-                            return paired_taps(u, row, j, used, inside)
+                            return paired_taps(u, row, j, used, inside, masked)
                         vectors = []
                         for c in range(kw):
                             col = b.sub(b.add(b.mul(j, const(sw)), b.mul(const(c), dw)), pl)
-                            got = u.load(b.gep(row, [col]), col, sw * u.lanes, w, used, inside)
+                            got = u.load(b.gep(row, [col]), col, sw * u.lanes, w, used, inside, masked)
                             vectors.append(got[0] if sw == 1 else b.shuffle_vector(got[0], got[1], evens[u]))
                         return vectors
 
-                    if inside:
+                    if rows_in:
                         add_row(u, k, outputs, taps(), g)
                         continue
                     there = b.and_(b.icmp_signed(">=", xr, const(0)), b.icmp_signed("<", xr, h))

@@ -701,7 +701,7 @@ def make_grad_input2_kernel(kh: int, kw: int, vector_bytes: int):
     with ``e + pl - c * dw`` even, from the contiguous run ``gy[q, m + (e + pl - c * dw) / 2]``; the even and
     odd columns' vectors are then interleaved into two vectors of ``gx``. A vector pair whose loads and
     stores all lie in their rows tests none of them; with odd dilations a row whose taps all exist runs with
-    its taps fixed by its parities (see BENCHMARKS.md, "The round at 6afcbc2 and 2f63ffd").
+    its taps fixed by its parities (see BENCHMARKS.md, "The round at 6afcbc2, 2f63ffd and 9292dbf").
     """
 
     @intrinsic

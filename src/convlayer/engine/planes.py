@@ -404,16 +404,17 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                     with rows_there:
                         with b.if_else(cols_in, likely=True) as (plain, edge):
                             with plain:
-                                vector_body(u, q, j, outputs, paired, True, True)
+                                vector_body(u, q, j, outputs, paired, True, True, top, step)
                             with edge:
-                                vector_body(u, q, j, outputs, paired, False, True)
+                                vector_body(u, q, j, outputs, paired, False, True, top, step)
                     with rows_edge:
-                        vector_body(u, q, j, outputs, paired, False, False)
+                        vector_body(u, q, j, outputs, paired, False, False, top, step)
 
-            def vector_body(u, q, j, outputs, paired, inside, rows_in):
+            def vector_body(u, q, j, outputs, paired, inside, rows_in, top, step):
                 """:func:`vector`'s sums, the same sums in the same order: with ``inside``, no edge tested; with
                 ``rows_in`` only, the rows not tested and every load masked (the passes at a row's ends: 24 more
-                of the 98 on MobileNet's planes); else every row and load tested."""
+                of the 98 on MobileNet's planes); else every row and load tested. ``top`` is the first input
+                row's index and ``step`` the step between input rows, as :func:`vector` found them."""
                 index = b.add(b.mul(q, wo), j)
                 used = g = None
                 masked = rows_in and not inside
@@ -428,9 +429,8 @@ def make_plane_kernel(kh: int, kw: int, sh: int, sw: int, vector_bytes: int, gra
                     for r in range(kh):
                         if not grad_weight:
                             b.store(u.zero, accs[u][o][r])
-                step = dh if outputs == 1 else const(1)
                 for k in range(kh + (outputs - 1) * sh):  # input rows, from output row q's first
-                    xr = b.sub(b.add(b.mul(q, const(sh)), b.mul(const(k), step)), pt)
+                    xr = b.add(top, b.mul(const(k), step))
 
                     def taps():
                         row = b.gep(x_ptr, [b.mul(xr, w)])

@@ -1388,8 +1388,14 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding, dtype, rng):
-    """The implicit GEMM's blocks of rows, outputs and positions, full and partial, in all three passes."""
+@pytest.mark.parametrize("in_place", [True, False])
+def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding, dtype, in_place,
+                                               rng, monkeypatch):
+    """The implicit GEMM's blocks of rows, outputs and positions, full and partial, in all three passes; the 1-D
+    forwards' windows inside the input read where they lie or copied (``WINDOWS_IN_PLACE``, either way here)."""
+    from convlayer.engine import implicit
+
+    monkeypatch.setattr(implicit, "WINDOWS_IN_PLACE", in_place)
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
     kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)

@@ -189,6 +189,18 @@ CHANNELS_WIDE_STEPS = 256
 # (192->32's forward 1.73, 2.06 / 1.11, 1.16) but lost with 288 (48->288's input gradient 2.20, 2.80 / 3.36, 3.42).
 POINTWISE_FEWER_OUTPUTS = VECTOR_BYTES == 64
 POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48
+# The forward of 1-D stride-1 layers reads the input where it lies (:func:`_windowed`): each job copies its
+# block's window of the input into a buffer of its own (:func:`_window`), zero-padded, and its tiles read the
+# patch rows there. With WINDOWS_IN_PLACE, a job whose window lies inside the input reads it there instead, only
+# the first and last blocks copying: so measured on Zen 4 with AVX-512 (commit a3d6ef9, together with the tiles
+# stored in the output itself: WaveNet's forward 5.68 against 6.42 ms). On Zen 3 with AVX2 the copy won: the
+# suite's passes, best of 5 in each of 3 rounds per process, 3 processes each alternating (ms, lowest and highest
+# process's fastest round), in place / copied: WaveNet's forward 8.57-8.86 / 7.21-7.47, its input gradient (a
+# flipped forward) 8.76-9.37 / 7.28-7.46, the 1-D k=9 forward 34.47-41.97 / 32.30-32.68 (in two processes) and input
+# gradient 34.73-36.17 / 33.40-34.72. A likely reason: the copied window's patch rows lie a few hundred elements
+# apart, in a few pages, where the input's lie a plane apart (64 KB for WaveNet's 16000 positions), each row
+# of a tile's 128 steps in a page of its own. The copies add 1.2 times the input's size.
+WINDOWS_IN_PLACE = VECTOR_BYTES == 64
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
@@ -483,13 +495,14 @@ def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no c
             tail[i] = 0
 
 
-def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
+def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
              out):  # pragma: no cover - compiled
     """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (1-D layers of
     stride 1), from the unpadded input ``xph (n, C * size)``, each job copying the window of its group's
     channels that its block reads, ``span`` positions from ``p0 - pad``, into a local buffer
     (:func:`_window`; ``rowoff`` then counts in it): no padded copy of the whole input goes through memory
-    (WaveNet's 16 MB: 14% of its forward, 6.9 vs 7.7 ms).
+    (WaveNet's 16 MB: 14% of its forward, 6.9 vs 7.7 ms). With ``windows_in_place``
+    (:data:`WINDOWS_IN_PLACE`), a job whose window lies inside the input reads it there instead.
 
     ``wpack (groups, kbs * CT * MR)``: each group's weights in blocks of
     ``MR`` output channels, ``(kbs, CT, MR)``, rows past ``K_g`` zero;
@@ -519,7 +532,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
     in_place = rows.shape[0] == 1 and rows[0] == 0 and width == length <= lattice and k_g % mr == 0
     drows = np.arange(mr) * lattice
     direct = np.empty((groups, ct), dtype=np.int64)  # with ``span``: the rows in ``xph[b]`` itself
-    if span:
+    if span and windows_in_place:
         taps = ct // c_g
         for g in range(groups):
             for r in range(ct):
@@ -534,7 +547,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
             continue
         vectors = _tile_vectors(rows, width, p0, nc, starts, nr, nr // FORWARD_NV)
         src, start, offs = xph[b], p0, rowoff[g]
-        if span and p0 >= pad and p0 - pad + span <= size:  # the window lies within the input: no copy
+        if span and windows_in_place and p0 >= pad and p0 - pad + span <= size:  # inside the input: no copy
             start, offs = p0 - pad, direct[g]
         elif span:
             local = np.empty(c_g * span, dtype=out.dtype)
@@ -1379,20 +1392,21 @@ def forward(x, w, groups, plan, pads, y, scratch):
         _FILL_INTERLEAVED[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, xt)
         rowoff = _row_offsets(groups, c_g, plan, cstride, ct, spread=n)
         _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, out)
+                      BLOCK_ROWS, 1, 0, 0, False, out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
         return y
     if _windowed(plan):
         span = BLOCK_POSITIONS + int(run_arrays(plan, True)[0].max()) + FORWARD_NV * lanes(x.dtype)  # overhang
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ct), groups, axis=0)
         _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width, plan.length,
-                      BLOCK_POSITIONS, BLOCK_ROWS, x.shape[2], span, pads[0][0], y.reshape(n, k, -1))
+                      BLOCK_POSITIONS, BLOCK_ROWS, x.shape[2], span, pads[0][0], WINDOWS_IN_PLACE,
+                      y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS, 1, 0, 0,
-                  y.reshape(n, k, -1))
+                  False, y.reshape(n, k, -1))
     return y
 
 
@@ -1640,7 +1654,7 @@ def forward_pointwise(x, w, groups, y, par):
         rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
         _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
                       np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, y.reshape(n, k, -1))
+                      BLOCK_ROWS, 1, 0, 0, False, y.reshape(n, k, -1))
     if whole < length:
         blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],
                     y.reshape(n, groups, k_g, length)[..., whole:])

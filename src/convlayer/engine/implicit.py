@@ -197,9 +197,11 @@ POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48
 # suite's passes, best of 5 in each of 3 rounds per process, 3 processes each alternating (ms, lowest and highest
 # process's fastest round), in place / copied: WaveNet's forward 8.57-8.86 / 7.21-7.47, its input gradient (a
 # flipped forward) 8.76-9.37 / 7.28-7.46, the 1-D k=9 forward 34.47-41.97 / 32.30-32.68 (in two processes) and input
-# gradient 34.73-36.17 / 33.40-34.72. A likely reason: the copied window's patch rows lie a few hundred elements
-# apart, in a few pages, where the input's lie a plane apart (64 KB for WaveNet's 16000 positions), each row
-# of a tile's 128 steps in a page of its own. The copies add 1.2 times the input's size.
+# gradient 34.73-36.17 / 33.40-34.72. The copied window's patch rows lie 224 elements apart, the input's a plane
+# apart (64 KB for WaveNet's 16000 positions); why that costs so much is not established: the same copy for the
+# 2-D forwards (each job's window of the filled planes) ran even on the suite's 2-D layers (0-4 of 5 rounds),
+# and so did the filled planes padded to an odd number of cache lines (the dilated d4 layer's are 336 lines
+# apart). The copies add 1.2 times the input's size.
 WINDOWS_IN_PLACE = VECTOR_BYTES == 64
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8

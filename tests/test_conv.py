@@ -1370,25 +1370,29 @@ def test_stride_two_rows_split_into_even_and_odd_columns(how, width, padding, rn
     assert direct.fill_arrays(plan, (6, width), pads, True)[3] == 2  # the lanes kernels' plain layout
 
 
-@pytest.mark.parametrize(
-    "size, kernel, c, k, groups, stride, dilation, padding",
-    [
-        ((300,), (9,), 40, 20, 1, 1, 1, 4),  # 360 patch rows: two calls of BLOCK_ROWS; 300 positions: 3 blocks
-        ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: 8 + 1 (AVX-512) or 4 + 4 + 1 (AVX2)
-        ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest (AVX-512)
-        ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
-        ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
-        ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # 1-D: each job's window starts and ends outside the input
-        ((400,), (5,), 120, 8, 2, 1, 3, ((2, 9),)),  # 1-D, groups, 300 patch rows: two calls of BLOCK_ROWS
-        ((700,), (2,), 12, 64, 1, 1, 4, ((4, 0),)),  # 1-D causal, whole vectors of outputs: nothing to zero
-        # 1-D, whole blocks of output channels: tiles stored in the output itself, read from the input itself
-        # between the first and last blocks; groups; 300 patch rows, the second call adding into the output
-        ((900,), (3,), 96, 32, 2, 1, 2, ((3, 1),)),
-        ((500,), (5,), 60, 16, 1, 1, 1, 2),
-    ],
-)
+# The implicit GEMM's block edges: (size, kernel, c, k, groups, stride, dilation, padding).
+BLOCK_EDGE_CASES = [
+    ((300,), (9,), 40, 20, 1, 1, 1, 4),  # 360 patch rows: two calls of BLOCK_ROWS; 300 positions: 3 blocks
+    ((23, 41), (5, 3), 7, 9, 1, 2, (1, 2), ((2, 1), (0, 3))),  # 9 outputs: 8 + 1 (AVX-512) or 4 + 4 + 1 (AVX2)
+    ((7, 9, 11), (3, 2, 3), 6, 12, 2, (1, 2, 1), 1, 1),  # 3-D, groups, 54 rows: blocks of 8 and a rest (AVX-512)
+    ((50, 3), (41, 3), 1, 32, 1, 2, 1, 0),  # one input channel, many taps (the speech layer's shape)
+    ((20, 21), (3, 3), 10, 128, 2, 1, 1, 1),  # 64 outputs per group: the weight gradient's wide tile, 45 rows
+    ((50,), (3,), 6, 4, 2, 1, 20, ((30, 7),)),  # 1-D: each job's window starts and ends outside the input
+    ((400,), (5,), 120, 8, 2, 1, 3, ((2, 9),)),  # 1-D, groups, 300 patch rows: two calls of BLOCK_ROWS
+    ((700,), (2,), 12, 64, 1, 1, 4, ((4, 0),)),  # 1-D causal, whole vectors of outputs: nothing to zero
+    # 1-D, whole blocks of output channels: tiles stored in the output itself, read from the input itself
+    # between the first and last blocks; groups; 300 patch rows, the second call adding into the output
+    ((900,), (3,), 96, 32, 2, 1, 2, ((3, 1),)),
+    ((500,), (5,), 60, 16, 1, 1, 1, 2),
+]
+
+
+# Each case with the 1-D forwards' windows inside the input read where they lie (AVX-512's default); the 1-D
+# cases also with every window copied (AVX2's): WINDOWS_IN_PLACE matters only there.
+@pytest.mark.parametrize("size, kernel, c, k, groups, stride, dilation, padding, in_place",
+                         [(*case, True) for case in BLOCK_EDGE_CASES]
+                         + [(*case, False) for case in BLOCK_EDGE_CASES if len(case[0]) == 1])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("in_place", [True, False])
 def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, stride, dilation, padding, dtype, in_place,
                                                rng, monkeypatch):
     """The implicit GEMM's blocks of rows, outputs and positions, full and partial, in all three passes; the 1-D

@@ -531,7 +531,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
     # channels. WaveNet's forward 5.7 vs 6.4 ms and input gradient 5.8 vs 6.6, with the input read where it
     # lies (below); 1-D k=9's forward 21.5 vs 22.5 (one process, alternating; a one-off script).
     lattice = out.shape[2]
-    in_place = rows.shape[0] == 1 and rows[0] == 0 and width == length <= lattice and k_g % mr == 0
+    into_output = rows.shape[0] == 1 and rows[0] == 0 and width == length <= lattice and k_g % mr == 0
     drows = np.arange(mr) * lattice
     direct = np.empty((groups, ct), dtype=np.int64)  # with ``span``: the rows in ``xph[b]`` itself
     if span and windows_in_place:
@@ -556,7 +556,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
             _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
             src, start = local, 0
         # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
-        stored = in_place and p0 + starts[-1] + nr <= length
+        stored = into_output and p0 + starts[-1] + nr <= length
         if stored:
             tile, base, rstride, trows = out[b].reshape(out.shape[1] * lattice), g * k_g * lattice + p0, lattice, drows
         else:

@@ -213,6 +213,20 @@ GRAD_INPUT_POSITIONS = 32
 # (:func:`_even_blocks`; the steps of each microkernel call; the job's block of gy,
 # transposed, is 512 x 64 channels, 128 KiB of float32, in L2).
 GRAD_WEIGHT_POSITIONS = 512
+# The weight gradient's transposes (:func:`_transpose_block`: gy with its channels along the vectors, and the
+# chunk jobs' sums into the result) go in blocks of TRANSPOSE_CHANNELS channels by TRANSPOSE_POSITIONS positions:
+# each position's channels written as one run, each channel's positions read a cache line at a time, the block in
+# L1. Written channel by channel, one entry per position, a position's entries lay kgp apart (1 KiB for 256
+# channels: the rows of a block in 4 of the L1's 64 sets); read all of a position's channels at once, rows of gy
+# a power of two apart fall in one set (the dilated layers' 4096 positions), which 8 channels, the L1's ways,
+# keep within. Zen 3, best of 50 (ms; one-off scripts), the whole batch's gy on two threads (:func:`_transpose_all`,
+# alternating processes): ResNet 3x3/2's 8 x 256 x 196 0.15 against 0.54-0.56, DeepBench C128's 16 x 128 x 784
+# 0.62-0.63 against 2.08-2.45, DCGAN 256->128's 16 x 256 x 64 0.09-0.11 against 0.34-0.39, 128->64's 16 x 128 x
+# 256 0.20-0.21 against 0.53; a job's blocks, one thread, in cache: 0.48-0.52 ns an entry against 1.03-2.02 (64
+# channels by 3136 positions, 32 by 12544, 64 by 4096, 128 by 784), and 0.37 against 3.25-3.40 with all of a
+# position's channels at once (3136 and 4096 positions).
+TRANSPOSE_CHANNELS = 8
+TRANSPOSE_POSITIONS = 16
 # Where the per-thread sums of the weight gradient (patch rows by output channels, padded) would take more than
 # CHUNKS_MIN_BYTES, more than half of Zen 4's 1 MiB L2, the jobs go by CHUNK_ROWS patch rows instead of by images
 # (:func:`_grad_weight_chunks`): each job's sums stay in cache over the whole batch, and there are no per-thread
@@ -867,11 +881,16 @@ def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst
 def _transpose_block(gy, k0, k_g, p0, p1, kgp, out):  # pragma: no cover - compiled
     """``out[(p - p0) * kgp + k] = gy[k0 + k, p]`` for the output positions ``p0 <= p < p1`` and ``k < k_g``: a
     block of one image's ``gy (K, P)`` with its channels along the vectors. The ``kgp - k_g`` padding channels
-    are left as they are (the caller zeroes them once)."""
-    for k in range(k_g):
-        src = gy[k0 + k, p0:p1]
-        for i in range(p1 - p0):
-            out[i * kgp + k] = src[i]
+    are left as they are (the caller zeroes them once). In blocks of :data:`TRANSPOSE_CHANNELS` by
+    :data:`TRANSPOSE_POSITIONS`; :func:`_grad_weight_chunks` transposes its sums with it too."""
+    for kb in range(0, k_g, TRANSPOSE_CHANNELS):
+        kn = min(k_g - kb, TRANSPOSE_CHANNELS)
+        for q in range(p0, p1, TRANSPOSE_POSITIONS):
+            for i in range(q, min(p1, q + TRANSPOSE_POSITIONS)):
+                dst = out[(i - p0) * kgp + kb:(i - p0) * kgp + kb + kn]
+                src = gy[k0 + kb:k0 + kb + kn, i]
+                for k in range(kn):
+                    dst[k] = src[k]
 
 
 @njit(**_FLAGS)
@@ -1003,10 +1022,8 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
                         else:
                             _mk_steps(src, 0, rowoff[g, rb:rb + mr], at, bt, p0 * kgp + kb, ptable, 0, local, kb,
                                       crow[rb - r0:rb - r0 + mr], kc, not first)
-        for k in range(k_g):
-            dst = out[g, k]
-            for r in range(r0, min(r1, ct)):
-                dst[r] = local[(r - r0) * kgp + k]
+        # out[g, k, r] = local[(r - r0) * kgp + k], the sums transposed block by block
+        _transpose_block(local.reshape(chunk, kgp), 0, min(r1, ct) - r0, 0, k_g, ct, out[g].reshape(-1)[r0:])
 
 
 def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, pad,

@@ -1871,6 +1871,10 @@ def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
         assert implicit.grad_input_spread(c3, 64, np.float32, 1) == (m if (64 // m) % threads == 0 else 1)
         assert implicit.grad_input_spread(c3, 3 * m, np.float32, 1) == (m if 3 % threads == 0 else 1)
         assert implicit.grad_input_spread(c3, m, np.float32, 1) == (m if threads == 1 else 1)
+    if nr == 16:  # AVX2: 80 positions per image alone (5 tiles for 72), 64 interleaved: 1.25 times, interleaved
+        assert implicit._grad_input_covered(dcgan, 1, np.float32) == 80
+        assert implicit._grad_input_covered(dcgan, 16, np.float32) == 64
+        assert implicit.grad_input_spread(dcgan, 16, np.float32, many) == 16
     exact = make_plan((nr + 4,), (5,), (1,), (1,), (nr,))
     assert implicit.grad_input_spread(exact, 4 * m, np.float32, many) == 1  # whole tiles: nothing to gain
 

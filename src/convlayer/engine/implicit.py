@@ -144,8 +144,13 @@ BLOCK_ROWS = 256
 # forward, whose tiles now skip the 16 positions dropped after every 128 too, 5.67-5.91 vs 6.28-7.13 (one
 # process, alternating, a one-off script). Below INTERLEAVE_MIN_OVERHANG the copies in and out of the
 # interleaved layout cost more than the tiles save: ResNet 3x3/2's 15 x 14 lattice (240 positions under the
-# tiles, 209 interleaved) ran its forward in 5.7 vs 6.1 ms without (one process, Zen 4).
-INTERLEAVE_MIN_OVERHANG = 1.25
+# tiles, 209 interleaved) ran its forward in 5.7 vs 6.1 ms without (one process, Zen 4). With AVX2 the input
+# gradient's 16-position tiles cover DCGAN 256->128's 72 lattice positions with 80, against 64 interleaved (1.25
+# times, which the bound once excluded): its transposed forward's kernel alone, replayed on the same operands,
+# 13.5 vs 17.8 ms on one thread and 6.8 vs 7.6 on two; the whole pass 7.7, 8.0 vs 8.5, 8.7 ms (fastest and median
+# of 8 rounds, one process, faster in all 8; Zen 3). No other pass of the suite lies between 1.2 and 1.25, with
+# either vector width (1.125-1.148 the nearest below, 1.35 above).
+INTERLEAVE_MIN_OVERHANG = 1.2
 # Where the forward would interleave and the output channels per group fill at most CHANNELS_MAX_VECTORS
 # vectors, up to a quarter of them padding, with AVX-512, it runs with the channels along the vectors instead
 # (:func:`forward_channels`): CHANNELS_MR positions per tile (24 of 32 zmm accumulators), the input broadcast.

@@ -146,7 +146,7 @@ BLOCK_ROWS = 256
 # interleaved layout cost more than the tiles save: ResNet 3x3/2's 15 x 14 lattice (240 positions under the
 # tiles, 209 interleaved) ran its forward in 5.7 vs 6.1 ms without (one process, Zen 4). With AVX2 the input
 # gradient's 16-position tiles cover DCGAN 256->128's 72 lattice positions with 80, against 64 interleaved (1.25
-# times, which the bound once excluded): its transposed forward's kernel alone, replayed on the same operands,
+# times, which the bound once excluded): its transposed forward's kernel alone, replayed on its captured operands,
 # 13.3 vs 15.9 ms on one thread and 6.9 vs 7.7 on two; the whole pass 7.7, 8.0 vs 8.5, 8.7 ms (fastest and median
 # of 8 rounds, one process, faster in all 8; Zen 3). No other pass of the suite lies between 1.2 and 1.25, with
 # either vector width (1.125-1.148 the nearest below, 1.35 above).

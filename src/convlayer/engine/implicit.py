@@ -208,6 +208,26 @@ POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48
 # and so did the filled planes padded to an odd number of cache lines (the dilated d4 layer's are 336 lines
 # apart). The copies add 1.2 times the input's size.
 WINDOWS_IN_PLACE = VECTOR_BYTES == 64
+# With 256-bit vectors the forward of the other stride-1 layers reads windows too (:func:`_forward_windowed`): each
+# job copies, per channel, the positions of the padded plane that its block of WINDOW_BLOCK lattice positions
+# reads (:func:`_window`, from the segments of :func:`.direct.fill_arrays`), so no filled copy of the whole batch
+# goes through memory (DeepBench C32's 13 MB took 1.3 of its forward's 14 ms) and the copies overlap the other
+# thread's arithmetic. On Zen 3, one process flipping the setting call by call, 16 calls each, three processes
+# (ms, the fastest call of each process, windows / planes): C32's forward 13.77-14.24 / 14.50-15.01 and input
+# gradient (a flipped forward) 13.40-13.73 / 14.26-14.68; the dilated d4 layer's 8.32-8.59 / 9.16-9.46 and
+# 8.52-9.02 / 9.24-9.82; d2's 8.78-11.32 / 9.08-11.49 and 8.61-8.78 / 8.71-9.35; ResNet 3x3 64->64's forward
+# 12.84-14.51 / 12.83-14.79 (even) and input gradient 12.67-16.41 / 13.06-17.09. Blocks of 576 positions beat
+# 192, 288 and 384 by 0-3% (C32, d2, d4). The window holds the block and the kernel's reach past it; where that
+# is more than WINDOW_MAX_SPREAD times the block, the copies' overlap costs more than the fill (3x3x3 C64, 4.3
+# times: 1-3% slower, and 5-10% with blocks of 192); where an image's planes fit in the L2 cache
+# (WINDOWS_MIN_BYTES) the fill costs little (DeepBench C128's 460 KB per image ran even; LeNet C3's forward, a
+# job per image, 3% slower). With AVX-512 the rule is not measured: the planes stay. Weight gradients from such
+# windows ran even (C32, ResNet 3x3, d2, d4) or slower (3x3x3 C64): they keep the planes.
+WINDOWS_ND = VECTOR_BYTES == 32
+WINDOW_BLOCK = 576
+WINDOW_MAX_SPREAD = 3
+WINDOWS_MIN_BYTES = 1 << 19
+_NO_SEGMENTS = (np.zeros(0, np.int64),) * 3  # the segments' arguments of the kernels that read no window
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
@@ -517,13 +537,15 @@ def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no c
 
 
 def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
-             out):  # pragma: no cover - compiled
-    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (1-D layers of
-    stride 1), from the unpadded input ``xph (n, C * size)``, each job copying the window of its group's
-    channels that its block reads, ``span`` positions from ``p0 - pad``, into a local buffer
-    (:func:`_window`; ``rowoff`` then counts in it): no padded copy of the whole input goes through memory
-    (WaveNet's 16 MB: 14% of its forward, 6.9 vs 7.7 ms). With ``windows_in_place``
-    (:data:`WINDOWS_IN_PLACE`), a job whose window lies inside the input reads it there instead.
+             seg_dst, seg_src, seg_len, out):  # pragma: no cover - compiled
+    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (layers of stride
+    1, see :func:`_forward_windowed`), from the unpadded input ``xph (n, C * size)``, each job copying the
+    window of its group's padded planes that its block reads, ``span`` positions from the block's first,
+    ``p0``, into a local buffer (:func:`_window`, from the segments ``seg_dst, seg_src, seg_len`` of
+    :func:`.direct.fill_arrays`; ``rowoff`` then counts in it): no padded copy of the whole input goes
+    through memory (WaveNet's 16 MB: 14% of its forward, 6.9 vs 7.7 ms). With ``windows_in_place``
+    (:data:`WINDOWS_IN_PLACE`, 1-D layers padded by ``pad`` before), a job whose window lies inside the
+    input reads it there instead.
 
     ``wpack (groups, kbs * CT * MR)``: each group's weights in blocks of
     ``MR`` output channels, ``(kbs, CT, MR)``, rows past ``K_g`` zero;
@@ -572,7 +594,7 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
             start, offs = p0 - pad, direct[g]
         elif span:
             local = np.empty(c_g * span, dtype=out.dtype)
-            _window(xph[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+            _window(xph[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
             src, start = local, 0
         # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
         stored = into_output and p0 + starts[-1] + nr <= length
@@ -604,21 +626,37 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
 
 
 @njit(**_FLAGS)
-def _window(x, start, size, channels, first, span, out):  # pragma: no cover - compiled
-    """``out[c * span + i] = x[start + c * size + first + i]`` for ``channels`` planes of ``size`` positions
-    starting at ``start`` in the flat ``x``, zero where ``first + i`` falls outside ``[0, size)``: the window
-    of 1-D planes that a block of positions reads, zero-padded (see :func:`_forward`)."""
-    lo = min(span, max(0, -first))  # window positions before the input's start
-    hi = max(lo, min(span, size - first))  # ...and from its end
+def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, out):  # pragma: no cover - compiled
+    """``out[c * span + i]``: position ``first + i`` of the padded plane of channel ``c`` (see
+    :func:`.direct.fill_arrays`, whose segments, of step 1, say where the ``size`` positions of the unpadded
+    plane ``x[start + c * size:]`` lie in it), zero elsewhere, for ``channels`` channels: the window of the
+    padded planes that a block of lattice positions reads (see :func:`_forward`)."""
+    nseg = seg_dst.shape[0]
+    lo, hi = 0, nseg  # the first segment that ends after ``first``
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if seg_dst[mid] + seg_len[mid] <= first:
+            lo = mid + 1
+        else:
+            hi = mid
     for cl in range(channels):
         dst = out[cl * span:(cl + 1) * span]
-        for i in range(lo):
-            dst[i] = 0
-        inner = dst[lo:hi]  # slices: indices from 0, a vector loop
-        part = x[start + cl * size + first + lo:start + cl * size + first + hi]
-        for i in range(hi - lo):
-            inner[i] = part[i]
-        for i in range(hi, span):
+        plane = x[start + cl * size:start + (cl + 1) * size]
+        at = 0  # the window's positions before ``at`` are written
+        s = lo
+        while s < nseg and seg_dst[s] - first < span:
+            d0 = seg_dst[s] - first
+            a = max(d0, 0)
+            e = min(d0 + seg_len[s], span)
+            for i in range(at, a):
+                dst[i] = 0
+            inner = dst[a:e]  # slices: indices from 0, a vector loop
+            part = plane[seg_src[s] + a - d0:seg_src[s] + e - d0]
+            for i in range(e - a):
+                inner[i] = part[i]
+            at = e
+            s += 1
+        for i in range(at, span):
             dst[i] = 0
 
 
@@ -899,22 +937,23 @@ def _transpose_block(gy, k0, k_g, p0, p1, kgp, out):  # pragma: no cover - compi
 
 
 @njit(**_FLAGS)
-def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, pad, local):  # pragma: no cover - compiled
+def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst, seg_src, seg_len,
+              local):  # pragma: no cover - compiled
     """``(b, g, p0, kc, src, start)`` of the weight gradients' job ``job`` (image ``b``, group ``g``, the ``kc``
     positions from ``p0``): its patch rows lie in ``src`` from ``start``. With ``span``, ``x[b]`` is the unpadded
-    input and the window of the block, ``span`` positions from ``p0 - pad``, is copied into ``local``
+    input and the window of the block, ``span`` positions of the padded planes from ``p0``, is copied into ``local``
     (:func:`_window`); otherwise ``x[b]`` holds the rows, the block's from ``p0``."""
     b = job // (groups * nblocks)
     g = (job // nblocks) % groups
     p0 = (job % nblocks) * block
     kc = min(block, length - p0)
     if span:
-        _window(x[b], g * c_g * size, size, c_g, p0 - pad, span, local)
+        _window(x[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
         return b, g, p0, kc, local, 0
     return b, g, p0, kc, x[b], p0
 
 
-def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, size, span, pad,
+def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, size, span, seg_dst, seg_src, seg_len,
                  parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``
     over the ``length`` output positions ``p``.
@@ -924,7 +963,7 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     (rows past ``C_g * T`` repeat row 0) and ``steps[p]`` where output
     position ``p`` lies in the lattice; or, with ``span`` (1-D layers of
     stride 1), ``xph (n, C * size)`` the unpadded input, each job copying
-    the window its block reads, ``span`` positions from ``p0 - pad``, into
+    the window its block reads, ``span`` padded positions from ``p0``, into
     a buffer of its thread (:func:`_window`), ``rowoff`` counting in that
     buffer and ``steps[p] = p``. The tile is the wide one
     (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group, ``block``
@@ -955,7 +994,8 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
         gyt = raw[skip:skip + block * kgp]
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
-            b, g, p0, kc, src, start = _job_rows(xph, job, groups, nblocks, block, length, c_g, size, span, pad, local)
+            b, g, p0, kc, src, start = _job_rows(xph, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
+                                                 seg_src, seg_len, local)
             _transpose_block(gy[b], g * k_g, k_g, p0, p0 + kc, kgp, gyt)
             at = steps[p0:p0 + kc]
             base = start - p0  # steps count from the block's start in the window, from 0 in the planes
@@ -1031,7 +1071,7 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
         _transpose_block(local.reshape(chunk, kgp), 0, min(r1, ct) - r0, 0, k_g, ct, out[g].reshape(-1)[r0:])
 
 
-def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, pad,
+def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, seg_dst, seg_src, seg_len,
                      parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p row_r[p] gy[k, p]``
     for 1-D layers, as dot products along the ``length`` output positions
@@ -1043,7 +1083,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     ``x (n, C * size)`` the unpadded input and ``rowoff (groups, CTp)``
     where patch row ``r`` starts in a job's window (rows past ``C_g * T``
     repeat row 0); each job copies the window of its block, ``span``
-    positions from ``p0 - pad``, zeros outside the input (:func:`_window`),
+    padded positions from ``p0``, zeros outside the input (:func:`_window`),
     into a buffer of its thread. Without: ``x (n, C * stride)`` the filled
     planes and ``rowoff`` where row ``r`` starts in them (see
     :func:`_job_rows`). Jobs are (image,
@@ -1059,7 +1099,8 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     for tid in prange(n_threads):
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
         for job in range(tid, jobs, n_threads):
-            b, g, p0, kc, src, start = _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, pad, local)
+            b, g, p0, kc, src, start = _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
+                                                 seg_src, seg_len, local)
             for rb in range(ctp // DOT_MR):
                 rows = rowoff[g, rb * DOT_MR:(rb + 1) * DOT_MR]
                 for kb in range(0, kgp, DOT_NR):
@@ -1161,7 +1202,11 @@ def plane_stride(plan, x_shape, pads) -> int:
 
 def forward_bytes(c, k, plan, x_shape, pads, dtype) -> int:
     """Bytes of :func:`forward`'s work array per image: the filled planes, and the output where the images are
-    interleaved (:func:`interleaves`)."""
+    interleaved (:func:`interleaves`); none where it reads windows of the input of a layer of more than one
+    dimension (:data:`WINDOWS_ND`), whose jobs' buffers (a block's window of the group's channels each) are their
+    own (and with 256-bit vectors, no forward has the channels along the vectors, :data:`CHANNELS`)."""
+    if not _windowed(plan) and _forward_windowed(plan, c, dtype) and not interleaves(plan, x_shape[0], dtype):
+        return 0
     return (c * plane_stride(plan, x_shape, pads) + k * math.prod(plan.out)) * np.dtype(dtype).itemsize
 
 
@@ -1374,6 +1419,31 @@ def _interleaved_positions(plan, n: int, dtype) -> int:
     return math.prod(plan.out) + int(gaps[gaps * n < FORWARD_NV * lanes(dtype)].sum())
 
 
+def _forward_span(plan, block: int, dtype) -> int:
+    """Positions of the window that a block of ``block`` lattice positions of :func:`forward` reads: the block, the
+    kernel's reach past it, and the overhang of a tile that starts in its last vector."""
+    return block + int(run_arrays(plan, True)[0].max()) + FORWARD_NV * lanes(dtype)
+
+
+def _forward_windowed(plan, c: int, dtype) -> bool:
+    """Whether :func:`forward`, where it does not interleave the images, reads windows of the input
+    (:func:`_window`) instead of filled planes: 1-D layers of stride 1 (:func:`_windowed`), and with
+    :data:`WINDOWS_ND` the other stride-1 layers with ``c`` input channels whose planes, per image, exceed
+    :data:`WINDOWS_MIN_BYTES` and whose windows span at most :data:`WINDOW_MAX_SPREAD` times their block."""
+    if _windowed(plan):
+        return True
+    if not (WINDOWS_ND and plan.unit_stride and c * plan.length * np.dtype(dtype).itemsize > WINDOWS_MIN_BYTES):
+        return False
+    block = _window_block(plan, dtype)
+    return _forward_span(plan, block, dtype) <= WINDOW_MAX_SPREAD * block
+
+
+def _window_block(plan, dtype) -> int:
+    """Lattice positions per job of :func:`forward` on windows of layers of more than one dimension:
+    :data:`WINDOW_BLOCK`, or the lattice's, rounded up to whole tiles, where it is shorter."""
+    return min(WINDOW_BLOCK, _round_up(plan.length, FORWARD_NV * lanes(dtype)))
+
+
 def _windowed(plan) -> bool:
     """Whether :func:`forward` and :func:`grad_weight` read the input where it lies, each job copying the
     window it needs (:func:`_window`), instead of a padded copy of the whole input: 1-D layers of stride 1,
@@ -1416,21 +1486,23 @@ def forward(x, w, groups, plan, pads, y, scratch):
         _FILL_INTERLEAVED[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, xt)
         rowoff = _row_offsets(groups, c_g, plan, cstride, ct, spread=n)
         _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, out)
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
         return y
-    if _windowed(plan):
-        span = BLOCK_POSITIONS + int(run_arrays(plan, True)[0].max()) + FORWARD_NV * lanes(x.dtype)  # overhang
+    if _forward_windowed(plan, c, x.dtype):
+        block = BLOCK_POSITIONS if _windowed(plan) else _window_block(plan, x.dtype)
+        span = _forward_span(plan, block, x.dtype)
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ct), groups, axis=0)
+        segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:3]
         _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width, plan.length,
-                      BLOCK_POSITIONS, BLOCK_ROWS, x.shape[2], span, pads[0][0], WINDOWS_IN_PLACE,
-                      y.reshape(n, k, -1))
+                      block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
+                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS, 1, 0, 0,
-                  False, y.reshape(n, k, -1))
+                  False, *_NO_SEGMENTS, y.reshape(n, k, -1))
     return y
 
 
@@ -1613,10 +1685,12 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         _GRAD_WEIGHT_CHUNKS[par](xph, gyt, _row_offsets(groups, c_g, plan, stride, ctp), _output_steps(plan), block,
                                  _chunk_rows(ctp, mr, n_threads), wide, gw)
         return gw
+    segments = _NO_SEGMENTS
     if _windowed(plan):
         span = block + int(run_arrays(plan, True)[0].max())
         xph = np.ascontiguousarray(x).reshape(n, -1)
         rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0)
+        segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:3]
     else:
         span = 0
         stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
@@ -1624,7 +1698,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT[par](xph, gy, rowoff, _output_steps(plan), kgp, positions,
-                      block, n_threads, wide, x.shape[-1], span, pads[-1][0], parts)
+                      block, n_threads, wide, x.shape[-1], span, *segments, parts)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
 
@@ -1643,13 +1717,15 @@ def grad_weight_rows(gy, x, groups, plan, pads, scratch):
     length = math.prod(plan.out)  # the lattice's first positions, no dropped ones
     par = _parallel(n * k * ct * length)
     block = _even_blocks(length, DOT_POSITIONS)
-    stride = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[4]
+    seg_dst, seg_src, seg_len, _, stride, _ = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))
+    segments = _NO_SEGMENTS
     span = 0  # the rows from the planes' lattice position 0, the output's first
     if _as_given(plan, x.shape, pads):
         xph = np.ascontiguousarray(x).reshape(n, -1)
     elif _windowed(plan):
         span = block + int(run_arrays(plan, True)[0].max())
         xph = np.ascontiguousarray(x).reshape(n, -1)
+        segments = seg_dst, seg_src, seg_len
     else:
         xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par).reshape(n, -1)
     rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ctp), groups, axis=0) if span else \
@@ -1658,7 +1734,7 @@ def grad_weight_rows(gy, x, groups, plan, pads, scratch):
     n_threads = blas._threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
-                          kgp, length, block, n_threads, x.shape[-1], span, pads[-1][0], parts)
+                          kgp, length, block, n_threads, x.shape[-1], span, *segments, parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
@@ -1678,7 +1754,7 @@ def forward_pointwise(x, w, groups, y, par):
         rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
         _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
                       np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, y.reshape(n, k, -1))
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, y.reshape(n, k, -1))
     if whole < length:
         blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],
                     y.reshape(n, groups, k_g, length)[..., whole:])

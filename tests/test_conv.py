@@ -2025,6 +2025,71 @@ def test_input_gradient_by_stride_phases(size, kernel, stride, dilation, pads, r
     assert max_rel_err(got, expected) < 1e-12
 
 
+def test_dynamic_jobs_are_each_taken_once():
+    """:func:`.direct._take`: threads taking jobs from one counter as they come free take every job once."""
+    from numba import get_num_threads, njit, prange
+
+    from convlayer.engine.direct import _take
+
+    @njit(parallel=True)
+    def take_all(jobs, threads):
+        counter = np.zeros(1, dtype=np.int64)
+        taken = np.zeros(jobs, dtype=np.int64)
+        for _ in prange(threads):
+            job = _take(counter)
+            while job < jobs:
+                taken[job] += 1
+                job = _take(counter)
+        return taken
+
+    for jobs in (0, 1, 7, 10_000):
+        for threads in (1, get_num_threads(), 2 * get_num_threads()):
+            assert (take_all(jobs, threads) == 1).all()
+
+
+# Layers whose passes run on all threads through the implicit GEMM's kernels that deal their jobs either way
+# (DYNAMIC_JOBS): (n, c, k, size, kernel, stride, padding); the forward (from windows of the input, from the
+# filled planes), the input gradient, the weight gradient by blocks of positions and, 1-D, by dot products.
+DYNAMIC_CASES = [
+    (4, 40, 32, (48, 48), (3, 3), 1, 1),
+    (3, 12, 24, (29, 31), (3, 3), 2, (0, 2)),
+    (4, 32, 32, (700,), (9,), 1, 4),
+]
+
+
+@pytest.mark.parametrize("n, c, k, size, kernel, stride, padding", DYNAMIC_CASES)
+def test_kernels_deal_their_jobs_either_way(n, c, k, size, kernel, stride, padding, rng, monkeypatch):
+    """The kernels that take their jobs as they come free (:data:`.direct.DYNAMIC_JOBS`) or in equal shares:
+    the same forward and input gradient bitwise (each job writes its own outputs), the weight gradient within
+    the float64 reference's tolerance either way (each thread sums its own jobs)."""
+    from convlayer.engine import direct
+
+    x = rng.standard_normal((n, c, *size)).astype(np.float32)
+    w = rng.standard_normal((k, c, *kernel)).astype(np.float32)
+    kw = dict(stride=stride, padding=padding)
+    results = []
+    for dynamic in (True, False):
+        monkeypatch.setattr(direct, "DYNAMIC_JOBS", dynamic)
+        assert direct.dynamic_threads(True) == (numba.get_num_threads() if dynamic else 0)
+        with force_strategy("implicit"):
+            y = CF.conv(x, w, **kw)
+            gy = np.cos(y)
+            results.append((y, *CF.conv_backward(gy, x, w, **kw)[:2]))
+    (y, gx, gw), (y0, gx0, gw0) = results
+    assert np.array_equal(y, y0) and np.array_equal(gx, gx0)
+    rank = len(size)
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"), (1,) * rank)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    yt = TORCH_CONV[rank](F.pad(xt, torch_pad_arg(pads)), wt, stride=stride)
+    yt.backward(torch.tensor(np.cos(y).astype(np.float64)))
+    for got in (y, y0):
+        assert max_rel_err(got, yt.detach().numpy()) < 1e-5
+    for got in (gw, gw0):
+        assert max_rel_err(got, wt.grad.numpy()) < 1e-5
+    assert max_rel_err(gx, xt.grad.numpy()) < 1e-5
+
+
 @pytest.mark.parametrize("avx512", [True, False])
 def test_strided_input_gradients_take_the_implicit_gemm_without_full_width_avx512(avx512, rng, monkeypatch):
     """Except with full-width AVX-512 (``avx512``: Intel's) a strided input gradient with many channels runs

@@ -50,7 +50,10 @@ import types
 from functools import lru_cache
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba import types as nbtypes
+from numba.extending import intrinsic
 
 from .windows import lattice_mask
 
@@ -71,6 +74,22 @@ KERNEL_PARALLEL_MIN_WORK = 2_000_000
 # Elements from which the compiled copies (:func:`place`, the implicit GEMM's weight packing) run on all
 # threads: far less work per element than the kernels' multiply-adds.
 COPY_PARALLEL_MIN = 1 << 16
+# The compute-bound kernels' jobs go to the threads as they come free, each taking the next from a counter that
+# they increment atomically (:func:`_take`), instead of in equal shares fixed in advance (Numba's ``prange``).
+# Where the jobs differ in length (the speech layer's blocks) or a thread loses its core for a while to another
+# process (a shared machine), the others take up its jobs; the shares left the pass as slow as its slowest
+# thread. They are the implicit GEMM's forward, input gradient and weight gradients by blocks of positions (see
+# :mod:`.implicit`). On Zen 3, on a busy stretch of the shared machine, one process flipping the setting call
+# by call, 8 calls each, three processes (ms, the fastest call of each process, dynamic / shares): ResNet 3x3
+# 64->64's forward 14.73-17.24 / 16.66-18.56, input gradient 14.36-16.08 / 16.00-18.99, weight gradient
+# 17.25-17.84 / 18.78-20.66; DeepBench C128's forward 29.19-36.74 / 31.31-40.50 and input gradient
+# 27.75-37.03 / 31.04-39.46; 3x3x3 C64's forward 20.86-29.81 / 21.35-40.84; the speech layer's forward, whose
+# blocks differ in length, 5.15-7.64 / 5.46-9.93. On calmer stretches they ran even or 1-2% faster (C32's
+# forward 12.99 / 13.27; WaveNet's input gradient 7.65 / 7.42 was the one loss seen). The plane kernels'
+# jobs (a depthwise plane, a few microseconds) lost with the counter (MobileNet's stride-1 depthwise forward
+# 1.73 / 1.54), and the weight gradient's chunks of patch rows are too few to share out (2-4 a pass, even):
+# both keep their shares.
+DYNAMIC_JOBS = True
 
 
 # ``step`` of the fill segments when the plane is first split into its even and odd columns (see
@@ -778,6 +797,27 @@ def all_finite(a: np.ndarray, parallel: bool = True) -> bool:
     us in a loop against 5.2 for NumPy's sum under ``np.errstate``, and 16 against 41-52 us right after the
     layer's memory-bound kernel; one-off scripts)."""
     return bool((_nonfinite_probe if parallel else _nonfinite_probe_serial)(a.reshape(-1)) == 0)
+
+
+@intrinsic
+def _take(typingctx, counter):
+    """``counter[0]``, incremented by one in the same atomic step: the next job of a loop whose jobs the threads
+    take as they come free (see :data:`DYNAMIC_JOBS`)."""
+    sig = nbtypes.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
+
+
+def dynamic_threads(parallel) -> int:
+    """The ``dynamic`` argument of the kernels that deal their jobs either way (:data:`DYNAMIC_JOBS`): the
+    number of threads where they run on all of them and take their jobs as they come free, else 0."""
+    from numba import get_num_threads
+
+    return get_num_threads() if DYNAMIC_JOBS and parallel else 0
 
 
 def _compile(fn, parallel: bool):

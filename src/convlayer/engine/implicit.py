@@ -84,8 +84,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas
-from .direct import (_FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, SPLIT2, _fill, _unfill, fill_arrays,
-                     run_arrays)
+from .direct import (_FLAGS, COPY_PARALLEL_MIN, KERNEL_PARALLEL_MIN_WORK, SPLIT2, _fill, _take, _unfill,
+                     dynamic_threads, fill_arrays, run_arrays)
 from .windows import make_plan
 
 
@@ -536,8 +536,57 @@ def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no c
             tail[i] = 0
 
 
+@njit(**_FLAGS)
+def _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
+                 seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g, tstride, arows, crows,
+                 drows, lattice, into_output, direct, c_g):  # pragma: no cover - compiled
+    """Job ``job`` of :func:`_forward` (image, group, block of lattice positions)."""
+    b = job // (groups * nblocks)
+    g = (job // nblocks) % groups
+    p0 = (job % nblocks) * block
+    nc = min(block, length - p0)
+    starts = _tile_starts(rows, width, p0, nc, nr)
+    if starts.shape[0] == 0:
+        return
+    vectors = _tile_vectors(rows, width, p0, nc, starts, nr, nr // FORWARD_NV)
+    src, start, offs = xph[b], p0, rowoff[g]
+    if span and windows_in_place and p0 >= pad and p0 - pad + span <= size:  # inside the input: no copy
+        start, offs = p0 - pad, direct[g]
+    elif span:
+        local = np.empty(c_g * span, dtype=out.dtype)
+        _window(xph[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
+        src, start = local, 0
+    # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
+    stored = into_output and p0 + starts[-1] + nr <= length
+    if stored:
+        tile, base, rstride, trows = out[b].reshape(out.shape[1] * lattice), g * k_g * lattice + p0, lattice, drows
+    else:
+        tile, base, rstride, trows = np.empty(kbs * mr * tstride, dtype=out.dtype), 0, tstride, crows
+    for r0 in range(0, ct, steps):
+        kc = min(steps, ct - r0)
+        for kb in range(kbs):
+            for t in range(starts.shape[0]):
+                j = starts[t]
+                _forward_tile(vectors[t], wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs, r0,
+                              tile, base + kb * mr * rstride + j, trows, kc, r0 > 0)
+    if stored:
+        return
+    q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
+    while q < rows.shape[0] and rows[q] < p0 + nc:
+        lo = max(rows[q], p0)
+        hi = min(rows[q] + width, p0 + nc)
+        if hi > lo:
+            o = q * width + lo - rows[q]
+            for k in range(k_g):
+                dst = out[b, g * k_g + k, o:o + hi - lo]
+                src = tile[k * tstride + lo - p0:k * tstride + hi - p0]
+                for i in range(hi - lo):
+                    dst[i] = src[i]
+        q += 1
+
+
 def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
-             seg_dst, seg_src, seg_len, out):  # pragma: no cover - compiled
+             seg_dst, seg_src, seg_len, dynamic, out):  # pragma: no cover - compiled
     """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (layers of stride
     1, see :func:`_forward_windowed`), from the unpadded input ``xph (n, C * size)``, each job copying the
     window of its group's padded planes that its block reads, ``span`` positions from the block's first,
@@ -550,6 +599,8 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
     ``wpack (groups, kbs * CT * MR)``: each group's weights in blocks of
     ``MR`` output channels, ``(kbs, CT, MR)``, rows past ``K_g`` zero;
     ``rowoff (groups, CT)``: where patch row ``r`` starts in ``xph[b]``.
+    With ``dynamic`` threads, each takes the next job as it comes free (see
+    :data:`.direct.DYNAMIC_JOBS`; 0: ``prange``'s equal shares).
     One job per (image, group, block of ``block`` lattice positions): the
     tiles go to a local ``(kbs * MR, block + nr)`` array, then its real
     positions (output rows start at lattice positions ``rows``) to ``out``.
@@ -580,49 +631,21 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
         for g in range(groups):
             for r in range(ct):
                 direct[g, r] = rowoff[g, r] + (r // taps) * (size - span) + g * c_g * size
-    for job in prange(n * groups * nblocks):
-        b = job // (groups * nblocks)
-        g = (job // nblocks) % groups
-        p0 = (job % nblocks) * block
-        nc = min(block, length - p0)
-        starts = _tile_starts(rows, width, p0, nc, nr)
-        if starts.shape[0] == 0:
-            continue
-        vectors = _tile_vectors(rows, width, p0, nc, starts, nr, nr // FORWARD_NV)
-        src, start, offs = xph[b], p0, rowoff[g]
-        if span and windows_in_place and p0 >= pad and p0 - pad + span <= size:  # inside the input: no copy
-            start, offs = p0 - pad, direct[g]
-        elif span:
-            local = np.empty(c_g * span, dtype=out.dtype)
-            _window(xph[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
-            src, start = local, 0
-        # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
-        stored = into_output and p0 + starts[-1] + nr <= length
-        if stored:
-            tile, base, rstride, trows = out[b].reshape(out.shape[1] * lattice), g * k_g * lattice + p0, lattice, drows
-        else:
-            tile, base, rstride, trows = np.empty(kbs * mr * tstride, dtype=out.dtype), 0, tstride, crows
-        for r0 in range(0, ct, steps):
-            kc = min(steps, ct - r0)
-            for kb in range(kbs):
-                for t in range(starts.shape[0]):
-                    j = starts[t]
-                    _forward_tile(vectors[t], wpack[g], (kb * ct + r0) * mr, arows, mr, src, start + j, offs, r0,
-                                  tile, base + kb * mr * rstride + j, trows, kc, r0 > 0)
-        if stored:
-            continue
-        q = max(0, np.searchsorted(rows, p0, "right") - 1)  # the output row holding position p0
-        while q < rows.shape[0] and rows[q] < p0 + nc:
-            lo = max(rows[q], p0)
-            hi = min(rows[q] + width, p0 + nc)
-            if hi > lo:
-                o = q * width + lo - rows[q]
-                for k in range(k_g):
-                    dst = out[b, g * k_g + k, o:o + hi - lo]
-                    src = tile[k * tstride + lo - p0:k * tstride + hi - p0]
-                    for i in range(hi - lo):
-                        dst[i] = src[i]
-            q += 1
+    jobs = n * groups * nblocks
+    if dynamic:  # each of the ``dynamic`` threads takes the next job as it comes free (see .direct.DYNAMIC_JOBS)
+        counter = np.zeros(1, dtype=np.int64)
+        for _ in prange(dynamic):
+            job = _take(counter)
+            while job < jobs:
+                _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
+                             windows_in_place, seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g,
+                             tstride, arows, crows, drows, lattice, into_output, direct, c_g)
+                job = _take(counter)
+    else:
+        for job in prange(jobs):
+            _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
+                         windows_in_place, seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g,
+                         tstride, arows, crows, drows, lattice, into_output, direct, c_g)
 
 
 @njit(**_FLAGS)
@@ -843,8 +866,54 @@ def _embed_rows(gy, rows, width, out):  # pragma: no cover - compiled
             dst[i] = 0
 
 
+@njit(**_FLAGS)
+def _grad_input_job(job, gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src, seg_len, step,
+                    size, stride, complete, spread, out, groups, jobs_per_group, c_g, k_g, mr, arows, length_in, half,
+                    split, unit):  # pragma: no cover - compiled
+    """Job ``job`` of :func:`_grad_input` (image, group, block of channels)."""
+    b = job // (groups * jobs_per_group)
+    g = (job // jobs_per_group) % groups
+    c0 = (job % jobs_per_group) * chans
+    c1 = min(c_g, c0 + chans)
+    # The padded rows of the last block may land past the chans planes: scratch, never read, left unzeroed (DCGAN
+    # 256->128, one channel a job: zeroing the nine planes cost 0.3 ms a call).
+    local = np.empty((chans + mr) * stride, dtype=out.dtype)
+    local[:chans * stride] = 0
+    for t0 in range(0, starts.shape[0], block):
+        for rb in range(c0 * n_taps // mr, -(-(c1 * n_taps) // mr)):
+            for j in starts[t0:t0 + block]:
+                _mk(wtpack[g], rb * k_g * mr, arows, mr, gyl[b], j, ktable, g * k_g,
+                    local, j - c0 * stride, crow[rb * mr:(rb + 1) * mr], k_g, True)
+    if spread == 1:
+        for c in range(c0, c1):
+            _unfill(out[b, g * c_g + c], local[(c - c0) * stride:(c - c0) * stride + size], seg_dst, seg_src,
+                    seg_len, step, complete)
+        return
+    planes = np.empty(length_in * spread, dtype=out.dtype)  # planes[p * spread + bb]: image bb's position p
+    for c in range(c0, c1):
+        if not complete:  # input elements that no window reaches get a zero gradient
+            planes[:] = 0
+        base = (c - c0) * stride
+        for sg in range(seg_dst.shape[0]):  # the filled positions' runs of images, whole
+            for t in range(seg_len[sg]):
+                src = local[base + (seg_dst[sg] + t) * spread:base + (seg_dst[sg] + t + 1) * spread]
+                q = seg_src[sg] + t * unit
+                run = planes[q * spread:(q + 1) * spread]
+                for i in range(spread):
+                    run[i] = src[i]
+        for bb in range(spread):  # each image's plane out of them, its columns merged for SPLIT2
+            dst = out[b * spread + bb, g * c_g + c]
+            if split:
+                for p in range(half):
+                    dst[2 * p] = planes[p * spread + bb]
+                    dst[2 * p + 1] = planes[(half + p) * spread + bb]
+            else:
+                for p in range(length_in):
+                    dst[p] = planes[p * spread + bb]
+
+
 def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src, seg_len, step, size,
-                stride, complete, spread, out):  # pragma: no cover - compiled
+                stride, complete, spread, dynamic, out):  # pragma: no cover - compiled
     """``out (n, C, S)``, the input gradient, from ``gyl (n // spread, K * lstride)`` (``gy`` on the lattice,
     zeros at the dropped positions; ``ktable[k] = k * lstride``; with ``spread`` images interleaved position
     by position, as :func:`forward` interleaves them, ``gyl`` holds one lattice per ``spread`` images and the
@@ -855,7 +924,8 @@ def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst
     blocks of ``MR`` patch rows, ``(rbs, K_g, MR)``, rows past ``C_g * T``
     zero. ``crow[r]``: where patch row ``r`` (channel ``r // T``, tap
     ``r % T``) starts in a buffer of planes ``stride`` apart. One job per
-    (image, group, ``chans`` channels: a whole number of row blocks): it
+    (image, group, ``chans`` channels: a whole number of row blocks), taken
+    as in :func:`_forward` with ``dynamic`` threads: it
     adds its tiles into a local buffer of padded planes, which then goes
     back to the unpadded planes (:func:`.direct._unfill`). Interleaved,
     the runs of images at the real positions go whole into a buffer of the
@@ -878,46 +948,21 @@ def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst
     half = length_in // 2
     split = step == SPLIT2
     unit = 1 if split else step  # in an image's plane, its columns split for SPLIT2 (see .direct._unfill)
-    for job in prange(n * groups * jobs_per_group):
-        b = job // (groups * jobs_per_group)
-        g = (job // jobs_per_group) % groups
-        c0 = (job % jobs_per_group) * chans
-        c1 = min(c_g, c0 + chans)
-        # The padded rows of the last block may land past the chans planes: scratch, never read, left unzeroed (DCGAN
-        # 256->128, one channel a job: zeroing the nine planes cost 0.3 ms a call).
-        local = np.empty((chans + mr) * stride, dtype=out.dtype)
-        local[:chans * stride] = 0
-        for t0 in range(0, starts.shape[0], block):
-            for rb in range(c0 * n_taps // mr, -(-(c1 * n_taps) // mr)):
-                for j in starts[t0:t0 + block]:
-                    _mk(wtpack[g], rb * k_g * mr, arows, mr, gyl[b], j, ktable, g * k_g,
-                        local, j - c0 * stride, crow[rb * mr:(rb + 1) * mr], k_g, True)
-        if spread == 1:
-            for c in range(c0, c1):
-                _unfill(out[b, g * c_g + c], local[(c - c0) * stride:(c - c0) * stride + size], seg_dst, seg_src,
-                        seg_len, step, complete)
-            continue
-        planes = np.empty(length_in * spread, dtype=out.dtype)  # planes[p * spread + bb]: image bb's position p
-        for c in range(c0, c1):
-            if not complete:  # input elements that no window reaches get a zero gradient
-                planes[:] = 0
-            base = (c - c0) * stride
-            for sg in range(seg_dst.shape[0]):  # the filled positions' runs of images, whole
-                for t in range(seg_len[sg]):
-                    src = local[base + (seg_dst[sg] + t) * spread:base + (seg_dst[sg] + t + 1) * spread]
-                    q = seg_src[sg] + t * unit
-                    run = planes[q * spread:(q + 1) * spread]
-                    for i in range(spread):
-                        run[i] = src[i]
-            for bb in range(spread):  # each image's plane out of them, its columns merged for SPLIT2
-                dst = out[b * spread + bb, g * c_g + c]
-                if split:
-                    for p in range(half):
-                        dst[2 * p] = planes[p * spread + bb]
-                        dst[2 * p + 1] = planes[(half + p) * spread + bb]
-                else:
-                    for p in range(length_in):
-                        dst[p] = planes[p * spread + bb]
+    jobs = n * groups * jobs_per_group
+    if dynamic:  # each of the ``dynamic`` threads takes the next job as it comes free (see .direct.DYNAMIC_JOBS)
+        counter = np.zeros(1, dtype=np.int64)
+        for _ in prange(dynamic):
+            job = _take(counter)
+            while job < jobs:
+                _grad_input_job(job, gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src,
+                                seg_len, step, size, stride, complete, spread, out, groups, jobs_per_group, c_g, k_g,
+                                mr, arows, length_in, half, split, unit)
+                job = _take(counter)
+    else:
+        for job in prange(jobs):
+            _grad_input_job(job, gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src, seg_len,
+                            step, size, stride, complete, spread, out, groups, jobs_per_group, c_g, k_g, mr, arows,
+                            length_in, half, split, unit)
 
 
 @njit(**_FLAGS)
@@ -954,7 +999,7 @@ def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst, 
 
 
 def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, size, span, seg_dst, seg_src, seg_len,
-                 parts):  # pragma: no cover - compiled
+                 dynamic, parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``
     over the ``length`` output positions ``p``.
 
@@ -967,7 +1012,8 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     a buffer of its thread (:func:`_window`), ``rowoff`` counting in that
     buffer and ``steps[p] = p``. The tile is the wide one
     (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group, ``block``
-    positions), dealt to the threads in turn. Each job first lays its
+    positions), which each thread takes as it comes free where ``dynamic``
+    (:data:`.direct.DYNAMIC_JOBS`), else dealt in turn. Each job first lays its
     block of ``gy`` out with the channels along the vectors, ``kgp`` apart
     (:func:`_transpose_block`), in a buffer of its thread that stays in
     cache, then adds its products into the thread's own part, so no two
@@ -988,12 +1034,14 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     crow = np.arange(ctp) * kgp
     align = VECTOR_BYTES // parts.itemsize
     c_g = xph.shape[1] // size // groups if span else 0
+    counter = np.zeros(1, dtype=np.int64)
     for tid in prange(n_threads):
         raw = np.zeros(block * kgp + align, dtype=parts.dtype)  # the padding channels stay zero
         skip = (-raw.ctypes.data % VECTOR_BYTES) // parts.itemsize  # vector loads that never split a line
         gyt = raw[skip:skip + block * kgp]
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
-        for job in range(tid, jobs, n_threads):
+        job = _take(counter) if dynamic else np.int64(tid)
+        while job < jobs:
             b, g, p0, kc, src, start = _job_rows(xph, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
                                                  seg_src, seg_len, local)
             _transpose_block(gy[b], g * k_g, k_g, p0, p0 + kc, kgp, gyt)
@@ -1007,6 +1055,7 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
                     else:
                         _mk_steps(src, base, rowoff[g, rb * mr:(rb + 1) * mr], at, gyt, kb, ptable, 0, parts[tid, g],
                                   kb, crow[rb * mr:(rb + 1) * mr], kc, True)
+            job = _take(counter) if dynamic else job + n_threads
 
 
 def _transpose_all(gy, groups, kgp, out):  # pragma: no cover - compiled
@@ -1072,7 +1121,7 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
 
 
 def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, seg_dst, seg_src, seg_len,
-                     parts):  # pragma: no cover - compiled
+                     dynamic, parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p row_r[p] gy[k, p]``
     for 1-D layers, as dot products along the ``length`` output positions
     (:func:`make_dot_microkernel`).
@@ -1087,7 +1136,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     into a buffer of its thread. Without: ``x (n, C * stride)`` the filled
     planes and ``rowoff`` where row ``r`` starts in them (see
     :func:`_job_rows`). Jobs are (image,
-    group, ``block`` positions), dealt to the threads in turn; each adds
+    group, ``block`` positions), taken as in :func:`_grad_weight`; each adds
     its tiles into the thread's own part.
     """
     n = x.shape[0]
@@ -1096,9 +1145,11 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     nblocks = -(-length // block)
     jobs = n * groups * nblocks
     crow = np.arange(ctp) * kgp
+    counter = np.zeros(1, dtype=np.int64)
     for tid in prange(n_threads):
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
-        for job in range(tid, jobs, n_threads):
+        job = _take(counter) if dynamic else np.int64(tid)
+        while job < jobs:
             b, g, p0, kc, src, start = _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
                                                  seg_src, seg_len, local)
             for rb in range(ctp // DOT_MR):
@@ -1106,6 +1157,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
                 for kb in range(0, kgp, DOT_NR):
                     _dk(src, start, rows, gy[b], p0, grow[g, kb:kb + DOT_NR], parts[tid, g], kb,
                         crow[rb * DOT_MR:(rb + 1) * DOT_MR], kc)
+            job = _take(counter) if dynamic else job + n_threads
 
 
 def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, wide, y):  # pragma: no cover - compiled
@@ -1486,7 +1538,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
         _FILL_INTERLEAVED[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, xt)
         rowoff = _row_offsets(groups, c_g, plan, cstride, ct, spread=n)
         _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, out)
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, dynamic_threads(par), out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
         return y
     if _forward_windowed(plan, c, x.dtype):
@@ -1496,13 +1548,13 @@ def forward(x, w, groups, plan, pads, y, scratch):
         segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:3]
         _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width, plan.length,
                       block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
-                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, y.reshape(n, k, -1))
+                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, dynamic_threads(par), y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS, 1, 0, 0,
-                  False, *_NO_SEGMENTS, y.reshape(n, k, -1))
+                  False, *_NO_SEGMENTS, dynamic_threads(par), y.reshape(n, k, -1))
     return y
 
 
@@ -1632,7 +1684,7 @@ def grad_input(gy, w, groups, plan, in_shape, pads, gx, scratch):
     ktable = np.arange(k, dtype=np.int64) * lstride
     _GRAD_INPUT[par](gyl.reshape(n // spread, -1), ktable, wtpack, crow, starts, max(1, GRAD_INPUT_POSITIONS // nr),
                      chans, n_taps, seg_dst, seg_src, seg_len, step, size, stride, complete, spread,
-                     gx.reshape(n, c, -1))
+                     dynamic_threads(par), gx.reshape(n, c, -1))
     return gx
 
 
@@ -1698,7 +1750,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT[par](xph, gy, rowoff, _output_steps(plan), kgp, positions,
-                      block, n_threads, wide, x.shape[-1], span, *segments, parts)
+                      block, n_threads, wide, x.shape[-1], span, *segments, bool(dynamic_threads(par)), parts)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
 
@@ -1734,7 +1786,8 @@ def grad_weight_rows(gy, x, groups, plan, pads, scratch):
     n_threads = blas._threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
-                          kgp, length, block, n_threads, x.shape[-1], span, *segments, parts)
+                          kgp, length, block, n_threads, x.shape[-1], span, *segments, bool(dynamic_threads(par)),
+                          parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
@@ -1754,7 +1807,7 @@ def forward_pointwise(x, w, groups, y, par):
         rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
         _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
                       np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, y.reshape(n, k, -1))
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, dynamic_threads(par), y.reshape(n, k, -1))
     if whole < length:
         blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],
                     y.reshape(n, groups, k_g, length)[..., whole:])

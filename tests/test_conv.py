@@ -2049,7 +2049,8 @@ def test_dynamic_jobs_are_each_taken_once():
 
 # Layers whose passes run on all threads through the implicit GEMM's kernels that deal their jobs either way
 # (DYNAMIC_JOBS): (n, c, k, size, kernel, stride, padding); the forward (from windows of the input, from the
-# filled planes), the input gradient, the weight gradient by blocks of positions and, 1-D, by dot products.
+# filled planes) and the input gradient; the weight gradient by blocks of positions and, 1-D, by dot products,
+# which keeps its shares.
 DYNAMIC_CASES = [
     (4, 40, 32, (48, 48), (3, 3), 1, 1),
     (3, 12, 24, (29, 31), (3, 3), 2, (0, 2)),
@@ -2060,8 +2061,8 @@ DYNAMIC_CASES = [
 @pytest.mark.parametrize("n, c, k, size, kernel, stride, padding", DYNAMIC_CASES)
 def test_kernels_deal_their_jobs_either_way(n, c, k, size, kernel, stride, padding, rng, monkeypatch):
     """The kernels that take their jobs as they come free (:data:`.direct.DYNAMIC_JOBS`) or in equal shares:
-    the same forward and input gradient bitwise (each job writes its own outputs), the weight gradient within
-    the float64 reference's tolerance either way (each thread sums its own jobs)."""
+    the same forward and input gradient bitwise (each job writes its own outputs), and the same weight gradient
+    bitwise, call after call (its jobs keep their shares: each thread sums its own)."""
     from convlayer.engine import direct
 
     x = rng.standard_normal((n, c, *size)).astype(np.float32)
@@ -2075,8 +2076,9 @@ def test_kernels_deal_their_jobs_either_way(n, c, k, size, kernel, stride, paddi
             y = CF.conv(x, w, **kw)
             gy = np.cos(y)
             results.append((y, *CF.conv_backward(gy, x, w, **kw)[:2]))
+            assert np.array_equal(CF.conv_backward(gy, x, w, **kw)[1], results[-1][2])  # again: the same sums
     (y, gx, gw), (y0, gx0, gw0) = results
-    assert np.array_equal(y, y0) and np.array_equal(gx, gx0)
+    assert np.array_equal(y, y0) and np.array_equal(gx, gx0) and np.array_equal(gw, gw0)
     rank = len(size)
     pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"), (1,) * rank)
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)

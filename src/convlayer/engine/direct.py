@@ -78,17 +78,19 @@ COPY_PARALLEL_MIN = 1 << 16
 # they increment atomically (:func:`_take`), instead of in equal shares fixed in advance (Numba's ``prange``).
 # Where the jobs differ in length (the speech layer's blocks) or a thread loses its core for a while to another
 # process (a shared machine), the others take up its jobs; the shares left the pass as slow as its slowest
-# thread. They are the implicit GEMM's forward, input gradient and weight gradients by blocks of positions (see
-# :mod:`.implicit`). On Zen 3, on a busy stretch of the shared machine, one process flipping the setting call
+# thread. They are the implicit GEMM's forward and input gradient (see :mod:`.implicit`), whose jobs each write
+# outputs of their own. On Zen 3, on a busy stretch of the shared machine, one process flipping the setting call
 # by call, 8 calls each, three processes (ms, the fastest call of each process, dynamic / shares): ResNet 3x3
-# 64->64's forward 14.73-17.24 / 16.66-18.56, input gradient 14.36-16.08 / 16.00-18.99, weight gradient
-# 17.25-17.84 / 18.78-20.66; DeepBench C128's forward 29.19-36.74 / 31.31-40.50 and input gradient
+# 64->64's forward 14.73-17.24 / 16.66-18.56, input gradient 14.36-16.08 / 16.00-18.99; DeepBench C128's forward 29.19-36.74 / 31.31-40.50 and input gradient
 # 27.75-37.03 / 31.04-39.46; 3x3x3 C64's forward 20.86-29.81 / 21.35-40.84; the speech layer's forward, whose
 # blocks differ in length, 5.15-7.64 / 5.46-9.93. On calmer stretches they ran even or 1-2% faster (C32's
 # forward 12.99 / 13.27; WaveNet's input gradient 7.65 / 7.42 was the one loss seen). The plane kernels'
 # jobs (a depthwise plane, a few microseconds) lost with the counter (MobileNet's stride-1 depthwise forward
-# 1.73 / 1.54), and the weight gradient's chunks of patch rows are too few to share out (2-4 a pass, even):
-# both keep their shares.
+# 1.73 / 1.54), and the weight gradient's chunks of patch rows are too few to share out (2-6 a pass, even):
+# both keep their shares. So do the weight gradients by blocks of positions, though the counter made them
+# faster too on the busy stretch (ResNet 3x3's 15.40-18.21 / 20.44-20.82, two processes): each thread adds its
+# jobs into a part of its own, and with the jobs taken as they come, which thread adds which, and so the sum's
+# last bits, would change from call to call; a seeded training must repeat itself.
 DYNAMIC_JOBS = True
 
 

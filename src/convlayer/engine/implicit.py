@@ -999,7 +999,7 @@ def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst, 
 
 
 def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, size, span, seg_dst, seg_src, seg_len,
-                 dynamic, parts):  # pragma: no cover - compiled
+                 parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p plane[r][p] gy[p, k]``
     over the ``length`` output positions ``p``.
 
@@ -1012,8 +1012,9 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     a buffer of its thread (:func:`_window`), ``rowoff`` counting in that
     buffer and ``steps[p] = p``. The tile is the wide one
     (:data:`WIDE_MR`) where ``wide``. Jobs are (image, group, ``block``
-    positions), which each thread takes as it comes free where ``dynamic``
-    (:data:`.direct.DYNAMIC_JOBS`), else dealt in turn. Each job first lays its
+    positions), dealt to the threads in turn (not taken as they come free,
+    :data:`.direct.DYNAMIC_JOBS`: which thread sums which job must not
+    change from call to call). Each job first lays its
     block of ``gy`` out with the channels along the vectors, ``kgp`` apart
     (:func:`_transpose_block`), in a buffer of its thread that stays in
     cache, then adds its products into the thread's own part, so no two
@@ -1034,14 +1035,12 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
     crow = np.arange(ctp) * kgp
     align = VECTOR_BYTES // parts.itemsize
     c_g = xph.shape[1] // size // groups if span else 0
-    counter = np.zeros(1, dtype=np.int64)
     for tid in prange(n_threads):
         raw = np.zeros(block * kgp + align, dtype=parts.dtype)  # the padding channels stay zero
         skip = (-raw.ctypes.data % VECTOR_BYTES) // parts.itemsize  # vector loads that never split a line
         gyt = raw[skip:skip + block * kgp]
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
-        job = _take(counter) if dynamic else np.int64(tid)
-        while job < jobs:
+        for job in range(tid, jobs, n_threads):
             b, g, p0, kc, src, start = _job_rows(xph, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
                                                  seg_src, seg_len, local)
             _transpose_block(gy[b], g * k_g, k_g, p0, p0 + kc, kgp, gyt)
@@ -1055,7 +1054,6 @@ def _grad_weight(xph, gy, rowoff, steps, kgp, length, block, n_threads, wide, si
                     else:
                         _mk_steps(src, base, rowoff[g, rb * mr:(rb + 1) * mr], at, gyt, kb, ptable, 0, parts[tid, g],
                                   kb, crow[rb * mr:(rb + 1) * mr], kc, True)
-            job = _take(counter) if dynamic else job + n_threads
 
 
 def _transpose_all(gy, groups, kgp, out):  # pragma: no cover - compiled
@@ -1121,7 +1119,7 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
 
 
 def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, seg_dst, seg_src, seg_len,
-                     dynamic, parts):  # pragma: no cover - compiled
+                     parts):  # pragma: no cover - compiled
     """``parts (n_threads, groups, CTp * kgp)``: per-thread sums of ``gW^T[r, k] = sum_p row_r[p] gy[k, p]``
     for 1-D layers, as dot products along the ``length`` output positions
     (:func:`make_dot_microkernel`).
@@ -1136,7 +1134,7 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     into a buffer of its thread. Without: ``x (n, C * stride)`` the filled
     planes and ``rowoff`` where row ``r`` starts in them (see
     :func:`_job_rows`). Jobs are (image,
-    group, ``block`` positions), taken as in :func:`_grad_weight`; each adds
+    group, ``block`` positions), dealt to the threads in turn; each adds
     its tiles into the thread's own part.
     """
     n = x.shape[0]
@@ -1145,11 +1143,9 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
     nblocks = -(-length // block)
     jobs = n * groups * nblocks
     crow = np.arange(ctp) * kgp
-    counter = np.zeros(1, dtype=np.int64)
     for tid in prange(n_threads):
         local = np.empty(max(1, c_g * span), dtype=parts.dtype)
-        job = _take(counter) if dynamic else np.int64(tid)
-        while job < jobs:
+        for job in range(tid, jobs, n_threads):
             b, g, p0, kc, src, start = _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst,
                                                  seg_src, seg_len, local)
             for rb in range(ctp // DOT_MR):
@@ -1157,7 +1153,6 @@ def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, s
                 for kb in range(0, kgp, DOT_NR):
                     _dk(src, start, rows, gy[b], p0, grow[g, kb:kb + DOT_NR], parts[tid, g], kb,
                         crow[rb * DOT_MR:(rb + 1) * DOT_MR], kc)
-            job = _take(counter) if dynamic else job + n_threads
 
 
 def _forward_channels(x, wpack, steps, at, count, kgp, k_g, n_threads, wide, y):  # pragma: no cover - compiled
@@ -1750,7 +1745,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         rowoff = _row_offsets(groups, c_g, plan, stride, ctp)
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT[par](xph, gy, rowoff, _output_steps(plan), kgp, positions,
-                      block, n_threads, wide, x.shape[-1], span, *segments, bool(dynamic_threads(par)), parts)
+                      block, n_threads, wide, x.shape[-1], span, *segments, parts)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw
 
@@ -1786,8 +1781,7 @@ def grad_weight_rows(gy, x, groups, plan, pads, scratch):
     n_threads = blas._threads() if par else 1
     parts = np.zeros((n_threads, groups, ctp * kgp), dtype=x.dtype)
     _GRAD_WEIGHT_DOT[par](xph, np.ascontiguousarray(gy).reshape(n, -1), rowoff, np.ascontiguousarray(grow, np.int64),
-                          kgp, length, block, n_threads, x.shape[-1], span, *segments, bool(dynamic_threads(par)),
-                          parts)
+                          kgp, length, block, n_threads, x.shape[-1], span, *segments, parts)
     gw = np.empty((groups, k_g, ct), dtype=x.dtype)
     _SUM_TRANSPOSED[int(gw.size >= COPY_PARALLEL_MIN)](parts.reshape(n_threads, groups, ctp, kgp), ct, k_g, gw)
     return gw

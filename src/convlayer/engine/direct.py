@@ -51,7 +51,7 @@ from functools import lru_cache
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 from numba import types as nbtypes
 from numba.extending import intrinsic
 
@@ -81,9 +81,10 @@ COPY_PARALLEL_MIN = 1 << 16
 # thread. They are the implicit GEMM's forward and input gradient (see :mod:`.implicit`), whose jobs each write
 # outputs of their own. On Zen 3, on a busy stretch of the shared machine, one process flipping the setting call
 # by call, 8 calls each, three processes (ms, the fastest call of each process, dynamic / shares): ResNet 3x3
-# 64->64's forward 14.73-17.24 / 16.66-18.56, input gradient 14.36-16.08 / 16.00-18.99; DeepBench C128's forward 29.19-36.74 / 31.31-40.50 and input gradient
-# 27.75-37.03 / 31.04-39.46; 3x3x3 C64's forward 20.86-29.81 / 21.35-40.84; the speech layer's forward, whose
-# blocks differ in length, 5.15-7.64 / 5.46-9.93. On calmer stretches they ran even or 1-2% faster (C32's
+# 64->64's forward 14.73-17.24 / 16.66-18.56, input gradient 14.36-16.08 / 16.00-18.99; DeepBench C128's
+# forward 29.19-36.74 / 31.31-40.50 and input gradient 27.75-37.03 / 31.04-39.46; 3x3x3 C64's forward
+# 20.86-29.81 / 21.35-40.84; the speech layer's forward, whose blocks differ in length, 5.15-7.64 / 5.46-9.93.
+# On calmer stretches they ran even or 1-2% faster (C32's
 # forward 12.99 / 13.27; WaveNet's input gradient 7.65 / 7.42 was the one loss seen). The plane kernels'
 # jobs (a depthwise plane, a few microseconds) lost with the counter (MobileNet's stride-1 depthwise forward
 # 1.73 / 1.54), and the weight gradient's chunks of patch rows are too few to share out (2-6 a pass, even):
@@ -817,8 +818,6 @@ def _take(typingctx, counter):
 def dynamic_threads(parallel) -> int:
     """The ``dynamic`` argument of the kernels that deal their jobs either way (:data:`DYNAMIC_JOBS`): the
     number of threads where they run on all of them and take their jobs as they come free, else 0."""
-    from numba import get_num_threads
-
     return get_num_threads() if DYNAMIC_JOBS and parallel else 0
 
 

@@ -632,20 +632,18 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
             for r in range(ct):
                 direct[g, r] = rowoff[g, r] + (r // taps) * (size - span) + g * c_g * size
     jobs = n * groups * nblocks
-    if dynamic:  # each of the ``dynamic`` threads takes the next job as it comes free (see .direct.DYNAMIC_JOBS)
-        counter = np.zeros(1, dtype=np.int64)
-        for _ in prange(dynamic):
-            job = _take(counter)
-            while job < jobs:
-                _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
-                             windows_in_place, seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g,
-                             tstride, arows, crows, drows, lattice, into_output, direct, c_g)
-                job = _take(counter)
-    else:
-        for job in prange(jobs):
+    # With ``dynamic`` threads each takes the next job as it comes free (see .direct.DYNAMIC_JOBS); else one job
+    # per iteration of prange's equal shares. The bound is computed apart: as prange's argument, the conditional
+    # made the loop serial.
+    counter = np.zeros(1, dtype=np.int64)
+    slots = dynamic if dynamic else jobs
+    for slot in prange(slots):
+        job = _take(counter) if dynamic else np.int64(slot)
+        while job < jobs:
             _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
                          windows_in_place, seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g,
                          tstride, arows, crows, drows, lattice, into_output, direct, c_g)
+            job = _take(counter) if dynamic else jobs
 
 
 @njit(**_FLAGS)
@@ -949,20 +947,18 @@ def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst
     split = step == SPLIT2
     unit = 1 if split else step  # in an image's plane, its columns split for SPLIT2 (see .direct._unfill)
     jobs = n * groups * jobs_per_group
-    if dynamic:  # each of the ``dynamic`` threads takes the next job as it comes free (see .direct.DYNAMIC_JOBS)
-        counter = np.zeros(1, dtype=np.int64)
-        for _ in prange(dynamic):
-            job = _take(counter)
-            while job < jobs:
-                _grad_input_job(job, gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src,
-                                seg_len, step, size, stride, complete, spread, out, groups, jobs_per_group, c_g, k_g,
-                                mr, arows, length_in, half, split, unit)
-                job = _take(counter)
-    else:
-        for job in prange(jobs):
+    # With ``dynamic`` threads each takes the next job as it comes free (see .direct.DYNAMIC_JOBS); else one job
+    # per iteration of prange's equal shares. The bound is computed apart: as prange's argument, the conditional
+    # made the loop serial.
+    counter = np.zeros(1, dtype=np.int64)
+    slots = dynamic if dynamic else jobs
+    for slot in prange(slots):
+        job = _take(counter) if dynamic else np.int64(slot)
+        while job < jobs:
             _grad_input_job(job, gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst, seg_src, seg_len,
                             step, size, stride, complete, spread, out, groups, jobs_per_group, c_g, k_g, mr, arows,
                             length_in, half, split, unit)
+            job = _take(counter) if dynamic else jobs
 
 
 @njit(**_FLAGS)

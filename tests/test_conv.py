@@ -1421,33 +1421,38 @@ def test_implicit_gemm_covers_every_block_edge(size, kernel, c, k, groups, strid
     assert max_rel_err(gw, wt.grad.numpy()) < tol
 
 
-# The forward's windows of the padded planes (WINDOWS_ND): (n, size, kernel, c, k, groups, dilation, padding).
+# The forward's windows of the padded planes (WINDOWS_ND): (n, size, kernel, c, k, groups, stride, dilation,
+# padding).
 WINDOW_CASES = [
-    (2, (23, 41), (3, 3), 5, 9, 1, 1, 1),  # each block's window spans rows, padding between them
-    (1, (9, 7), (5, 3), 4, 6, 2, (2, 1), ((3, 0), (1, 4))),  # groups, dilation, uneven padding; one image
-    (1, (30, 30), (3, 3), 3, 4, 1, 1, ((0, 2), (2, 0))),  # no padding before the rows: windows start inside
-    (1, (5, 6, 7), (3, 2, 3), 4, 8, 1, (1, 2, 1), ((1, 1), (0, 1), (2, 1))),  # 3-D, windows across planes
-    (1, (40, 40), (3, 3), 2, 3, 1, 1, 0),  # no padding at all: every segment a whole row of the input
+    (2, (23, 41), (3, 3), 5, 9, 1, 1, 1, 1),  # each block's window spans rows, padding between them
+    (1, (9, 7), (5, 3), 4, 6, 2, 1, (2, 1), ((3, 0), (1, 4))),  # groups, dilation, uneven padding; one image
+    (1, (30, 30), (3, 3), 3, 4, 1, 1, 1, ((0, 2), (2, 0))),  # no padding before the rows: windows start inside
+    (1, (5, 6, 7), (3, 2, 3), 4, 8, 1, 1, (1, 2, 1), ((1, 1), (0, 1), (2, 1))),  # 3-D, windows across planes
+    (1, (40, 40), (3, 3), 2, 3, 1, 1, 1, 0),  # no padding at all: every segment a whole row of the input
+    (2, (23, 41), (3, 3), 5, 9, 1, 2, 1, 1),  # four phases, every other column of the input (odd widths)
+    (1, (30, 28), (4, 4), 4, 6, 2, 2, 1, ((2, 1), (1, 2))),  # even widths (the filled planes split the columns)
+    (1, (13, 17), (5, 3), 3, 4, 1, (2, 3), (1, 2), ((3, 0), (1, 4))),  # six phases, dilated, uneven padding
+    (1, (7, 9, 11), (3, 2, 3), 4, 8, 1, (2, 1, 3), (1, 2, 1), 1),  # 3-D, six phases
+    (2, (31, 30), (1, 1), 3, 5, 1, 2, 1, 0),  # a 1x1 layer of stride 2: one phase of four read
 ]
 
 
-@pytest.mark.parametrize("n, size, kernel, c, k, groups, dilation, padding", WINDOW_CASES)
-@pytest.mark.parametrize("block", [96, 576])
+@pytest.mark.parametrize("n, size, kernel, c, k, groups, stride, dilation, padding", WINDOW_CASES)
+@pytest.mark.parametrize("block", [96, 576, 0])  # 0: windows within no bytes, blocks of a tile
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_implicit_forward_reads_windows_of_the_padded_planes(n, size, kernel, c, k, groups, dilation, padding, block,
-                                                             dtype, rng, monkeypatch):
-    """The forward of stride-1 layers from each block's window of the padded planes (:data:`WINDOWS_ND`, forced
-    here for any vector width and window): bitwise the forward from the filled planes, and the reference's."""
+def test_implicit_forward_reads_windows_of_the_padded_planes(n, size, kernel, c, k, groups, stride, dilation, padding,
+                                                             block, dtype, rng, monkeypatch):
+    """The forward from each block's window of the padded, phase-split planes (:data:`WINDOWS_ND`, forced here
+    for any vector width and window): bitwise the forward from the filled planes, and the reference's."""
     from convlayer.engine import implicit
 
     x = rng.standard_normal((n, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
-    kw = dict(dilation=dilation, groups=groups, padding=padding)
-    monkeypatch.setattr(implicit, "WINDOW_BLOCK", block)
-    monkeypatch.setattr(implicit, "WINDOW_MAX_SPREAD", 10**6)
-    monkeypatch.setattr(implicit, "WINDOWS_MIN_BYTES", 0)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
+    monkeypatch.setattr(implicit, "WINDOW_BLOCK", block or 576)
+    monkeypatch.setattr(implicit, "WINDOW_MAX_BYTES", 320 << 10 if block else 0)
     calls, window_on = [], [True]
-    monkeypatch.setattr(implicit, "_forward_windowed", lambda plan, c, dtype: calls.append(plan) or window_on[0])
+    monkeypatch.setattr(implicit, "_forward_windowed", lambda plan, c, c_g, dtype: calls.append(plan) or window_on[0])
     with force_strategy("implicit"):
         y = CF.conv(x, w, **kw)
         window_on[0] = False
@@ -1455,36 +1460,47 @@ def test_implicit_forward_reads_windows_of_the_padded_planes(n, size, kernel, c,
     assert calls and not any(implicit.interleaves(plan, n, dtype) for plan in calls)  # the windows were read
     assert np.array_equal(y, planes)  # the same products in the same order
     rank = len(size)
-    pads = G.resolve_padding(padding, size, kernel, (1,) * rank, G.normalize_tuple(dilation, rank, "d"))
+    pads = G.resolve_padding(padding, size, kernel, G.normalize_tuple(stride, rank, "s"),
+                             G.normalize_tuple(dilation, rank, "d"))
     yt = TORCH_CONV[rank](F.pad(torch.tensor(x.astype(np.float64)), torch_pad_arg(pads)),
-                          torch.tensor(w.astype(np.float64)), dilation=dilation, groups=groups)
+                          torch.tensor(w.astype(np.float64)), stride=stride, dilation=dilation, groups=groups)
     assert max_rel_err(y, yt.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
 
 
 def test_implicit_forward_windows_where_they_span_few_blocks(monkeypatch):
-    """The rule: with :data:`WINDOWS_ND`, windows for stride-1 layers whose planes of an image exceed
+    """The rule: with :data:`WINDOWS_ND`, windows for layers whose padded planes of an image exceed
     :data:`WINDOWS_MIN_BYTES` and whose kernel reaches less than about twice the block past it
-    (:data:`WINDOW_MAX_SPREAD`); 1-D stride-1 layers always; strided layers never."""
+    (:data:`WINDOW_MAX_SPREAD`), the block cut to keep a window within :data:`WINDOW_MAX_BYTES`; 1-D stride-1
+    layers always."""
     from convlayer.engine import implicit
     from convlayer.engine.windows import make_plan
 
     monkeypatch.setattr(implicit, "WINDOWS_ND", True)
+    f32 = np.float32
+    tile = implicit.FORWARD_NV * implicit.lanes(f32)
     c32 = make_plan((114, 114), (3, 3), (1, 1), (1, 1), (112, 112))  # reaches 230 past the block
     video = make_plan((10, 30, 30), (3, 3, 3), (1, 1, 1), (1, 1, 1), (8, 28, 28))  # 1862 past it
-    strided = make_plan((30, 30), (3, 3), (2, 2), (1, 1), (14, 14))
+    strided = make_plan((30, 30), (3, 3), (2, 2), (1, 1), (14, 14))  # ResNet 3x3/2: 4 phases of 15 x 15
+    pointwise = make_plan((30, 30), (1, 1), (2, 2), (1, 1), (15, 15))  # reads one phase of the four
     wavenet = make_plan((16008,), (2,), (1,), (8,), (16000,))
     lenet = make_plan((14, 14), (5, 5), (1, 1), (1, 1), (10, 10))  # LeNet C3: 6 planes of 196 positions
-    assert implicit._forward_windowed(c32, 32, np.float32)
-    assert not implicit._forward_windowed(c32, 8, np.float32)  # an image's planes fit in the L2 cache
-    assert not implicit._forward_windowed(video, 64, np.float32)
-    assert not implicit._forward_windowed(strided, 128, np.float32)
-    assert not implicit._forward_windowed(lenet, 6, np.float32)
-    tile = implicit.FORWARD_NV * implicit.lanes(np.float32)
-    assert implicit._window_block(lenet, np.float32) == implicit._round_up(lenet.length, tile)  # not WINDOW_BLOCK
-    assert implicit._forward_windowed(wavenet, 1, np.float32)
+    assert implicit._forward_windowed(c32, 32, 32, f32)
+    assert not implicit._forward_windowed(c32, 4, 4, f32)  # an image's planes, 208 KB, fit in the L2 cache
+    assert not implicit._forward_windowed(video, 64, 64, f32)
+    assert implicit._forward_windowed(strided, 128, 128, f32)  # 450 KB of planes an image
+    assert not implicit._forward_windowed(strided, 64, 64, f32)
+    assert not implicit._forward_windowed(lenet, 6, 6, f32)
+    assert implicit._window_block(lenet, 6, f32) == implicit._round_up(lenet.length, tile)  # not WINDOW_BLOCK
+    # 128 channels of 4 phases: windows of 120 positions and the 16 + 24 past them, 320 KB; 216 would take 512 KB
+    assert implicit._window_block(strided, 128, f32) == 120
+    assert implicit._window_block(strided, 32, f32) == implicit._round_up(strided.length, tile)  # 128 KB
+    assert implicit._window_block(strided, 4096, f32) == tile  # at least a tile
+    assert implicit._used_phases(strided) == 4 and implicit._used_phases(pointwise) == 1
+    assert implicit._window_block(pointwise, 512, f32) == 120  # one phase: four times the channels in 320 KB
+    assert implicit._forward_windowed(wavenet, 1, 1, f32)
     monkeypatch.setattr(implicit, "WINDOWS_ND", False)
-    assert not implicit._forward_windowed(c32, 32, np.float32)
-    assert implicit._forward_windowed(wavenet, 1, np.float32)
+    assert not implicit._forward_windowed(c32, 32, 32, f32)
+    assert implicit._forward_windowed(wavenet, 1, 1, f32)
 
 
 @pytest.mark.parametrize(

@@ -703,7 +703,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, groups: int, plan: WindowPlan, pa
         how = "cols"
     if how == "implicit" and not _dense(plan, pads):
         im = _implicit()
-        for sl in _chunks(n, im.forward_bytes(c, k, plan, x.shape, pads, x.dtype)):
+        for sl in _chunks(n, im.forward_bytes(c, k, groups, plan, x.shape, pads, x.dtype)):
             im.forward(x[sl], w, groups, plan, pads, y[sl], _scratch(x.dtype))
         return y
     if how == "implicit":

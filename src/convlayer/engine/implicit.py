@@ -208,8 +208,8 @@ POINTWISE_MAX_INNER = 64 if VECTOR_BYTES == 64 else 48
 # and so did the filled planes padded to an odd number of cache lines (the dilated d4 layer's are 336 lines
 # apart). The copies add 1.2 times the input's size.
 WINDOWS_IN_PLACE = VECTOR_BYTES == 64
-# With 256-bit vectors the forward of the other stride-1 layers reads windows too (:func:`_forward_windowed`): each
-# job copies, per channel, the positions of the padded plane that its block of WINDOW_BLOCK lattice positions
+# With 256-bit vectors the forward of the other layers reads windows too (:func:`_forward_windowed`): each job
+# copies, per channel and phase, the positions of the padded plane that its block of WINDOW_BLOCK lattice positions
 # reads (:func:`_window`, from the segments of :func:`.direct.fill_arrays`), so no filled copy of the whole batch
 # goes through memory (DeepBench C32's 13 MB took 1.3 of its forward's 14 ms) and the copies overlap the other
 # thread's arithmetic. On Zen 3, one process flipping the setting call by call, 16 calls each, three processes
@@ -219,15 +219,27 @@ WINDOWS_IN_PLACE = VECTOR_BYTES == 64
 # 12.84-14.51 / 12.83-14.79 (even) and input gradient 12.67-16.41 / 13.06-17.09. Blocks of 576 positions beat
 # 192, 288 and 384 by 0-3% (C32, d2, d4). The window holds the block and the kernel's reach past it; where that
 # is more than WINDOW_MAX_SPREAD times the block, the copies' overlap costs more than the fill (3x3x3 C64, 4.3
-# times: 1-3% slower, and 5-10% with blocks of 192); where an image's planes fit in the L2 cache
-# (WINDOWS_MIN_BYTES) the fill costs little (DeepBench C128's 460 KB per image ran even; LeNet C3's forward, a
-# job per image, 3% slower). With AVX-512 the rule is not measured: the planes stay. Weight gradients from such
-# windows ran even (C32, ResNet 3x3, d2, d4) or slower (3x3x3 C64): they keep the planes.
+# times: 1-3% slower, and 5-10% with blocks of 192); where an image's padded planes take less than
+# WINDOWS_MIN_BYTES the fill costs little (LeNet C3's forward, a job per image, 3% slower; DCGAN 128->64's input
+# gradient, a forward of stride 2 over 289 KB per image, 8.29-9.33 / 8.23-9.05, the planes faster in 11-15 of 16
+# calls). Strided layers read each phase's window from the input, every ``stride``-th column (:func:`_window`),
+# where the planes are filled by first splitting each row's columns: ResNet 3x3/2's forward (450 KB per image)
+# 7.67-9.72 / 7.73-9.87 with blocks of 120 positions, windows faster in 12-15 of 16 calls in each of eight
+# processes; blocks of 216 (one a job, each window 512 KB) were slower, 11.82 / 10.66, so a block is cut to keep its
+# window within WINDOW_MAX_BYTES, five eighths of Zen 3's 512 KB L2 (the stride-1 layers' windows above are 106-303
+# KB). DeepBench C128 (450 KB) ran even or
+# faster, 26.97-32.31 / 27.27-32.14 (11 and 12 of 16), its input gradient 26.31-27.19 / 27.12-27.26; the ResNet
+# 7x7/2 stem even (6-11 of 16 in four processes, 1 in a fifth). With AVX-512 the rule is not measured: the planes
+# stay. Weight gradients from such windows ran even (C32, ResNet 3x3, d2, d4) or slower (3x3x3 C64): they keep
+# the planes.
 WINDOWS_ND = VECTOR_BYTES == 32
 WINDOW_BLOCK = 576
 WINDOW_MAX_SPREAD = 3
-WINDOWS_MIN_BYTES = 1 << 19
+WINDOWS_MIN_BYTES = 3 << 17
+WINDOW_MAX_BYTES = 320 << 10
 _NO_SEGMENTS = (np.zeros(0, np.int64),) * 3  # the segments' arguments of the kernels that read no window
+_ONE_PHASE = np.zeros(1, np.int64)  # the phases of a window of a layer of stride 1 (see :func:`_window`)
+_NO_WINDOW = (*_NO_SEGMENTS, 1, _ONE_PHASE)  # the window's arguments of a forward that reads none
 # The input gradient interleaves the whole batch only where its jobs per lattice leave this many per thread.
 INTERLEAVE_MIN_JOBS_PER_THREAD = 8
 # Images whose planes the interleaving copies handle together: one 64-byte line of float32 per position.
@@ -538,8 +550,8 @@ def _fill_planes(x, seg_dst, seg_src, seg_len, step, size, out):  # pragma: no c
 
 @njit(**_FLAGS)
 def _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
-                 seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g, tstride, arows, crows,
-                 drows, lattice, into_output, direct, c_g):  # pragma: no cover - compiled
+                 seg_dst, seg_src, seg_len, step, phases, out, groups, nblocks, nr, ct, kbs, mr, k_g, tstride, arows,
+                 crows, drows, lattice, into_output, direct, c_g):  # pragma: no cover - compiled
     """Job ``job`` of :func:`_forward` (image, group, block of lattice positions)."""
     b = job // (groups * nblocks)
     g = (job // nblocks) % groups
@@ -553,8 +565,8 @@ def _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, siz
     if span and windows_in_place and p0 >= pad and p0 - pad + span <= size:  # inside the input: no copy
         start, offs = p0 - pad, direct[g]
     elif span:
-        local = np.empty(c_g * span, dtype=out.dtype)
-        _window(xph[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
+        local = np.empty(c_g * phases.shape[0] * span, dtype=out.dtype)
+        _window(xph[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, step, phases, local)
         src, start = local, 0
     # the tiles' destination: the output itself, or a local tile whose real positions are copied out after
     stored = into_output and p0 + starts[-1] + nr <= length
@@ -586,12 +598,13 @@ def _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, siz
 
 
 def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad, windows_in_place,
-             seg_dst, seg_src, seg_len, dynamic, out):  # pragma: no cover - compiled
-    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (layers of stride
-    1, see :func:`_forward_windowed`), from the unpadded input ``xph (n, C * size)``, each job copying the
-    window of its group's padded planes that its block reads, ``span`` positions from the block's first,
-    ``p0``, into a local buffer (:func:`_window`, from the segments ``seg_dst, seg_src, seg_len`` of
-    :func:`.direct.fill_arrays`; ``rowoff`` then counts in it): no padded copy of the whole input goes
+             seg_dst, seg_src, seg_len, step, phases, dynamic, out):  # pragma: no cover - compiled
+    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``; or, with ``span`` (see
+    :func:`_forward_windowed`), from the unpadded input ``xph (n, C * size)``, each job copying the window
+    of its group's padded planes that its block reads, ``span`` positions from the block's first, ``p0``,
+    in each of the phases that start at ``phases``, into a local buffer (:func:`_window`, from the segments
+    ``seg_dst, seg_src, seg_len`` and ``step`` of :func:`.direct.fill_arrays`' plain layout; ``rowoff``
+    then counts in it, see :func:`_window_rows`): no padded copy of the whole input goes
     through memory (WaveNet's 16 MB: 14% of its forward, 6.9 vs 7.7 ms). With ``windows_in_place``
     (:data:`WINDOWS_IN_PLACE`, 1-D layers padded by ``pad`` before), a job whose window lies inside the
     input reads it there instead.
@@ -641,44 +654,62 @@ def _forward(xph, wpack, rowoff, rows, width, length, block, steps, size, span, 
         job = _take(counter) if dynamic else np.int64(slot)
         while job < jobs:
             _forward_job(job, xph, wpack, rowoff, rows, width, length, block, steps, size, span, pad,
-                         windows_in_place, seg_dst, seg_src, seg_len, out, groups, nblocks, nr, ct, kbs, mr, k_g,
-                         tstride, arows, crows, drows, lattice, into_output, direct, c_g)
+                         windows_in_place, seg_dst, seg_src, seg_len, step, phases, out, groups, nblocks, nr, ct, kbs,
+                         mr, k_g, tstride, arows, crows, drows, lattice, into_output, direct, c_g)
             job = _take(counter) if dynamic else jobs
 
 
 @njit(**_FLAGS)
-def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, out):  # pragma: no cover - compiled
-    """``out[c * span + i]``: position ``first + i`` of the padded plane of channel ``c`` (see
-    :func:`.direct.fill_arrays`, whose segments, of step 1, say where the ``size`` positions of the unpadded
-    plane ``x[start + c * size:]`` lie in it), zero elsewhere, for ``channels`` channels: the window of the
-    padded planes that a block of lattice positions reads (see :func:`_forward`)."""
+def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, step, phases,
+            out):  # pragma: no cover - compiled
+    """``out[(c * P + h) * span + i]``: position ``phases[h] + first + i`` of the padded, phase-split plane of
+    channel ``c`` (see :func:`.direct.fill_arrays`, whose segments, of plain ``step``, say where the ``size``
+    positions of the unpadded plane ``x[start + c * size:]`` lie in it), zero elsewhere, for ``channels``
+    channels and the ``P`` phases that start at ``phases``: the window of the padded planes that a block of
+    lattice positions from ``first`` reads (see :func:`_forward`)."""
     nseg = seg_dst.shape[0]
-    lo, hi = 0, nseg  # the first segment that ends after ``first``
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if seg_dst[mid] + seg_len[mid] <= first:
-            lo = mid + 1
-        else:
-            hi = mid
+    nph = phases.shape[0]
+    lows = np.empty(nph, dtype=np.int64)
+    for h in range(nph):  # per phase, the first segment that ends after the window's first position
+        at0 = phases[h] + first
+        lo, hi = 0, nseg
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if seg_dst[mid] + seg_len[mid] <= at0:
+                lo = mid + 1
+            else:
+                hi = mid
+        lows[h] = lo
     for cl in range(channels):
-        dst = out[cl * span:(cl + 1) * span]
         plane = x[start + cl * size:start + (cl + 1) * size]
-        at = 0  # the window's positions before ``at`` are written
-        s = lo
-        while s < nseg and seg_dst[s] - first < span:
-            d0 = seg_dst[s] - first
-            a = max(d0, 0)
-            e = min(d0 + seg_len[s], span)
-            for i in range(at, a):
+        for h in range(nph):
+            dst = out[(cl * nph + h) * span:(cl * nph + h + 1) * span]
+            at0 = phases[h] + first
+            at = 0  # the window's positions before ``at`` are written
+            s = lows[h]
+            while s < nseg and seg_dst[s] - at0 < span:
+                d0 = seg_dst[s] - at0
+                a = max(d0, 0)
+                e = min(d0 + seg_len[s], span)
+                for i in range(at, a):
+                    dst[i] = 0
+                inner = dst[a:e]  # slices: indices from 0, a vector loop
+                src0 = seg_src[s] + (a - d0) * step
+                if step == 1:
+                    part = plane[src0:src0 + e - a]
+                    for i in range(e - a):
+                        inner[i] = part[i]
+                elif step == 2:  # a constant stride vectorises too (interleaved loads)
+                    part = plane[src0:src0 + 2 * (e - a)]
+                    for i in range(e - a):
+                        inner[i] = part[2 * i]
+                else:
+                    for i in range(e - a):
+                        inner[i] = plane[src0 + i * step]
+                at = e
+                s += 1
+            for i in range(at, span):
                 dst[i] = 0
-            inner = dst[a:e]  # slices: indices from 0, a vector loop
-            part = plane[seg_src[s] + a - d0:seg_src[s] + e - d0]
-            for i in range(e - a):
-                inner[i] = part[i]
-            at = e
-            s += 1
-        for i in range(at, span):
-            dst[i] = 0
 
 
 @njit(**_FLAGS)
@@ -989,7 +1020,7 @@ def _job_rows(x, job, groups, nblocks, block, length, c_g, size, span, seg_dst, 
     p0 = (job % nblocks) * block
     kc = min(block, length - p0)
     if span:
-        _window(x[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, local)
+        _window(x[b], g * c_g * size, size, c_g, p0, span, seg_dst, seg_src, seg_len, 1, _ONE_PHASE, local)
         return b, g, p0, kc, local, 0
     return b, g, p0, kc, x[b], p0
 
@@ -1243,12 +1274,13 @@ def plane_stride(plan, x_shape, pads) -> int:
     return fill_arrays(plan, tuple(x_shape[2:]), tuple(pads))[4] + BLOCK_POSITIONS
 
 
-def forward_bytes(c, k, plan, x_shape, pads, dtype) -> int:
+def forward_bytes(c, k, groups, plan, x_shape, pads, dtype) -> int:
     """Bytes of :func:`forward`'s work array per image: the filled planes, and the output where the images are
     interleaved (:func:`interleaves`); none where it reads windows of the input of a layer of more than one
     dimension (:data:`WINDOWS_ND`), whose jobs' buffers (a block's window of the group's channels each) are their
     own (and with 256-bit vectors, no forward has the channels along the vectors, :data:`CHANNELS`)."""
-    if not _windowed(plan) and _forward_windowed(plan, c, dtype) and not interleaves(plan, x_shape[0], dtype):
+    windowed = not _windowed(plan) and _forward_windowed(plan, c, c // groups, dtype)
+    if windowed and not interleaves(plan, x_shape[0], dtype):
         return 0
     return (c * plane_stride(plan, x_shape, pads) + k * math.prod(plan.out)) * np.dtype(dtype).itemsize
 
@@ -1463,28 +1495,58 @@ def _interleaved_positions(plan, n: int, dtype) -> int:
 
 
 def _forward_span(plan, block: int, dtype) -> int:
-    """Positions of the window that a block of ``block`` lattice positions of :func:`forward` reads: the block, the
-    kernel's reach past it, and the overhang of a tile that starts in its last vector."""
-    return block + int(run_arrays(plan, True)[0].max()) + FORWARD_NV * lanes(dtype)
+    """Positions of the window that a block of ``block`` lattice positions of :func:`forward` reads in each phase
+    of the padded planes: the block, the kernel's reach past it there, and the overhang of a tile that starts in
+    its last vector."""
+    return block + int((run_arrays(plan, True)[0] % plan.q_size).max()) + FORWARD_NV * lanes(dtype)
 
 
-def _forward_windowed(plan, c: int, dtype) -> bool:
+@lru_cache(maxsize=256)
+def _window_rows(plan, c_g: int, span: int, rows_padded: int):
+    """``(rowoff (1, rows_padded), phases)`` of :func:`forward` on windows (:func:`_window`): where patch row
+    ``r = c * T + t`` starts in a job's window of a group's ``c_g`` channels, each channel's phases that the taps
+    read ``span`` positions apart, in the order of their starts ``phases`` in the phase-split plane (stride 1:
+    the one phase, at 0). Rows past ``c_g * T`` repeat the first. Cached (read-only)."""
+    n_taps = plan.n_taps
+    phase, reach = np.divmod(run_arrays(plan, True)[0], plan.q_size)
+    used, which = np.unique(phase, return_inverse=True)  # a 1x1 layer of stride 2 reads one phase of four
+    r = np.arange(rows_padded)
+    r = np.where(r < c_g * n_taps, r, 0)
+    t = r % n_taps
+    rowoff = np.ascontiguousarray(((r // n_taps * used.shape[0] + which[t]) * span + reach[t])[None, :], np.int64)
+    phases = np.ascontiguousarray(used * plan.q_size, np.int64)
+    rowoff.flags.writeable = phases.flags.writeable = False
+    return rowoff, phases
+
+
+def _forward_windowed(plan, c: int, c_g: int, dtype) -> bool:
     """Whether :func:`forward`, where it does not interleave the images, reads windows of the input
     (:func:`_window`) instead of filled planes: 1-D layers of stride 1 (:func:`_windowed`), and with
-    :data:`WINDOWS_ND` the other stride-1 layers with ``c`` input channels whose planes, per image, exceed
-    :data:`WINDOWS_MIN_BYTES` and whose windows span at most :data:`WINDOW_MAX_SPREAD` times their block."""
+    :data:`WINDOWS_ND` the other layers with ``c`` input channels (``c_g`` a group) whose padded planes, per
+    image, exceed :data:`WINDOWS_MIN_BYTES` and whose windows span at most :data:`WINDOW_MAX_SPREAD` times their
+    block (:func:`_window_block`)."""
     if _windowed(plan):
         return True
-    if not (WINDOWS_ND and plan.unit_stride and c * plan.length * np.dtype(dtype).itemsize > WINDOWS_MIN_BYTES):
+    if not (WINDOWS_ND and c * plan.phases * plan.q_size * np.dtype(dtype).itemsize > WINDOWS_MIN_BYTES):
         return False
-    block = _window_block(plan, dtype)
+    block = _window_block(plan, c_g, dtype)
     return _forward_span(plan, block, dtype) <= WINDOW_MAX_SPREAD * block
 
 
-def _window_block(plan, dtype) -> int:
+def _window_block(plan, c_g: int, dtype) -> int:
     """Lattice positions per job of :func:`forward` on windows of layers of more than one dimension:
-    :data:`WINDOW_BLOCK`, or the lattice's, rounded up to whole tiles, where it is shorter."""
-    return min(WINDOW_BLOCK, _round_up(plan.length, FORWARD_NV * lanes(dtype)))
+    :data:`WINDOW_BLOCK`, or the lattice's, rounded up to whole tiles, where it is shorter; fewer, in whole tiles,
+    where the window of ``c_g`` channels would exceed :data:`WINDOW_MAX_BYTES` (at least a tile)."""
+    tile = FORWARD_NV * lanes(dtype)
+    block = min(WINDOW_BLOCK, _round_up(plan.length, tile))
+    per_position = c_g * _used_phases(plan) * np.dtype(dtype).itemsize
+    fits = (WINDOW_MAX_BYTES // per_position - (_forward_span(plan, 0, dtype))) // tile * tile
+    return max(tile, min(block, fits))
+
+
+def _used_phases(plan) -> int:
+    """How many phases of the phase-split planes the taps read (a 1x1 layer of stride 2: one of four)."""
+    return len(set((run_arrays(plan, True)[0] // plan.q_size).tolist()))
 
 
 def _windowed(plan) -> bool:
@@ -1529,23 +1591,25 @@ def forward(x, w, groups, plan, pads, y, scratch):
         _FILL_INTERLEAVED[par](np.ascontiguousarray(x).reshape(n, c, -1), seg_dst, seg_src, seg_len, step, size, xt)
         rowoff = _row_offsets(groups, c_g, plan, cstride, ct, spread=n)
         _FORWARD[par](xt.reshape(1, -1), wpack, rowoff, rows * n, width * n, plan.length * n, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, dynamic_threads(par), out)
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_WINDOW, dynamic_threads(par), out)
         _DEINTERLEAVE[par](out[0], y.reshape(n, k, count))
         return y
-    if _forward_windowed(plan, c, x.dtype):
-        block = BLOCK_POSITIONS if _windowed(plan) else _window_block(plan, x.dtype)
+    if _forward_windowed(plan, c, c_g, x.dtype):
+        block = BLOCK_POSITIONS if _windowed(plan) else _window_block(plan, c_g, x.dtype)
         span = _forward_span(plan, block, x.dtype)
-        rowoff = np.repeat(_row_offsets(1, c_g, plan, span, ct), groups, axis=0)
-        segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads))[:3]
-        _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width, plan.length,
-                      block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
-                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, dynamic_threads(par), y.reshape(n, k, -1))
+        rowoff, phases = _window_rows(plan, c_g, span, ct)
+        # the segments in the plain layout: each job reads its window's columns where they lie, ``step`` apart
+        segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads), lanes=True)[:4]
+        _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, np.repeat(rowoff, groups, axis=0), rows, width,
+                      plan.length, block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
+                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, phases, dynamic_threads(par),
+                      y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS, 1, 0, 0,
-                  False, *_NO_SEGMENTS, dynamic_threads(par), y.reshape(n, k, -1))
+                  False, *_NO_WINDOW, dynamic_threads(par), y.reshape(n, k, -1))
     return y
 
 
@@ -1797,7 +1861,7 @@ def forward_pointwise(x, w, groups, y, par):
         rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
         _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
                       np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
-                      BLOCK_ROWS, 1, 0, 0, False, *_NO_SEGMENTS, dynamic_threads(par), y.reshape(n, k, -1))
+                      BLOCK_ROWS, 1, 0, 0, False, *_NO_WINDOW, dynamic_threads(par), y.reshape(n, k, -1))
     if whole < length:
         blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],
                     y.reshape(n, groups, k_g, length)[..., whole:])

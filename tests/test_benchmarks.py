@@ -25,6 +25,7 @@ def test_suite_runner_writes_json_and_markdown(tmp_path, capsys):
     assert len(gemm) == 2 and min(gemm) > 0 and data["meta"]["gemm_peak_gflops"] == max(gemm)
     assert "| lenet | C1 5x5 1->6 b64 |" in out_md.read_text() and "targets of issue 4:" in out_md.read_text()
     assert set(data["targets"]) >= {"means", "below_half", "grouped_below_2x", "large_below_70_percent", "met"}
+    assert data["rows"][0]["gemm_beside"] is None  # LeNet's C1 is not a large layer: no GEMM timed beside it
     out = capsys.readouterr().out
     assert "geometric mean" in out and "targets of issue 4:" in out and "memory read bandwidth" in out
 
@@ -74,6 +75,31 @@ def test_suite_runner_times_the_whole_list_each_round(monkeypatch, capsys):
     assert [r["convlayer"][0] for r in rows] == [0.002, 0.004]  # each problem's first round: the fastest here
     out = capsys.readouterr().out
     assert all(out.count(p.name) == 1 for p in problems)
+
+
+def test_suite_runner_times_a_gemm_beside_each_large_problem(monkeypatch, capsys):
+    """Before each large standard layer, in each round, a GEMM is timed; the row keeps the best over the rounds,
+    and the targets list the large passes under 70% of it, for information only: ``met`` follows the run's
+    figure."""
+    calls = []
+    gemm = iter([100.0, 150.0, 120.0])
+    monkeypatch.setattr(suite, "bench_gemm", lambda repeats: calls.append("gemm") or next(gemm))
+    monkeypatch.setattr(suite, "bench_convlayer", lambda p, *a: calls.append(("convlayer", p.name)) or [0.01] * 3)
+    monkeypatch.setattr(suite, "bench_torch", lambda p, *a: calls.append(("torch", p.name)) or [0.02] * 3)
+    problems = [p for p in suite.SUITE if p.name in ("C1 5x5 1->6 b64", "3x3/2 128->256 28")]
+    rows = suite.run(problems, repeats=1, threads=1, with_jax=False, rounds=3)
+    per_round = [("convlayer", "C1 5x5 1->6 b64"), ("torch", "C1 5x5 1->6 b64"),
+                 "gemm", ("convlayer", "3x3/2 128->256 28"), ("torch", "3x3/2 128->256 28")]
+    assert calls == per_round * 3
+    assert rows[0]["gemm_beside"] is None and rows[1]["gemm_beside"] == 150.0
+    rate = rows[1]["gflop"] / 0.01  # 92.5 GFLOP/s: 62% of 150, 92% of 100
+    t = suite.targets(rows, peak=100.0)
+    assert t["large_below_70_percent"] == []
+    assert t["large_below_70_percent_of_gemm_beside"] == [
+        ["resnet", "3x3/2 128->256 28", name, rate, rate / 150.0] for name in suite.PASSES]
+    text = suite._targets_text(t, 100.0)
+    assert "all met: yes" in text and "resnet 3x3/2 128->256 28 wgrad 92 GFLOP/s (62%)" in text
+    assert capsys.readouterr().out.count("GEMM beside 150GF/s") == 1
 
 
 def _fake_row(name, ratios, convlayer_s, gflop=1.0):

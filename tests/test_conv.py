@@ -1434,6 +1434,7 @@ WINDOW_CASES = [
     (1, (13, 17), (5, 3), 3, 4, 1, (2, 3), (1, 2), ((3, 0), (1, 4))),  # six phases, dilated, uneven padding
     (1, (7, 9, 11), (3, 2, 3), 4, 8, 1, (2, 1, 3), (1, 2, 1), 1),  # 3-D, six phases
     (2, (31, 30), (1, 1), 3, 5, 1, 2, 1, 0),  # a 1x1 layer of stride 2: one phase of four read
+    (1, (300,), (7,), 3, 5, 1, 3, 2, ((4, 1),)),  # 1-D of stride 3: copied even where windows in place are allowed
 ]
 
 
@@ -1443,7 +1444,8 @@ WINDOW_CASES = [
 def test_implicit_forward_reads_windows_of_the_padded_planes(n, size, kernel, c, k, groups, stride, dilation, padding,
                                                              block, dtype, rng, monkeypatch):
     """The forward from each block's window of the padded, phase-split planes (:data:`WINDOWS_ND`, forced here
-    for any vector width and window): bitwise the forward from the filled planes, and the reference's."""
+    for any vector width and window; :data:`WINDOWS_IN_PLACE` on, which only 1-D stride-1 layers may take):
+    bitwise the forward from the filled planes, and the reference's."""
     from convlayer.engine import implicit
 
     x = rng.standard_normal((n, c, *size)).astype(dtype)
@@ -1451,6 +1453,7 @@ def test_implicit_forward_reads_windows_of_the_padded_planes(n, size, kernel, c,
     kw = dict(stride=stride, dilation=dilation, groups=groups, padding=padding)
     monkeypatch.setattr(implicit, "WINDOW_BLOCK", block or 576)
     monkeypatch.setattr(implicit, "WINDOW_MAX_BYTES", 320 << 10 if block else 0)
+    monkeypatch.setattr(implicit, "WINDOWS_IN_PLACE", True)
     calls, window_on = [], [True]
     monkeypatch.setattr(implicit, "_forward_windowed", lambda plan, c, c_g, dtype: calls.append(plan) or window_on[0])
     with force_strategy("implicit"):

@@ -1602,7 +1602,7 @@ def forward(x, w, groups, plan, pads, y, scratch):
         segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads), lanes=True)[:4]
         _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, np.repeat(rowoff, groups, axis=0), rows, width,
                       plan.length, block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
-                      WINDOWS_IN_PLACE and len(plan.out) == 1, *segments, phases, dynamic_threads(par),
+                      WINDOWS_IN_PLACE and _windowed(plan), *segments, phases, dynamic_threads(par),
                       y.reshape(n, k, -1))
         return y
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice

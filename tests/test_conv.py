@@ -1920,6 +1920,23 @@ def test_weight_gradient_by_chunks_of_patch_rows(size, kernel, c, k, groups, str
     assert max_rel_err(gw[finite], expected[finite]) < (1e-12 if dtype == np.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_weight_gradient_chunks_keep_their_sums_within_half_the_l2(threads):
+    """The weight gradient's chunks of patch rows: whole tiles of rows, a number of jobs that the threads share
+    evenly, at most CHUNK_ROWS rows, and sums of at most CHUNK_MAX_BYTES a job where a tile's rows fit in it."""
+    from convlayer.engine import implicit
+
+    for ctp, mr, kgp in [(2048, 6, 256), (1152, 6, 256), (1152, 6, 128), (1024, 6, 128), (96, 6, 4096),
+                         (30000, 8, 16)]:
+        rows = implicit._chunk_rows(ctp, mr, threads, kgp * 4)
+        jobs = -(-ctp // rows)
+        assert rows % mr == 0 and rows <= implicit._round_up(implicit.CHUNK_ROWS, mr)
+        assert rows * kgp * 4 <= max(implicit.CHUNK_MAX_BYTES, mr * kgp * 4) + mr * kgp * 4
+        assert jobs >= threads or jobs == -(-ctp // mr)  # the threads each get a job, where there are enough
+    assert implicit._chunk_rows(2048, 4, 2, 256 * 4) == 256  # DCGAN 256->128: 8 jobs of 256 rows (512 before)
+    assert implicit._chunk_rows(1152, 6, 2, 128 * 4) == 288  # DeepBench C128: 4 jobs, as before the bound
+
+
 def test_implicit_forward_interleaves_where_the_tiles_overhang_the_lattice():
     """The rule: several images, and tiles covering more than INTERLEAVE_MIN_OVERHANG times the lattice."""
     from convlayer.engine import implicit
@@ -2068,20 +2085,22 @@ def test_dynamic_jobs_are_each_taken_once():
 
 # Layers whose passes run on all threads through the implicit GEMM's kernels that deal their jobs either way
 # (DYNAMIC_JOBS): (n, c, k, size, kernel, stride, padding); the forward (from windows of the input, from the
-# filled planes) and the input gradient; the weight gradient by blocks of positions and, 1-D, by dot products,
-# which keeps its shares.
+# filled planes) and the input gradient; the weight gradient by chunks of patch rows (the last case); the
+# weight gradient by blocks of positions and, 1-D, by dot products, which keeps its shares.
 DYNAMIC_CASES = [
     (4, 40, 32, (48, 48), (3, 3), 1, 1),
     (3, 12, 24, (29, 31), (3, 3), 2, (0, 2)),
     (4, 32, 32, (700,), (9,), 1, 4),
+    (2, 128, 128, (12, 12), (3, 3), 1, 1),  # 1152 x 128 sums: by chunks of patch rows
 ]
 
 
 @pytest.mark.parametrize("n, c, k, size, kernel, stride, padding", DYNAMIC_CASES)
 def test_kernels_deal_their_jobs_either_way(n, c, k, size, kernel, stride, padding, rng, monkeypatch):
     """The kernels that take their jobs as they come free (:data:`.direct.DYNAMIC_JOBS`) or in equal shares:
-    the same forward and input gradient bitwise (each job writes its own outputs), and the same weight gradient
-    bitwise, call after call (its jobs keep their shares: each thread sums its own)."""
+    the same forward, input gradient and weight gradient by chunks of patch rows bitwise (each job writes its own
+    outputs), and the same weight gradient by blocks of positions bitwise, call after call (its jobs keep their
+    shares: each thread sums its own)."""
     from convlayer.engine import direct
 
     x = rng.standard_normal((n, c, *size)).astype(np.float32)

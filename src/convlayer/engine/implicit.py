@@ -275,6 +275,16 @@ TRANSPOSE_POSITIONS = 16
 # DeepBench C128's 576 KiB (by rows, above it; 18.9-20.4 against 19.0-20.5), the 3-D C64 layer's 432 KiB.
 CHUNKS_MIN_BYTES = 1 << 19
 CHUNK_ROWS = 384
+# A job's sums, its rows by K_g padded, take at most CHUNK_MAX_BYTES, half of Zen 3's 512 KB L2, and the jobs
+# are taken as the threads come free (DYNAMIC_JOBS: each job owns its rows, so the sums do not depend on which
+# thread takes it). DCGAN 256->128's transposed weight gradient ran 4 jobs of 512 rows, each summing 512 KB; now
+# 8 of 256. One process flipping call by call, 16 calls each, two processes on a busy stretch (ms, fastest call,
+# this rule / 384 rows in fixed shares): DCGAN 256->128 11.58-12.18 / 11.44-12.36, faster in 15 and 11 of 16
+# calls (9.81-9.90 / 11.02-11.11, 16 and 14 of 16, with the counter and 96-row jobs); ResNet 3x3/2 (6 jobs of 192
+# rows, 4 of 288 before) 11.22-11.36 / 11.31-11.41, 7 and 8 of 16; DCGAN 128->64 and DeepBench C128 (jobs
+# unchanged) even, 6-8 of 16. Sums of 96 KB (jobs of 96 rows) ran slower on C128 and ResNet 3x3/2 (2 and 3 of 16
+# against 256 KB): each job reads the whole batch's gy again.
+CHUNK_MAX_BYTES = 256 << 10
 # The weight gradient of 1-D layers: dot products along the positions (:func:`make_dot_microkernel`), DOT_MR
 # patch rows by DOT_NR output channels, in jobs of at most DOT_POSITIONS positions, which amortize the tile's
 # horizontal sums; gy is read where it lies, not transposed block by block. The rows are the input's window with
@@ -1096,7 +1106,7 @@ def _transpose_all(gy, groups, kgp, out):  # pragma: no cover - compiled
             dst[p * kgp + k_g:(p + 1) * kgp] = 0
 
 
-def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pragma: no cover - compiled
+def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, dynamic, out):  # pragma: no cover - compiled
     """``out (groups, K_g, CT)``: ``gW[k, r] = sum_p plane[r][p] gy[p, k]`` with the jobs by patch rows.
 
     ``xph (n, C * stride)`` filled planes, ``gyt (n, groups, P, kgp)`` from
@@ -1105,10 +1115,27 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
     from ``r0`` over every image and position block into a buffer of its
     own, then writes them, transposed, into ``out``: the rows' sums stay in
     cache while the images go by, and no two jobs write one entry, so
-    there are no per-thread parts to add up after.
+    there are no per-thread parts to add up after, and the sums are the
+    same whichever thread takes a job: with ``dynamic`` threads, each takes
+    the next job as it comes free (see :data:`.direct.DYNAMIC_JOBS`; 0:
+    ``prange``'s equal shares).
     """
-    n = xph.shape[0]
     groups, ctp = rowoff.shape
+    jobs = groups * -(-ctp // chunk)
+    counter = np.zeros(1, dtype=np.int64)
+    slots = dynamic if dynamic else jobs  # apart from prange's argument, as in _forward
+    for slot in prange(slots):
+        job = _take(counter) if dynamic else np.int64(slot)
+        while job < jobs:
+            _grad_weight_chunk(job, xph, gyt, rowoff, steps, block, chunk, wide, out)
+            job = _take(counter) if dynamic else jobs
+
+
+@njit(**_FLAGS)
+def _grad_weight_chunk(job, xph, gyt, rowoff, steps, block, chunk, wide, out):  # pragma: no cover - compiled
+    """Job ``job`` of :func:`_grad_weight_chunks` (group, chunk of patch rows)."""
+    n = xph.shape[0]
+    ctp = rowoff.shape[1]
     k_g, ct = out.shape[1], out.shape[2]
     length, kgp = gyt.shape[2], gyt.shape[3]
     mr = WIDE_MR if wide else MR
@@ -1118,31 +1145,30 @@ def _grad_weight_chunks(xph, gyt, rowoff, steps, block, chunk, wide, out):  # pr
     ptable = np.arange(block) * kgp
     crow = np.arange(chunk) * kgp
     align = VECTOR_BYTES // out.itemsize
-    for job in prange(groups * nchunks):
-        g = job // nchunks
-        r0 = (job % nchunks) * chunk
-        r1 = min(ctp, r0 + chunk)
-        raw = np.empty(chunk * kgp + align, dtype=out.dtype)
-        skip = (-raw.ctypes.data % VECTOR_BYTES) // out.itemsize
-        local = raw[skip:skip + chunk * kgp]
-        for b in range(n):
-            src = xph[b]
-            bt = gyt[b, g].reshape(-1)
-            for pb in range(nblocks):
-                p0 = pb * block
-                kc = min(block, length - p0)
-                at = steps[p0:p0 + kc]
-                first = b == 0 and pb == 0  # the first products are stored, the later ones added
-                for rb in range(r0, r1, mr):
-                    for kb in range(0, kgp, nr):
-                        if wide:
-                            _mk_wide(src, 0, rowoff[g, rb:rb + mr], at, bt, p0 * kgp + kb, ptable, 0, local, kb,
-                                     crow[rb - r0:rb - r0 + mr], kc, not first)
-                        else:
-                            _mk_steps(src, 0, rowoff[g, rb:rb + mr], at, bt, p0 * kgp + kb, ptable, 0, local, kb,
-                                      crow[rb - r0:rb - r0 + mr], kc, not first)
-        # out[g, k, r] = local[(r - r0) * kgp + k], the sums transposed block by block
-        _transpose_block(local.reshape(chunk, kgp), 0, min(r1, ct) - r0, 0, k_g, ct, out[g].reshape(-1)[r0:])
+    g = job // nchunks
+    r0 = (job % nchunks) * chunk
+    r1 = min(ctp, r0 + chunk)
+    raw = np.empty(chunk * kgp + align, dtype=out.dtype)
+    skip = (-raw.ctypes.data % VECTOR_BYTES) // out.itemsize
+    local = raw[skip:skip + chunk * kgp]
+    for b in range(n):
+        src = xph[b]
+        bt = gyt[b, g].reshape(-1)
+        for pb in range(nblocks):
+            p0 = pb * block
+            kc = min(block, length - p0)
+            at = steps[p0:p0 + kc]
+            first = b == 0 and pb == 0  # the first products are stored, the later ones added
+            for rb in range(r0, r1, mr):
+                for kb in range(0, kgp, nr):
+                    if wide:
+                        _mk_wide(src, 0, rowoff[g, rb:rb + mr], at, bt, p0 * kgp + kb, ptable, 0, local, kb,
+                                 crow[rb - r0:rb - r0 + mr], kc, not first)
+                    else:
+                        _mk_steps(src, 0, rowoff[g, rb:rb + mr], at, bt, p0 * kgp + kb, ptable, 0, local, kb,
+                                  crow[rb - r0:rb - r0 + mr], kc, not first)
+    # out[g, k, r] = local[(r - r0) * kgp + k], the sums transposed block by block
+    _transpose_block(local.reshape(chunk, kgp), 0, min(r1, ct) - r0, 0, k_g, ct, out[g].reshape(-1)[r0:])
 
 
 def _grad_weight_dot(x, gy, rowoff, grow, kgp, length, block, n_threads, size, span, seg_dst, seg_src, seg_len,
@@ -1758,10 +1784,12 @@ def _even_blocks(length: int, most: int) -> int:
     return -(-length // -(-length // most))
 
 
-def _chunk_rows(ctp: int, mr: int, threads: int) -> int:
-    """Patch rows per job of :func:`_grad_weight_chunks`: at most about CHUNK_ROWS, a multiple of the tile's rows,
-    in a number of jobs that is a multiple of ``threads``."""
-    jobs = threads * -(-ctp // (threads * CHUNK_ROWS))
+def _chunk_rows(ctp: int, mr: int, threads: int, row_bytes: int) -> int:
+    """Patch rows per job of :func:`_grad_weight_chunks`, a multiple of the tile's rows: at most about CHUNK_ROWS,
+    and whose sums, ``row_bytes`` a row, take at most about :data:`CHUNK_MAX_BYTES`, in a number of jobs that is
+    a multiple of ``threads``."""
+    most = max(1, min(CHUNK_ROWS, CHUNK_MAX_BYTES // row_bytes))
+    jobs = threads * -(-ctp // (threads * most))
     return _round_up(-(-ctp // jobs), mr)
 
 
@@ -1790,7 +1818,7 @@ def grad_weight(gy, x, groups, plan, pads, scratch):
         gyt = work[at:].reshape(n, groups, positions, kgp)
         _TRANSPOSE_ALL[par](gy, groups, kgp, gyt)
         _GRAD_WEIGHT_CHUNKS[par](xph, gyt, _row_offsets(groups, c_g, plan, stride, ctp), _output_steps(plan), block,
-                                 _chunk_rows(ctp, mr, n_threads), wide, gw)
+                                 _chunk_rows(ctp, mr, n_threads, kgp * x.itemsize), wide, dynamic_threads(par), gw)
         return gw
     segments = _NO_SEGMENTS
     if _windowed(plan):

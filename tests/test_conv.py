@@ -1498,7 +1498,8 @@ def test_implicit_forward_windows_where_they_span_few_blocks(monkeypatch):
     assert implicit._window_block(strided, 128, f32) == 120
     assert implicit._window_block(strided, 32, f32) == implicit._round_up(strided.length, tile)  # 128 KB
     assert implicit._window_block(strided, 4096, f32) == tile  # at least a tile
-    assert implicit._used_phases(strided) == 4 and implicit._used_phases(pointwise) == 1
+    assert implicit._tap_phases(strided)[0].tolist() == [0, 225, 450, 675]  # four phases of 15 x 15
+    assert implicit._tap_phases(pointwise)[0].tolist() == [0]
     assert implicit._window_block(pointwise, 512, f32) == 120  # one phase: four times the channels in 320 KB
     assert implicit._forward_windowed(wavenet, 1, 1, f32)
     monkeypatch.setattr(implicit, "WINDOWS_ND", False)

@@ -705,6 +705,8 @@ def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, st
                     dst[i] = 0
                 inner = dst[a:e]  # slices: indices from 0, a vector loop
                 src0 = seg_src[s] + (a - d0) * step
+                # the three copies of .direct._fill, written out: a shared helper, even inlined, made the
+                # strided fill 1.4-1.9x slower (one process, alternating; a one-off script)
                 if step == 1:
                     part = plane[src0:src0 + e - a]
                     for i in range(e - a):
@@ -988,9 +990,7 @@ def _grad_input(gyl, ktable, wtpack, crow, starts, block, chans, n_taps, seg_dst
     split = step == SPLIT2
     unit = 1 if split else step  # in an image's plane, its columns split for SPLIT2 (see .direct._unfill)
     jobs = n * groups * jobs_per_group
-    # With ``dynamic`` threads each takes the next job as it comes free (see .direct.DYNAMIC_JOBS); else one job
-    # per iteration of prange's equal shares. The bound is computed apart: as prange's argument, the conditional
-    # made the loop serial.
+    # the jobs dealt either way, as in _forward
     counter = np.zeros(1, dtype=np.int64)
     slots = dynamic if dynamic else jobs
     for slot in prange(slots):
@@ -1524,7 +1524,7 @@ def _forward_span(plan, block: int, dtype) -> int:
     """Positions of the window that a block of ``block`` lattice positions of :func:`forward` reads in each phase
     of the padded planes: the block, the kernel's reach past it there, and the overhang of a tile that starts in
     its last vector."""
-    return block + int((run_arrays(plan, True)[0] % plan.q_size).max()) + FORWARD_NV * lanes(dtype)
+    return block + int(_tap_phases(plan)[2].max()) + FORWARD_NV * lanes(dtype)
 
 
 @lru_cache(maxsize=256)
@@ -1534,15 +1534,26 @@ def _window_rows(plan, c_g: int, span: int, rows_padded: int):
     read ``span`` positions apart, in the order of their starts ``phases`` in the phase-split plane (stride 1:
     the one phase, at 0). Rows past ``c_g * T`` repeat the first. Cached (read-only)."""
     n_taps = plan.n_taps
-    phase, reach = np.divmod(run_arrays(plan, True)[0], plan.q_size)
-    used, which = np.unique(phase, return_inverse=True)  # a 1x1 layer of stride 2 reads one phase of four
+    phases, which, reach = _tap_phases(plan)
     r = np.arange(rows_padded)
     r = np.where(r < c_g * n_taps, r, 0)
     t = r % n_taps
-    rowoff = np.ascontiguousarray(((r // n_taps * used.shape[0] + which[t]) * span + reach[t])[None, :], np.int64)
-    phases = np.ascontiguousarray(used * plan.q_size, np.int64)
-    rowoff.flags.writeable = phases.flags.writeable = False
+    rowoff = np.ascontiguousarray(((r // n_taps * phases.shape[0] + which[t]) * span + reach[t])[None, :], np.int64)
+    rowoff.flags.writeable = False
     return rowoff, phases
+
+
+@lru_cache(maxsize=256)
+def _tap_phases(plan):
+    """``(phases, which, reach)``: where the phases that the taps read start in the phase-split plane, in order
+    (a 1x1 layer of stride 2 reads one of four), and per tap its phase among them and its offset within it.
+    Cached (read-only)."""
+    phase, reach = np.divmod(run_arrays(plan, True)[0], plan.q_size)
+    used, which = np.unique(phase, return_inverse=True)
+    phases = np.ascontiguousarray(used * plan.q_size, np.int64)
+    for a in (phases, which, reach):
+        a.flags.writeable = False
+    return phases, which, reach
 
 
 def _forward_windowed(plan, c: int, c_g: int, dtype) -> bool:
@@ -1565,14 +1576,9 @@ def _window_block(plan, c_g: int, dtype) -> int:
     where the window of ``c_g`` channels would exceed :data:`WINDOW_MAX_BYTES` (at least a tile)."""
     tile = FORWARD_NV * lanes(dtype)
     block = min(WINDOW_BLOCK, _round_up(plan.length, tile))
-    per_position = c_g * _used_phases(plan) * np.dtype(dtype).itemsize
+    per_position = c_g * _tap_phases(plan)[0].shape[0] * np.dtype(dtype).itemsize
     fits = (WINDOW_MAX_BYTES // per_position - (_forward_span(plan, 0, dtype))) // tile * tile
     return max(tile, min(block, fits))
-
-
-def _used_phases(plan) -> int:
-    """How many phases of the phase-split planes the taps read (a 1x1 layer of stride 2: one of four)."""
-    return len(set((run_arrays(plan, True)[0] // plan.q_size).tolist()))
 
 
 def _windowed(plan) -> bool:

@@ -676,52 +676,65 @@ def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, st
     channel ``c`` (see :func:`.direct.fill_arrays`, whose segments, of plain ``step``, say where the ``size``
     positions of the unpadded plane ``x[start + c * size:]`` lie in it), zero elsewhere, for ``channels``
     channels and the ``P`` phases that start at ``phases``: the window of the padded planes that a block of
-    lattice positions from ``first`` reads (see :func:`_forward`)."""
+    lattice positions from ``first`` reads (see :func:`_forward`).
+
+    Each segment's clipping to the window is worked out once, then copied for every channel: the segments
+    are the same in every plane, and a 2-D layer's are as short as a row (14 positions for ResNet's 3x3/2),
+    so that working them out again per channel cost as much as the copies. Channel by channel, the windows
+    took 1.9-2.4x as long (one thread, us a window: ResNet 3x3/2 114 against 61, DeepBench C128 52 against
+    24, WaveNet 12 against 5; a one-off script), and the suite's forwards up to 12% longer (BENCHMARKS.md)."""
     nseg = seg_dst.shape[0]
     nph = phases.shape[0]
-    lows = np.empty(nph, dtype=np.int64)
-    for h in range(nph):  # per phase, the first segment that ends after the window's first position
+    cstride = nph * span
+    for h in range(nph):
         at0 = phases[h] + first
-        lo, hi = 0, nseg
+        lo, hi = 0, nseg  # the first segment that ends after the window's first position
         while lo < hi:
             mid = (lo + hi) // 2
             if seg_dst[mid] + seg_len[mid] <= at0:
                 lo = mid + 1
             else:
                 hi = mid
-        lows[h] = lo
-    for cl in range(channels):
-        plane = x[start + cl * size:start + (cl + 1) * size]
-        for h in range(nph):
-            dst = out[(cl * nph + h) * span:(cl * nph + h + 1) * span]
-            at0 = phases[h] + first
-            at = 0  # the window's positions before ``at`` are written
-            s = lows[h]
-            while s < nseg and seg_dst[s] - at0 < span:
-                d0 = seg_dst[s] - at0
-                a = max(d0, 0)
-                e = min(d0 + seg_len[s], span)
-                for i in range(at, a):
+        s = lo
+        at = 0  # the window's positions before ``at`` are written
+        base = h * span
+        while s < nseg and seg_dst[s] - at0 < span:
+            d0 = seg_dst[s] - at0
+            a = max(d0, 0)
+            e = min(d0 + seg_len[s], span)
+            if a > at:
+                for cl in range(channels):
+                    dst = out[cl * cstride + base + at:cl * cstride + base + a]
+                    for i in range(a - at):
+                        dst[i] = 0
+            src0 = start + seg_src[s] + (a - d0) * step
+            m = e - a
+            # the loops written out, as in .direct._fill: a shared helper, even inlined, made the strided fill
+            # 1.4-1.9x slower, and a helper for the zeros made these windows 1.2-1.4x slower (one-off scripts)
+            if step == 1:
+                for cl in range(channels):
+                    dst = out[cl * cstride + base + a:cl * cstride + base + e]  # slices: a vector loop
+                    part = x[src0 + cl * size:src0 + cl * size + m]
+                    for i in range(m):
+                        dst[i] = part[i]
+            elif step == 2:  # a constant stride vectorises too (interleaved loads)
+                for cl in range(channels):
+                    dst = out[cl * cstride + base + a:cl * cstride + base + e]
+                    part = x[src0 + cl * size:src0 + cl * size + 2 * m]
+                    for i in range(m):
+                        dst[i] = part[2 * i]
+            else:
+                for cl in range(channels):
+                    dst = out[cl * cstride + base + a:cl * cstride + base + e]
+                    for i in range(m):
+                        dst[i] = x[src0 + cl * size + i * step]
+            at = e
+            s += 1
+        if span > at:
+            for cl in range(channels):
+                dst = out[cl * cstride + base + at:cl * cstride + base + span]
+                for i in range(span - at):
                     dst[i] = 0
-                inner = dst[a:e]  # slices: indices from 0, a vector loop
-                src0 = seg_src[s] + (a - d0) * step
-                # the three copies of .direct._fill, written out: a shared helper, even inlined, made the
-                # strided fill 1.4-1.9x slower (one process, alternating; a one-off script)
-                if step == 1:
-                    part = plane[src0:src0 + e - a]
-                    for i in range(e - a):
-                        inner[i] = part[i]
-                elif step == 2:  # a constant stride vectorises too (interleaved loads)
-                    part = plane[src0:src0 + 2 * (e - a)]
-                    for i in range(e - a):
-                        inner[i] = part[2 * i]
-                else:
-                    for i in range(e - a):
-                        inner[i] = plane[src0 + i * step]
-                at = e
-                s += 1
-            for i in range(at, span):
-                dst[i] = 0
 
 
 @njit(**_FLAGS)

@@ -1541,17 +1541,19 @@ def _forward_span(plan, block: int, dtype) -> int:
 
 
 @lru_cache(maxsize=256)
-def _window_rows(plan, c_g: int, span: int, rows_padded: int):
-    """``(rowoff (1, rows_padded), phases)`` of :func:`forward` on windows (:func:`_window`): where patch row
+def _window_rows(plan, groups: int, c_g: int, span: int, rows_padded: int):
+    """``(rowoff (groups, rows_padded), phases)`` of :func:`forward` on windows (:func:`_window`): where patch row
     ``r = c * T + t`` starts in a job's window of a group's ``c_g`` channels, each channel's phases that the taps
     read ``span`` positions apart, in the order of their starts ``phases`` in the phase-split plane (stride 1:
-    the one phase, at 0). Rows past ``c_g * T`` repeat the first. Cached (read-only)."""
+    the one phase, at 0); the same for every group. Rows past ``c_g * T`` repeat the first. Cached
+    (read-only)."""
     n_taps = plan.n_taps
     phases, which, reach = _tap_phases(plan)
     r = np.arange(rows_padded)
     r = np.where(r < c_g * n_taps, r, 0)
     t = r % n_taps
-    rowoff = np.ascontiguousarray(((r // n_taps * phases.shape[0] + which[t]) * span + reach[t])[None, :], np.int64)
+    row = (r // n_taps * phases.shape[0] + which[t]) * span + reach[t]
+    rowoff = np.ascontiguousarray(np.broadcast_to(row, (groups, rows_padded)), np.int64)
     rowoff.flags.writeable = False
     return rowoff, phases
 
@@ -1642,10 +1644,10 @@ def forward(x, w, groups, plan, pads, y, scratch):
     if _forward_windowed(plan, c, c_g, x.dtype):
         block = BLOCK_POSITIONS if _windowed(plan) else _window_block(plan, c_g, x.dtype)
         span = _forward_span(plan, block, x.dtype)
-        rowoff, phases = _window_rows(plan, c_g, span, ct)
+        rowoff, phases = _window_rows(plan, groups, c_g, span, ct)
         # the segments in the plain layout: each job reads its window's columns where they lie, ``step`` apart
         segments = fill_arrays(plan, tuple(x.shape[2:]), tuple(pads), lanes=True)[:4]
-        _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, np.repeat(rowoff, groups, axis=0), rows, width,
+        _FORWARD[par](np.ascontiguousarray(x).reshape(n, -1), wpack, rowoff, rows, width,
                       plan.length, block, BLOCK_ROWS, math.prod(x.shape[2:]), span, pads[0][0],
                       WINDOWS_IN_PLACE and _windowed(plan), *segments, phases, dynamic_threads(par),
                       y.reshape(n, k, -1))

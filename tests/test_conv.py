@@ -1494,13 +1494,18 @@ def test_implicit_forward_windows_where_they_span_few_blocks(monkeypatch):
     assert not implicit._forward_windowed(strided, 64, 64, f32)
     assert not implicit._forward_windowed(lenet, 6, 6, f32)
     assert implicit._window_block(lenet, 6, f32) == implicit._round_up(lenet.length, tile)  # not WINDOW_BLOCK
-    # 128 channels of 4 phases: windows of 120 positions and the 16 + 24 past them, 320 KB; 216 would take 512 KB
-    assert implicit._window_block(strided, 128, f32) == 120
+    # 128 channels of 4 phases take 2 KB a position, so 320 KB hold 160: the block, the kernel's reach of 16 past
+    # it and a tile's overhang; the block rounded down to whole tiles (120 with AVX2's tile of 24, 96 with 48)
+    fits = (160 - 16 - tile) // tile * tile
+    assert implicit._window_block(strided, 128, f32) == fits < 120 + tile
+    assert implicit._forward_span(strided, fits, f32) * 2048 <= implicit.WINDOW_MAX_BYTES
+    assert implicit._forward_span(strided, fits + tile, f32) * 2048 > implicit.WINDOW_MAX_BYTES
     assert implicit._window_block(strided, 32, f32) == implicit._round_up(strided.length, tile)  # 128 KB
     assert implicit._window_block(strided, 4096, f32) == tile  # at least a tile
     assert implicit._tap_phases(strided)[0].tolist() == [0, 225, 450, 675]  # four phases of 15 x 15
     assert implicit._tap_phases(pointwise)[0].tolist() == [0]
-    assert implicit._window_block(pointwise, 512, f32) == 120  # one phase: four times the channels in 320 KB
+    # one phase: four times the channels in 320 KB, with no reach past the block
+    assert implicit._window_block(pointwise, 512, f32) == (160 - tile) // tile * tile
     assert implicit._forward_windowed(wavenet, 1, 1, f32)
     monkeypatch.setattr(implicit, "WINDOWS_ND", False)
     assert not implicit._forward_windowed(c32, 32, 32, f32)

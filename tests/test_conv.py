@@ -1250,10 +1250,11 @@ def _torch_depthwise_grads(gy, x, w, pads, torch_kw):
     return xt.grad.numpy(), wt.grad.numpy()
 
 
-def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
+def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix(monkeypatch):
     """Stems and one-channel inputs (fewer than IMPLICIT_MIN_ROWS patch rows): the direct kernels from
     FEW_ROWS_DIRECT_MIN_IMAGES images on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, the implicit
-    GEMM for strided 1-D layers (and with AVX2 for the 1-D ones with FEW_ROWS_IMPLICIT_1D_MIN_ROWS rows or more),
+    GEMM for strided 1-D layers (with AVX-512, those with more than FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS rows) and
+    with AVX2 for the 1-D ones with FEW_ROWS_IMPLICIT_1D_MIN_ROWS rows or more,
     the patch matrix otherwise; the weight gradients of layers with few input
     channels on the direct kernels on the same terms; the input gradients keep their own rules."""
     from convlayer.engine import gemm, implicit
@@ -1271,6 +1272,14 @@ def test_planner_keeps_forwards_with_few_patch_rows_off_the_patch_matrix():
     assert gemm.strategy(1, 64, stem, "forward", n=1) == "implicit"
     one_d = make_plan((16002,), (3,), (1,), (1,), (16000,))
     avx2 = implicit.VECTOR_BYTES == 32
+    # strided 1-D: with AVX-512 the direct kernels up to FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS rows, from `few` images
+    for vector_bytes, expected in ((32, "implicit"), (64, "direct")):
+        monkeypatch.setattr(implicit, "VECTOR_BYTES", vector_bytes)
+        assert gemm.strategy(1, 64, stem, "forward", n=few) == expected
+        assert gemm.strategy(1, 64, stem, "forward", n=few - 1) == "implicit"
+        assert 2 * stem.n_taps > gemm.FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
+        assert gemm.strategy(2, 64, stem, "forward", n=few) == "implicit"  # 20 rows
+    monkeypatch.undo()
     # 1-D, stride 1: with AVX2 the implicit GEMM from FEW_ROWS_IMPLICIT_1D_MIN_ROWS rows (24 here), else direct
     assert gemm.strategy(8, 64, one_d, "forward", n=8) == ("implicit" if avx2 else "direct")
     nine = make_plan((16008,), (9,), (1,), (1,), (16000,))  # one channel, 9 rows

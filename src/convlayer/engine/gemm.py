@@ -144,7 +144,8 @@ FLIPPED_MIN_OUTPUTS = 8
 # Forwards with fewer than IMPLICIT_MIN_ROWS patch rows (and more than DIRECT_MAX_CHANNELS channel pairs, on
 # large planes: RGB stems, one-channel inputs) no longer go to the patch matrix, whose GEMM has an inner
 # dimension of 3-30 there; from FEW_ROWS_DIRECT_MIN_IMAGES images (the direct kernels' jobs are images and
-# groups) they go to the direct kernels, except strided 1-D layers, which go to the implicit GEMM. One
+# groups) they go to the direct kernels, except strided 1-D layers, which go to the implicit GEMM (with AVX-512
+# only from FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS rows). One
 # process, rounds in turn (python -m benchmarks.few_rows), patch matrix / implicit / direct in ms:
 # 3 -> 64 3x3 at 224x224, batch 8: 38-46 / 26-34 / 23-27; 1 -> 32 5x5 at 28x28, batch 64: 5.8-10.6 /
 # 2.1-3.4 / 1.7-2.5; 3 -> 32 3x3/2 at 112x112: 3.9-6.3 / 2.2-3.8 / 1.8-2.6; 1-D 8 -> 64 k=3: 12-15 /
@@ -164,6 +165,17 @@ FEW_ROWS_DIRECT_MAX_LENGTH = 1 << 18
 # 4.14. 2-D layers with as few rows stay with the direct kernels (2 -> 32 3x3 at 64 x 64, 18 rows: 2.9-3.7 /
 # 4.0-4.3, python -m benchmarks.few_rows).
 FEW_ROWS_IMPLICIT_1D_MIN_ROWS = 12
+# With 512-bit vectors, strided 1-D forwards with at most FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS patch rows go to
+# the direct kernels (on the terms of FEW_ROWS_DIRECT_MIN_IMAGES), not the implicit GEMM. Zen 4 (AVX-512), 16000
+# positions, 64 outputs, one process, best of 15 in each of 5 rounds alternating, implicit / direct (ms, fastest
+# and median round; /tmp script, not kept): the suite's 1-D stem (1 channel, k=10, stride 5, 10 rows) at batch 8
+# 0.523, 0.536 / 0.332, 0.339 (direct faster in 5 of 5 rounds; PyTorch 0.315, 0.333), at batch 4 0.276, 0.315 /
+# 0.178, 0.199 (5), at 32 2.44, 2.50 / 1.50, 1.95 (5); 2 -> 32 k=8 stride 4 (16 rows) 0.437, 0.462 / 0.339, 0.342
+# (5); 1 -> 128 k=3 stride 2 2.65, 2.80 / 1.20, 1.87 (5); but from 21 rows the implicit GEMM: 3 -> 64 k=7 stride 3
+# (batch 16, 4000 positions) 0.552, 0.594 / 0.729, 0.772 (0 of 5), 2 -> 64 k=15 stride 5 (30) 0.771, 0.785 /
+# 0.822, 0.842 (0), 4 -> 64 k=6 stride 2 (24) 1.63, 1.92 / 1.70, 1.83 (1), 3 -> 64 k=10 stride 5 (30) 0.837,
+# 0.917 / 0.754, 0.912 (3). Zen 3 keeps the implicit GEMM, measured there (see FEW_ROWS_DIRECT_MIN_IMAGES).
+FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS = 16
 # Weight gradients with at most FEW_CHANNELS_DIRECT_GRAD_WEIGHT input channels per group go to the direct
 # kernels on planes of up to FEW_ROWS_DIRECT_MAX_LENGTH positions, from one image per thread. On the AMD
 # EPYC of BENCHMARKS.md (python -m benchmarks.few_rows --grad-weight; patch matrix / implicit / direct, ms):
@@ -275,7 +287,9 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
         return "implicit"
     if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
         if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
-            return "implicit"
+            direct = (not _zen3_rules() and c_g * plan.n_taps <= FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
+                      and n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH)
+            return "direct" if direct else "implicit"  # see FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
         if len(plan.out) == 1 and c_g * plan.n_taps >= FEW_ROWS_IMPLICIT_1D_MIN_ROWS and _zen3_rules():
             return "implicit"  # see FEW_ROWS_IMPLICIT_1D_MIN_ROWS
         if n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH:

@@ -1561,6 +1561,51 @@ def test_one_dimensional_weight_gradients_cover_every_block_edge(size, kernel, c
     assert max_rel_err(gw, wt.grad.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
 
 
+@pytest.mark.parametrize(
+    "size, kernel, c, k, groups, stride, dilation, n",
+    [
+        ((5, 2), (3, 3), 3, 1, 1, 1, 2, 2),  # dilated; 10 vectors: three whole tiles and one vector
+        ((9, 4), (3, 3), 4, 2, 1, 2, 1, 1),  # strided (the lattice in the phases); out (5, 2 vectors): a tail of two
+        ((3, 4, 1), (3, 3, 3), 2, 1, 1, 1, 1, 2),  # 3-D: rows of two planes
+        ((6, 1), (3, 3), 6, 2, 2, 1, 1, 2),  # two groups
+        ((7, 1), (3, 3), 32, 2, 1, 1, 1, 1),  # 288 patch rows: two chunks of steps
+        ((13, 2), (3, 3), 4, 1, 1, 1, 3, 2),  # 26 vectors: blocks whole and partial
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_implicit_forward_tiles_real_positions_where_rows_are_whole_vectors(size, kernel, c, k, groups, stride,
+                                                                           dilation, n, dtype, rng, monkeypatch):
+    """With output rows of whole vectors (the last size is counted in vectors), the forward on filled planes tiles
+    the real output positions, each tile's vectors read where they lie (``_forward_gapped``): the same numbers,
+    bitwise, as the tiles over the lattice, and the float64 reference's; tails of one and two vectors, several
+    blocks and chunks of steps, groups, strides, dilations, three dimensions. ``k`` counts blocks of FORWARD_MR
+    output channels per group."""
+    from convlayer.engine import implicit
+
+    lanes = implicit.lanes(dtype)
+    size = (*size[:-1], size[-1] * lanes * stride)
+    k = k * implicit.FORWARD_MR * groups
+    calls = []
+    monkeypatch.setattr(implicit, "interleaves", lambda *a: False)  # small planes: interleaved otherwise
+    monkeypatch.setattr(implicit, "channels_wide", lambda *a: False)
+    monkeypatch.setattr(implicit, "_FORWARD_GAPPED", tuple(
+        lambda *a, f=f: calls.append(1) or f(*a) for f in implicit._FORWARD_GAPPED))
+    x = rng.standard_normal((n, c, *size)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    kw = dict(stride=stride, dilation=dilation, groups=groups, padding=dilation * (kernel[0] // 2))
+    with force_strategy("implicit"):
+        y = CF.conv(x, w, **kw)
+        assert calls and y.shape[-1] % lanes == 0
+        monkeypatch.setattr(implicit, "GAPPED", False)
+        lattice = CF.conv(x, w, **kw)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(y, lattice)
+    torch_conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
+    yt = torch_conv(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), **kw)
+    assert y.dtype == dtype
+    assert max_rel_err(y, yt.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
 def test_forward_channels_read_strided_inputs_padded_but_not_split():
     """The channels-along-vectors forward broadcasts its input element by element: a strided layer's planes are
     filled padded but not split into phases (the stride-1 plan over the same padded input), and read as they lie

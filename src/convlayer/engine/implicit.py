@@ -124,6 +124,15 @@ WIDE_MR, WIDE_NV = (6, 4) if VECTOR_BYTES == 64 else (MR, NV)
 # the hints cost more than they save (4 x 3 in cache 110 vs 129 GFLOP/s; in the suite's forwards ResNet
 # 3x3 21.6-22.3 vs 16.8-18.6 ms, dilated d2 14.9-15.1 vs 11.6-12.8, the 1-D stem even).
 FORWARD_PREFETCH = 8 if VECTOR_BYTES == 64 else 0
+# The forward on filled planes tiles the real output positions instead of the lattice's where the output rows
+# are whole vectors (:func:`_forward_gapped`): no multiply-adds for the dropped positions between rows (11% of
+# the lattice of the dilated d4 layer, 64 positions a row of 72) and no copy out of a local tile. The same
+# outputs, bitwise. Zen 4 (AVX-512), one process, best of 5 in each of 4 rounds alternating (ms, the suite's
+# layers at larger batches; a one-off script): dilated 3x3 d4, 64 channels at 64 x 64, batch 16, 24.3-25.7 vs
+# 27.2-29.1 on the lattice (PyTorch 22.1-22.8); d2 23.6-24.1 vs 25.1-26.0 (PyTorch 23.0-23.9); DeepBench C32 at
+# 112 x 112, batch 8, 9.7-10.2 vs 10.5 (PyTorch 9.7-10.3). With AVX2 the rule is the same (rows of whole 8-wide
+# vectors: ResNet 3x3's 56 too), not measured on Zen 3.
+GAPPED = True
 # Forward: lattice positions per job (a multiple of the tile's width in every dtype and register width)
 # and steps (patch rows) per microkernel call; on the suite's layers 64-512 positions and 64-512 rows
 # were within noise of each other with the 8 x 2 tile.
@@ -361,8 +370,10 @@ def _no_unroll(builder, latch):
     latch.terminator.set_metadata("llvm.loop", loop_id)
 
 
-def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, steps_table: bool = False):
-    """A Numba intrinsic ``mk(a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta)``.
+def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, steps_table: bool = False,
+                     gaps: bool = False):
+    """A Numba intrinsic ``mk(a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta)``
+    (with ``gaps``, one more argument, ``voff``).
 
     Computes the ``mr x (nv * lanes)`` tile ``C += A @ B`` (or ``C = A @ B``
     when ``beta`` is False) over ``kc`` steps ``s``, where
@@ -371,7 +382,10 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, ste
       ``steps_table`` ``a[aoff + arows[i] + astride[s]]``, ``astride`` then
       a 1-D int64 array,
     * ``B[s, j] = b[boff + brows[bstart + s] + j]`` (a vector load per
-      ``lanes`` columns),
+      ``lanes`` columns), or with ``gaps`` vector ``v`` of the row (columns
+      ``v * lanes`` to ``v * lanes + lanes - 1``) from
+      ``b[boff + brows[bstart + s] + voff[v] + j - v * lanes]``, ``voff`` a
+      1-D int64 array of ``nv`` offsets: vectors that lie apart,
     * ``C[i, j] = c[coff + crows[i] + j]``.
 
     ``a``, ``b`` and ``c`` are 1-D arrays of one float dtype, the row tables
@@ -382,70 +396,83 @@ def make_microkernel(mr: int, nv: int, vector_bytes: int, prefetch: int = 0, ste
     rows that lie anywhere, which the hardware prefetcher cannot guess.
     """
 
-    @intrinsic
-    def mk(typingctx, a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta):
-        sig = types.void(a, types.intp, arows, astride if steps_table else types.intp, b, types.intp, brows,
-                         types.intp, c, types.intp, crows, types.intp, types.boolean)
+    def codegen(context, builder, signature, args):
+        a_arr, aoff, arows_arr, astride, b_arr, boff, brows_arr, bstart = args[:8]
+        c_arr, coff, crows_arr, kc, beta = args[8:13]
+        dtype = signature.args[0].dtype
+        fty = context.get_value_type(dtype)
+        width = vector_bytes // (4 if dtype == types.float32 else 8)
+        vt = ir.VectorType(fty, width)
+        align = 4 if dtype == types.float32 else 8
+        data, const, at = _ir_helpers(context, builder, signature)
 
-        def codegen(context, builder, signature, args):
-            a_arr, aoff, arows_arr, astride, b_arr, boff, brows_arr, bstart, c_arr, coff, crows_arr, kc, beta = args
-            dtype = signature.args[0].dtype
-            fty = context.get_value_type(dtype)
-            width = vector_bytes // (4 if dtype == types.float32 else 8)
-            vt = ir.VectorType(fty, width)
-            align = 4 if dtype == types.float32 else 8
-            data, const, at = _ir_helpers(context, builder, signature)
+        def table(ptr, i):
+            return builder.load(at(ptr, i))
 
-            def table(ptr, i):
-                return builder.load(at(ptr, i))
-
-            a_ptr, b_ptr, c_ptr = data(0, a_arr), data(4, b_arr), data(8, c_arr)
-            ar, br, cr = data(2, arows_arr), data(6, brows_arr), data(10, crows_arr)
-            a_rows = [at(a_ptr, builder.add(aoff, table(ar, const(i)))) for i in range(mr)]
-            b_base = at(b_ptr, boff)
-            b_rows = at(br, bstart)
-            zero = ir.Constant(vt, None)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
-            name = f"llvm.fma.v{width}{'f32' if dtype == types.float32 else 'f64'}"
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
-            undef = ir.Constant(vt, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-            lane0 = ir.Constant(ir.IntType(32), 0)
-            run = nv * width  # elements of B per step; one hint per cache line it may touch, and its last element
-            lines = sorted({*range(0, run, 64 // (vector_bytes // width)), run - 1})
-            with cgutils.for_range(builder, kc) as loop:
-                s = loop.index
-                if prefetch:
-                    ahead = builder.add(s, const(prefetch))
-                    ahead = builder.select(builder.icmp_signed("<", ahead, kc), ahead, builder.sub(kc, const(1)))
-                    later = at(b_base, table(b_rows, ahead))
-                    for e in lines:
-                        prefetch_line(builder, at(later, const(e)))
-                row = at(b_base, table(b_rows, s))
-                bv = [builder.load(builder.bitcast(at(row, const(width * j)), vt.as_pointer()), align=align)
-                      for j in range(nv)]
-                step = table(data(3, astride), s) if steps_table else builder.mul(s, astride)
-                for i in range(mr):
-                    av = builder.load(at(a_rows[i], step))
-                    av = builder.shuffle_vector(builder.insert_element(undef, av, lane0), undef, splat)
-                    for j in range(nv):
-                        builder.store(builder.call(fma, [av, bv[j], builder.load(acc[i][j])]), acc[i][j])
-                latch = builder.basic_block
-            if steps_table:
-                _no_unroll(builder, latch)
+        a_ptr, b_ptr, c_ptr = data(0, a_arr), data(4, b_arr), data(8, c_arr)
+        ar, br, cr = data(2, arows_arr), data(6, brows_arr), data(10, crows_arr)
+        a_rows = [at(a_ptr, builder.add(aoff, table(ar, const(i)))) for i in range(mr)]
+        b_base = at(b_ptr, boff)
+        b_rows = at(br, bstart)
+        zero = ir.Constant(vt, None)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
+        name = f"llvm.fma.v{width}{'f32' if dtype == types.float32 else 'f64'}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
+        undef = ir.Constant(vt, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        lane0 = ir.Constant(ir.IntType(32), 0)
+        if gaps:  # where each vector starts, from the row's start; one hint for each vector's first and last
+            vo = data(13, args[13])
+            starts = [table(vo, const(j)) for j in range(nv)]
+            lines = [builder.add(o, const(e)) for o in starts for e in (0, width - 1)]
+        else:  # elements of B per step; one hint per cache line it may touch, and its last element
+            starts = [const(width * j) for j in range(nv)]
+            run = nv * width
+            lines = [const(e) for e in sorted({*range(0, run, 64 // (vector_bytes // width)), run - 1})]
+        with cgutils.for_range(builder, kc) as loop:
+            s = loop.index
+            if prefetch:
+                ahead = builder.add(s, const(prefetch))
+                ahead = builder.select(builder.icmp_signed("<", ahead, kc), ahead, builder.sub(kc, const(1)))
+                later = at(b_base, table(b_rows, ahead))
+                for e in lines:
+                    prefetch_line(builder, at(later, e))
+            row = at(b_base, table(b_rows, s))
+            bv = [builder.load(builder.bitcast(at(row, starts[j]), vt.as_pointer()), align=align)
+                  for j in range(nv)]
+            step = table(data(3, astride), s) if steps_table else builder.mul(s, astride)
             for i in range(mr):
-                row = at(c_ptr, builder.add(coff, table(cr, const(i))))
+                av = builder.load(at(a_rows[i], step))
+                av = builder.shuffle_vector(builder.insert_element(undef, av, lane0), undef, splat)
                 for j in range(nv):
-                    p = builder.bitcast(at(row, const(width * j)), vt.as_pointer())
-                    value = builder.load(acc[i][j])
-                    with builder.if_else(beta) as (add, store):
-                        with add:
-                            builder.store(builder.fadd(builder.load(p, align=align), value), p, align=align)
-                        with store:
-                            builder.store(value, p, align=align)
-            return context.get_dummy_value()
+                    builder.store(builder.call(fma, [av, bv[j], builder.load(acc[i][j])]), acc[i][j])
+            latch = builder.basic_block
+        if steps_table:
+            _no_unroll(builder, latch)
+        for i in range(mr):
+            row = at(c_ptr, builder.add(coff, table(cr, const(i))))
+            for j in range(nv):
+                p = builder.bitcast(at(row, const(width * j)), vt.as_pointer())
+                value = builder.load(acc[i][j])
+                with builder.if_else(beta) as (add, store):
+                    with add:
+                        builder.store(builder.fadd(builder.load(p, align=align), value), p, align=align)
+                    with store:
+                        builder.store(value, p, align=align)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    def sig(a, arows, astride, b, brows, c, crows, *voff):
+        return types.void(a, types.intp, arows, astride if steps_table else types.intp, b, types.intp, brows,
+                          types.intp, c, types.intp, crows, types.intp, types.boolean, *voff)
+
+    if gaps:
+        @intrinsic
+        def mk(typingctx, a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta, voff):
+            return sig(a, arows, astride, b, brows, c, crows, voff), codegen
+    else:
+        @intrinsic
+        def mk(typingctx, a, aoff, arows, astride, b, boff, brows, bstart, c, coff, crows, kc, beta):
+            return sig(a, arows, astride, b, brows, c, crows), codegen
 
     return mk
 
@@ -539,6 +566,8 @@ _mk_forward = make_microkernel(FORWARD_MR, FORWARD_NV, VECTOR_BYTES, FORWARD_PRE
 # The forward's tile cut to one or two vectors where a row's last tile needs no more (:func:`_tile_vectors`).
 _mk_forward1 = make_microkernel(FORWARD_MR, 1, VECTOR_BYTES, FORWARD_PREFETCH)
 _mk_forward2 = make_microkernel(FORWARD_MR, 2, VECTOR_BYTES, FORWARD_PREFETCH)
+# The forward's tile over real output positions whose vectors lie apart in the lattice (:func:`_forward_gapped`).
+_mk_forward_gaps = make_microkernel(FORWARD_MR, FORWARD_NV, VECTOR_BYTES, FORWARD_PREFETCH, gaps=True)
 _mk_wide = make_microkernel(WIDE_MR, WIDE_NV, VECTOR_BYTES, 0, True)  # steps from a table
 _mk_steps = make_microkernel(MR, NV, VECTOR_BYTES, 0, True)
 _dk = make_dot_microkernel(DOT_MR, DOT_NR, VECTOR_BYTES)
@@ -735,6 +764,71 @@ def _window(x, start, size, channels, first, span, seg_dst, seg_src, seg_len, st
                 dst = out[cl * cstride + base + at:cl * cstride + base + span]
                 for i in range(span - at):
                     dst[i] = 0
+
+
+@njit(**_FLAGS)
+def _forward_gapped_job(job, xph, wpack, rowoff, rows, width, count, block, steps, out, groups, nblocks,
+                        lanes_, ct, kbs, mr, k_g, arows, crows):  # pragma: no cover - compiled
+    """Job ``job`` of :func:`_forward_gapped` (image, group, block of real output positions)."""
+    b = job // (groups * nblocks)
+    g = (job // nblocks) % groups
+    p0 = (job % nblocks) * block
+    nc = min(block, count - p0)
+    nr = FORWARD_NV * lanes_
+    ntiles = -(-nc // nr)
+    at = np.empty((ntiles, FORWARD_NV), dtype=np.int64)  # where each vector of each tile lies in the lattice
+    for t in range(ntiles):
+        for u in range(FORWARD_NV):
+            q = min(p0 + t * nr + u * lanes_, count - lanes_)  # past the block's end: never read
+            at[t, u] = rows[q // width] + q % width
+    voff = np.empty((ntiles, FORWARD_NV), dtype=np.int64)
+    for t in range(ntiles):
+        for u in range(FORWARD_NV):
+            voff[t, u] = at[t, u] - at[t, 0]
+    src, offs, dst = xph[b], rowoff[g], out[b].reshape(out.shape[1] * count)
+    for r0 in range(0, ct, steps):
+        kc = min(steps, ct - r0)
+        for kb in range(kbs):
+            aoff = (kb * ct + r0) * mr
+            base = (g * k_g + kb * mr) * count + p0
+            for t in range(ntiles):
+                j = t * nr
+                vectors = min(FORWARD_NV, (nc - j) // lanes_)
+                if vectors == FORWARD_NV:
+                    _mk_forward_gaps(wpack[g], aoff, arows, mr, src, at[t, 0], offs, r0, dst, base + j, crows, kc,
+                                     r0 > 0, voff[t])
+                else:  # the last tile of an image, one or two vectors: each one contiguous
+                    for u in range(vectors):
+                        _mk_forward1(wpack[g], aoff, arows, mr, src, at[t, u], offs, r0, dst, base + j + u * lanes_,
+                                     crows, kc, r0 > 0)
+
+
+def _forward_gapped(xph, wpack, rowoff, rows, width, block, steps, dynamic, out):  # pragma: no cover - compiled
+    """``out (n, K, P)`` from the filled planes ``xph (n, C * stride)``, as :func:`_forward` computes it, but with
+    tiles over the ``P`` real output positions, not the lattice's: output rows of ``width`` positions, a whole
+    number of vectors, start at lattice positions ``rows``, and a tile's three vectors are read where each lies
+    (:func:`make_microkernel`'s ``gaps``). No multiply-add goes to the dropped positions between the rows, and the
+    tiles store into ``out`` itself, with no local tile and no copy; ``K_g`` must be a multiple of
+    :data:`FORWARD_MR`. Jobs: (image, group, block of ``block`` real positions), dealt as in :func:`_forward`."""
+    n = xph.shape[0]
+    groups, ct = rowoff.shape
+    mr = FORWARD_MR
+    kbs = wpack.shape[1] // (ct * mr)
+    lanes_ = VECTOR_BYTES // out.itemsize
+    k_g = out.shape[1] // groups
+    count = out.shape[2]
+    nblocks = -(-count // block)
+    arows = np.arange(mr)
+    crows = np.arange(mr) * count
+    jobs = n * groups * nblocks
+    counter = np.zeros(1, dtype=np.int64)
+    slots = dynamic if dynamic else jobs
+    for slot in prange(slots):
+        job = _take(counter) if dynamic else np.int64(slot)
+        while job < jobs:
+            _forward_gapped_job(job, xph, wpack, rowoff, rows, width, count, block, steps, out, groups, nblocks,
+                                lanes_, ct, kbs, mr, k_g, arows, crows)
+            job = _take(counter) if dynamic else jobs
 
 
 @njit(**_FLAGS)
@@ -1289,6 +1383,7 @@ _FILL = _variants(_fill_planes)
 _FILL_INTERLEAVED = _variants(_fill_interleaved)
 _DEINTERLEAVE = _variants(_deinterleave)
 _FORWARD = _variants(_forward)
+_FORWARD_GAPPED = _variants(_forward_gapped)
 _EMBED = _variants(_embed_rows)
 _EMBED_INTERLEAVED = _variants(_embed_interleaved)
 _GRAD_INPUT = _variants(_grad_input)
@@ -1655,9 +1750,25 @@ def forward(x, w, groups, plan, pads, y, scratch):
     stride = plane_stride(plan, x.shape, pads)  # a block reads up to BLOCK_POSITIONS past the lattice
     xph = _planes(x, plan, pads, stride, scratch((n, c, stride)), par)
     rowoff = _row_offsets(groups, c_g, plan, stride, ct)
+    if _gapped(plan, width, k_g, x.dtype):
+        _FORWARD_GAPPED[par](xph.reshape(n, -1), wpack, rowoff, rows, width, BLOCK_POSITIONS, BLOCK_ROWS,
+                             dynamic_threads(par), y.reshape(n, k, -1))
+        return y
     _FORWARD[par](xph.reshape(n, -1), wpack, rowoff, rows, width, plan.length, BLOCK_POSITIONS, BLOCK_ROWS, 1, 0, 0,
                   False, *_NO_WINDOW, dynamic_threads(par), y.reshape(n, k, -1))
     return y
+
+
+def _gapped(plan, width: int, k_g: int, dtype) -> bool:
+    """Whether :func:`forward` on filled planes tiles the real output positions (:func:`_forward_gapped`), not
+    the lattice's: with :data:`GAPPED`, output rows of a whole number of vectors with dropped positions between
+    them, and ``K_g`` a multiple of :data:`FORWARD_MR`."""
+    return (GAPPED and width % lanes(dtype) == 0 and plan.length > width * _row_count(plan)
+            and k_g % FORWARD_MR == 0)
+
+
+def _row_count(plan) -> int:
+    return math.prod(plan.out) // plan.out[-1]
 
 
 def channels_wide(plan, k_g: int, dtype) -> bool:

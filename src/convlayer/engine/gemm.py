@@ -286,13 +286,13 @@ def strategy(c_g: int, k_g: int, plan, pass_: str = "forward", n: int = 1, flip:
     if _implicit_wins(c_g, k_g, plan, pass_, "cols"):
         return "implicit"
     if pass_ == "forward" and plan.n_taps > 1 and not all(o == 1 for o in plan.out):
+        direct = n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH
         if len(plan.out) == 1 and not plan.unit_stride:  # few patch rows (see FEW_ROWS_DIRECT_MIN_IMAGES)
-            direct = (not _zen3_rules() and c_g * plan.n_taps <= FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
-                      and n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH)
+            direct = direct and not _zen3_rules() and c_g * plan.n_taps <= FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
             return "direct" if direct else "implicit"  # see FEW_ROWS_DIRECT_STRIDED_1D_MAX_ROWS
         if len(plan.out) == 1 and c_g * plan.n_taps >= FEW_ROWS_IMPLICIT_1D_MIN_ROWS and _zen3_rules():
             return "implicit"  # see FEW_ROWS_IMPLICIT_1D_MIN_ROWS
-        if n >= FEW_ROWS_DIRECT_MIN_IMAGES and plan.length <= FEW_ROWS_DIRECT_MAX_LENGTH:
+        if direct:
             return "direct"
     if c_g * plan.n_taps * plan.length * 8 > _config.get_workspace_limit():
         return "taps"  # the patch matrix of even one image and group would exceed the workspace limit

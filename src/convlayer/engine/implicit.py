@@ -777,13 +777,11 @@ def _forward_gapped_job(job, xph, wpack, rowoff, rows, width, count, block, step
     nr = FORWARD_NV * lanes_
     ntiles = -(-nc // nr)
     at = np.empty((ntiles, FORWARD_NV), dtype=np.int64)  # where each vector of each tile lies in the lattice
+    voff = np.empty((ntiles, FORWARD_NV), dtype=np.int64)  # ... and from the tile's first vector
     for t in range(ntiles):
         for u in range(FORWARD_NV):
             q = min(p0 + t * nr + u * lanes_, count - lanes_)  # past the block's end: never read
             at[t, u] = rows[q // width] + q % width
-    voff = np.empty((ntiles, FORWARD_NV), dtype=np.int64)
-    for t in range(ntiles):
-        for u in range(FORWARD_NV):
             voff[t, u] = at[t, u] - at[t, 0]
     src, offs, dst = xph[b], rowoff[g], out[b].reshape(out.shape[1] * count)
     for r0 in range(0, ct, steps):
@@ -1763,12 +1761,7 @@ def _gapped(plan, width: int, k_g: int, dtype) -> bool:
     """Whether :func:`forward` on filled planes tiles the real output positions (:func:`_forward_gapped`), not
     the lattice's: with :data:`GAPPED`, output rows of a whole number of vectors with dropped positions between
     them, and ``K_g`` a multiple of :data:`FORWARD_MR`."""
-    return (GAPPED and width % lanes(dtype) == 0 and plan.length > width * _row_count(plan)
-            and k_g % FORWARD_MR == 0)
-
-
-def _row_count(plan) -> int:
-    return math.prod(plan.out) // plan.out[-1]
+    return GAPPED and width % lanes(dtype) == 0 and plan.length > math.prod(plan.out) and k_g % FORWARD_MR == 0
 
 
 def channels_wide(plan, k_g: int, dtype) -> bool:

@@ -219,7 +219,9 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
     Before each large standard layer (:func:`_is_large`) in each round it also times NumPy's GEMM
     (:func:`bench_gemm`), the row's ``gemm_beside`` its best over the rounds: the machine's GEMM throughput
     at the moments its passes ran, beside the runner's figure from before and after the problems (see
-    :func:`targets`)."""
+    :func:`targets`). Each row's ``rounds`` keeps every round's times per framework (seconds, one list of
+    three per round; ``None`` where a framework did not run) and GEMM figures, so that an entry that misses a
+    target shows whether it was slow in one round or in all of them."""
     import torch
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
@@ -230,16 +232,21 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
     best = [[None, None, None] for _ in problems]  # convlayer, PyTorch, JAX
     gflops = [flops(p, gy.shape) / 1e9 for p, (_, _, gy) in zip(problems, data)]  # gy has the output's shape
     beside = [None] * len(problems)  # GFLOP/s of the GEMM timed before each large problem, best over the rounds
+    # each round's times and GEMM figure, kept in the rows, so that a miss shows whether every round was slow
+    seen = [dict(convlayer=[], torch=[], jax=[], gemm_beside=[]) for _ in problems]
     rows = []
     with threadpool_limits(limits=threads), tqdm(total=rounds * len(problems), desc="problems x rounds",
                                                  disable=None, leave=False) as bar:
         for r in range(rounds):
             for i, (p, (x, w, gy)) in enumerate(zip(problems, data)):
                 if _is_large(asdict(p), gflops[i]):
-                    beside[i] = max(beside[i] or 0.0, bench_gemm(repeats))
-                best[i] = [_best_of(best[i][0], bench_convlayer(p, x, w, gy, repeats)),  # in this order
-                           _best_of(best[i][1], bench_torch(p, x, w, gy, repeats)),
-                           _best_of(best[i][2], bench_jax(p, x, w, gy, repeats) if with_jax else None)]
+                    seen[i]["gemm_beside"].append(bench_gemm(repeats))
+                    beside[i] = max(seen[i]["gemm_beside"])
+                times = [bench_convlayer(p, x, w, gy, repeats), bench_torch(p, x, w, gy, repeats),  # in this order
+                         bench_jax(p, x, w, gy, repeats) if with_jax else None]
+                best[i] = [_best_of(b, t) for b, t in zip(best[i], times)]
+                for name, t in zip(("convlayer", "torch", "jax"), times):
+                    seen[i][name].append(t)
                 ours, theirs, jx = best[i]
                 bar.update()
                 if r < rounds - 1:
@@ -247,7 +254,7 @@ def run(problems, repeats, threads, with_jax=True, rounds=1):
                 row = dict(problem=asdict(p), gflop=gflops[i], convlayer=ours, torch=theirs, jax=jx,
                            ratio=[t / o for t, o in zip(theirs, ours)],
                            jax_ratio=None if jx is None else [j / o for j, o in zip(jx, ours)],
-                           gemm_beside=beside[i])
+                           gemm_beside=beside[i], rounds=seen[i])
                 rows.append(row)
                 bar.write(_format_row(p, row))
     return rows
@@ -332,7 +339,9 @@ def targets(rows, peak) -> dict:
     For information only, not a target: the large passes below that share of the GEMM timed beside their
     problem (``gemm_beside``, see :func:`run`), ``[category, name, pass, rate, share]``. A pass timed in a
     busy stretch of a shared machine is set against a GEMM timed in the same stretch there, which tells the
-    machine's load from the engine's shortfall; the target itself is measured against ``peak``."""
+    machine's load from the engine's shortfall; the target itself is measured against ``peak``. Also for
+    information: ``missed_rounds``, each entry that misses a target with its round-by-round times (seconds)
+    for convlayer and PyTorch, where the rows keep them (:func:`run`)."""
     means = summary(rows).get("all", [float("nan")] * 3)
     low, grouped, large, beside, counted = [], [], [], [], 0
     for r in rows:
@@ -353,7 +362,19 @@ def targets(rows, peak) -> dict:
                     beside.append(where + [rate, rate / r["gemm_beside"]])
     met = all(m >= 1.0 for m in means) and not (low or grouped or large)
     return dict(means=means, below_half=low, grouped_below_2x=grouped, large_passes=counted,
-                large_below_70_percent=large, large_below_70_percent_of_gemm_beside=beside, met=met)
+                large_below_70_percent=large, large_below_70_percent_of_gemm_beside=beside, met=met,
+                missed_rounds=_missed_rounds(rows, low + grouped + large))
+
+
+def _missed_rounds(rows, missed):
+    """``[category, name, pass, convlayer's times, PyTorch's times]`` per round for each missed entry once."""
+    by_name = {(r["problem"]["category"], r["problem"]["name"]): r for r in rows}
+    out = []
+    for c, n, p in dict.fromkeys((c, n, p) for c, n, p, _ in missed):
+        rounds, i = by_name[c, n].get("rounds"), PASSES.index(p)
+        if rounds:
+            out.append([c, n, p] + [[t[i] for t in rounds[f]] for f in ("convlayer", "torch")])
+    return out
 
 
 def _targets_text(t, peak) -> str:
@@ -372,7 +393,9 @@ def _targets_text(t, peak) -> str:
         f"  for information, not a target: large passes below {LARGE_MIN_GEMM_SHARE:.0%} of the GEMM timed beside "
         f"their problem: " + ("; ".join(f"{c} {n} {p} {v:.0f} GFLOP/s ({share:.0%})" for c, n, p, v, share in
                                       t.get("large_below_70_percent_of_gemm_beside", [])) or "none"),
-    ])
+    ] + [f"  for information: {c} {n} {p} round by round, convlayer "
+         + " ".join(f"{v * 1e3:.2f}" for v in ours) + " ms, PyTorch " + " ".join(f"{v * 1e3:.2f}" for v in theirs)
+         + " ms" for c, n, p, ours, theirs in t.get("missed_rounds", [])])
 
 
 def _summary_table(table) -> str:

@@ -52,6 +52,9 @@ def test_suite_runner_keeps_each_frameworks_best_over_the_rounds(monkeypatch):
     assert calls == ["convlayer", "torch", "convlayer", "torch"]
     assert row["convlayer"] == [2.0, 2.0, 1.0] and row["torch"] == [1.0, 2.0, 2.0]
     assert row["ratio"] == [0.5, 1.0, 2.0]
+    # every round's times are kept too, so that a miss shows whether each round was slow
+    assert row["rounds"] == dict(convlayer=[[3.0, 2.0, 5.0], [2.0, 3.0, 1.0]], torch=[[1.0, 4.0, 4.0], [2.0] * 3],
+                                 jax=[None, None], gemm_beside=[])
 
 
 def test_suite_runner_times_the_whole_list_each_round(monkeypatch, capsys):
@@ -92,6 +95,7 @@ def test_suite_runner_times_a_gemm_beside_each_large_problem(monkeypatch, capsys
                  "gemm", ("convlayer", "3x3/2 128->256 28"), ("torch", "3x3/2 128->256 28")]
     assert calls == per_round * 3
     assert rows[0]["gemm_beside"] is None and rows[1]["gemm_beside"] == 150.0
+    assert rows[1]["rounds"]["gemm_beside"] == [100.0, 150.0, 120.0]
     rate = rows[1]["gflop"] / 0.01  # 92.5 GFLOP/s: 62% of 150, 92% of 100
     t = suite.targets(rows, peak=100.0)
     assert t["large_below_70_percent"] == []
@@ -131,6 +135,20 @@ def test_targets_report_each_goal_of_issue_4():
     assert t["met"] and "all met: yes" in suite._targets_text(t, 100.0)
     slow = [_fake_row("3x3 64->64 56", [1.2, 0.9, 0.9], [fast] * 3)]  # means below 1 in two passes
     assert not suite.targets(slow, peak=100.0)["met"]
+
+
+def test_targets_show_the_missed_entries_round_by_round():
+    """Each entry that misses a target is listed once with its rounds, convlayer's and PyTorch's, for
+    information; entries that meet every target and rows without rounds are not."""
+    row = _fake_row("depthwise 3x3 C144 56", [1.9, 2.5, 2.5], [1e-3] * 3, gflop=0.1)  # forward under 2x
+    row["rounds"] = dict(convlayer=[[2e-3, 1e-3, 1e-3], [1e-3, 2e-3, 1e-3]], torch=[[2e-3, 3e-3, 3e-3]] * 2)
+    plain = _fake_row("C3 5x5 6->16 b64", [0.4, 1.0, 1.0], [1e-3] * 3, gflop=0.03)  # missed, but no rounds kept
+    t = suite.targets([row, plain], peak=100.0)
+    assert t["missed_rounds"] == [["mobilenet", "depthwise 3x3 C144 56", "fwd", [2e-3, 1e-3], [2e-3, 2e-3]]]
+    assert ("for information: mobilenet depthwise 3x3 C144 56 fwd round by round, convlayer 2.00 1.00 ms, "
+            "PyTorch 2.00 2.00 ms") in suite._targets_text(t, 100.0)
+    row["ratio"][0] = 2.0
+    assert suite.targets([row], peak=100.0)["missed_rounds"] == []
 
 
 @pytest.mark.parametrize("args, message", [(["--rounds", "0"], "argument --rounds: must be a positive integer, got 0"),

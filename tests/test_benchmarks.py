@@ -280,3 +280,22 @@ def test_gemm_shapes_runner_sets_each_large_pass_beside_its_product(tmp_path, ca
     assert all(r["convlayer"] > 0 and r["blas"] > 0 for r in data["rows"]) and len(data["gemm_gflops"]) == 2
     printed = capsys.readouterr().out
     assert all(f"{who}: " in printed and " of 3 passes below 70%" in printed for who in ("convlayer", "blas"))
+
+
+def test_cores_runner(capsys, monkeypatch):
+    """The shared-core probe runs on this machine's CPUs, flags a sample where a CPU slows under the share while
+    all run, and rejects CPUs this process may not use."""
+    from benchmarks import cores
+
+    assert cores.main(["--samples", "2", "--size", "32", "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("sample   1") and lines[-1].endswith("while all ran")
+    rates = {(0,): {0: 100.0}, (1,): {1: 90.0}}
+    monkeypatch.setattr(cores, "_on", lambda cpus, size, repeats: rates.get(tuple(cpus), together))
+    together = {0: 95.0, 1: 64.0}  # cpu1 at 71% of its 90 alone: not shared
+    assert not cores.sample([0, 1], 8, 1)["shared"]
+    together = {0: 95.0, 1: 62.0}  # 69%
+    assert cores.sample([0, 1], 8, 1) == dict(alone={0: 100.0, 1: 90.0}, together=together, shared=True)
+    with pytest.raises(SystemExit):
+        cores.main(["--cpus", "0,0"])
+    assert "must be distinct CPUs" in capsys.readouterr().err

@@ -574,7 +574,10 @@ def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, 
     float32 tile) by BLAS; else one GEMM per image. With whole tiles' rows of output channels (16 and 8 per group)
     the tiles are stored in the output itself, over one block of positions or several (420: 384 of them in two
     blocks in float32)."""
+    from convlayer.engine import implicit
+
     calls = _pointwise_tile_calls(monkeypatch, max_inner, fewer)
+    monkeypatch.setattr(implicit, "POINTWISE_BLOCKS", False)  # blocks of 192; the grown ones in the test after
     x = rng.standard_normal((3, c, *size)).astype(dtype)
     w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
     with force_strategy("taps"):
@@ -583,6 +586,51 @@ def test_pointwise_forward_from_the_input_as_it_lies(c, k, groups, size, dtype, 
     expected = F.conv2d(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), groups=groups)
     assert y.dtype == dtype
     assert max_rel_err(y, expected.numpy()) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("inner, dtype, block", [(64, np.float32, 768), (256, np.float32, 192),
+                                                 (144, np.float32, 336), (24, np.float32, 768),
+                                                 (144, np.float64, 336), (300, np.float64, 192)])
+def test_pointwise_jobs_take_more_positions_with_fewer_inputs(inner, dtype, block, monkeypatch):
+    """With ``POINTWISE_BLOCKS`` (AVX-512's default) a 1x1 tile job with fewer than ``BLOCK_ROWS`` inputs takes
+    as many more positions as keep its block of the input as large, whole tiles, up to ``POINTWISE_MAX_BLOCK``
+    (the figures here are whole tiles of 12, 24 and 48 positions alike)."""
+    from convlayer.engine import implicit
+
+    monkeypatch.setattr(implicit, "POINTWISE_BLOCKS", True)
+    assert implicit._pointwise_block(inner, dtype) == block
+    monkeypatch.setattr(implicit, "POINTWISE_BLOCKS", False)
+    assert implicit._pointwise_block(inner, dtype) == implicit.BLOCK_POSITIONS
+
+
+@pytest.mark.parametrize("c, k, groups", [(16, 24, 1), (48, 40, 2), (8, 8, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_grown_jobs_give_the_same_outputs(c, k, groups, dtype, rng, monkeypatch):
+    """The 1x1 tile with jobs grown for few inputs (here 768 positions a job: two whole jobs of an image's 1640
+    positions, a partial one, and the positions past the whole tiles by BLAS), forward and input gradient: the
+    same outputs, bitwise, as with jobs of ``BLOCK_POSITIONS``, and within rounding of the float64 reference."""
+    from convlayer.engine import implicit
+
+    calls = _pointwise_tile_calls(monkeypatch, 64, True)
+    blocks = []
+    monkeypatch.setattr(implicit, "_pointwise_block", lambda *a, f=implicit._pointwise_block: blocks.append(f(*a))
+                        or blocks[-1])
+    x = rng.standard_normal((2, c, 40, 41)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    gy = rng.standard_normal((2, k, 40, 41)).astype(dtype)
+    out = {}
+    for grown in (True, False):
+        monkeypatch.setattr(implicit, "POINTWISE_BLOCKS", grown)
+        with force_strategy("taps"):
+            out[grown] = CF.conv(x, w, groups=groups), CF.conv_backward(gy, x, w, groups=groups, grads=("input",))[0]
+    assert len(calls) == 4 and max(blocks[:2]) > implicit.BLOCK_POSITIONS
+    assert 1640 > 2 * max(blocks[:2])  # several jobs per image, the last partial
+    assert all(np.array_equal(a, b) for a, b in zip(out[True], out[False]))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    x64, w64 = torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64))
+    assert max_rel_err(out[True][0], F.conv2d(x64, w64, groups=groups).numpy()) < tol
+    gx = torch.nn.grad.conv2d_input(x.shape, w64, torch.tensor(gy.astype(np.float64)), groups=groups)
+    assert max_rel_err(out[True][1], gx.numpy()) < tol
 
 
 @pytest.mark.parametrize("c, k, groups, size", [(48, 16, 1, (11, 9)), (16, 48, 1, (11, 9)), (40, 12, 4, (20, 13)),

@@ -138,6 +138,16 @@ GAPPED = True
 # were within noise of each other with the 8 x 2 tile.
 BLOCK_POSITIONS = 192
 BLOCK_ROWS = 256
+# The 1x1 tile's jobs (:func:`forward_pointwise`) with fewer inputs than BLOCK_ROWS take more positions each, as
+# many as keep the job's block of the input as large (:func:`_pointwise_block`), up to POINTWISE_MAX_BLOCK: with
+# AVX-512, where it was measured. Zen 4, one process, best of 9 in each of 10 rounds alternating (ms; a one-off
+# script): ResNet 1x1 256->64's input gradient (64 inputs: 768 positions a job) 4.51-5.09 vs 4.85-5.26, faster in
+# 9 of 10 rounds; MobileNet 144->24's (24 inputs: 768) 1.02-1.39 vs 1.13-1.95, faster in 7; its forward (144:
+# 336) 0.95-1.53 vs 1.02-1.47, within noise. Fixed blocks of 96 to 1536 positions on ResNet's input gradient
+# (best of 7, 5 rounds): 96 5.25-5.63, 192 5.03-5.52, 384 4.92-5.25, 768 4.69-4.81, 1536 4.73-6.03; on its forward
+# (256 inputs, which keeps 192) 192 and 384 4.85-5.71, 768 5.16-6.22.
+POINTWISE_BLOCKS = VECTOR_BYTES == 64
+POINTWISE_MAX_BLOCK = 768
 # Forward on small planes: where the tiles would cover more than INTERLEAVE_MIN_OVERHANG times the positions
 # they cover with the images interleaved (a tile 48 positions wide over DCGAN's 8 x 9 lattice covers 96 of 72;
 # over LeNet C3's 10 x 14, 144 for 100 outputs), the images' positions are interleaved, position by position,
@@ -2002,6 +2012,17 @@ def grad_weight_rows(gy, x, groups, plan, pads, scratch):
     return gw
 
 
+def _pointwise_block(inner: int, dtype) -> int:
+    """Positions per job of :func:`forward_pointwise`: :data:`BLOCK_POSITIONS`, or, with fewer than
+    :data:`BLOCK_ROWS` inputs, as many more as keep a job's block of the input (inputs x positions) as large, up
+    to :data:`POINTWISE_MAX_BLOCK`; whole tiles."""
+    if not POINTWISE_BLOCKS:
+        return BLOCK_POSITIONS
+    tile = FORWARD_NV * lanes(dtype)
+    block = BLOCK_POSITIONS * BLOCK_ROWS // max(inner, 1) // tile * tile
+    return min(max(block, BLOCK_POSITIONS), POINTWISE_MAX_BLOCK)
+
+
 def forward_pointwise(x, w, groups, y, par):
     """``y (n, K, *S)``: the forward of a 1x1 stride-1 layer without padding from ``x`` as it lies, each
     channel's plane one patch row (:func:`_forward`, no filled copy), over the positions that whole tiles
@@ -2015,7 +2036,8 @@ def forward_pointwise(x, w, groups, y, par):
     if whole:
         rowoff = (np.arange(groups)[:, None] * c_g + np.arange(c_g)[None, :]) * length
         _FORWARD[par](x.reshape(n, -1), _blocks_of_rows(w.reshape(groups, k_g, c_g), FORWARD_MR),
-                      np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole, BLOCK_POSITIONS,
+                      np.ascontiguousarray(rowoff, np.int64), np.zeros(1, np.int64), whole, whole,
+                      _pointwise_block(c_g, x.dtype),
                       BLOCK_ROWS, 1, 0, 0, False, *_NO_WINDOW, dynamic_threads(par), y.reshape(n, k, -1))
     if whole < length:
         blas.matmul(w.reshape(groups, k_g, c_g), x.reshape(n, groups, c_g, length)[..., whole:],

@@ -787,12 +787,10 @@ def _forward_gapped_job(job, xph, wpack, rowoff, rows, width, count, block, step
     nr = FORWARD_NV * lanes_
     ntiles = -(-nc // nr)
     at = np.empty((ntiles, FORWARD_NV), dtype=np.int64)  # where each vector of each tile lies in the lattice
-    voff = np.empty((ntiles, FORWARD_NV), dtype=np.int64)  # ... and from the tile's first vector
     for t in range(ntiles):
         for u in range(FORWARD_NV):
             q = min(p0 + t * nr + u * lanes_, count - lanes_)  # past the block's end: never read
             at[t, u] = rows[q // width] + q % width
-            voff[t, u] = at[t, u] - at[t, 0]
     src, offs, dst = xph[b], rowoff[g], out[b].reshape(out.shape[1] * count)
     for r0 in range(0, ct, steps):
         kc = min(steps, ct - r0)
@@ -803,8 +801,8 @@ def _forward_gapped_job(job, xph, wpack, rowoff, rows, width, count, block, step
                 j = t * nr
                 vectors = min(FORWARD_NV, (nc - j) // lanes_)
                 if vectors == FORWARD_NV:
-                    _mk_forward_gaps(wpack[g], aoff, arows, mr, src, at[t, 0], offs, r0, dst, base + j, crows, kc,
-                                     r0 > 0, voff[t])
+                    _mk_forward_gaps(wpack[g], aoff, arows, mr, src, 0, offs, r0, dst, base + j, crows, kc, r0 > 0,
+                                     at[t])
                 else:  # the last tile of an image, one or two vectors: each one contiguous
                     for u in range(vectors):
                         _mk_forward1(wpack[g], aoff, arows, mr, src, at[t, u], offs, r0, dst, base + j + u * lanes_,
@@ -2019,7 +2017,7 @@ def _pointwise_block(inner: int, dtype) -> int:
     if not POINTWISE_BLOCKS:
         return BLOCK_POSITIONS
     tile = FORWARD_NV * lanes(dtype)
-    block = BLOCK_POSITIONS * BLOCK_ROWS // max(inner, 1) // tile * tile
+    block = BLOCK_POSITIONS * BLOCK_ROWS // inner // tile * tile
     return min(max(block, BLOCK_POSITIONS), POINTWISE_MAX_BLOCK)
 
 
